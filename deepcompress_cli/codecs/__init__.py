@@ -1,0 +1,93 @@
+"""Codec registry and the encoding-chain machinery shared by every codec.
+
+A codec module defines `NAME`, `ROLES` (the output roles it produces), and
+`check(params, target, parts)` (validate declared slots before anything is allocated) and
+`decode(params, target, arrays)`; `label(params)` is the short text `info` shows.
+Adding a codec is adding a module and one line to `CODECS`; the reader's structure never changes.
+"""
+
+from __future__ import annotations
+
+from ..errors import DczError
+from ..tensors import Slot, Step, Tensor
+from . import raw
+
+CODECS = {module.NAME: module for module in (raw,)}
+
+MAX_STEPS = 16
+# Decoded bytes a tensor may claim per stored byte (plus a floor): a tiny file cannot make the
+# reader allocate a huge tensor.  The densest legitimate chain (sparse 8-bit gaps of an all-zero
+# tensor, Huffman-coded at 1 bit per entry) expands about 8192x.
+MAX_EXPANSION = 1 << 16
+EXPANSION_FLOOR = 1 << 16
+
+
+def codec(name: str):
+    try:
+        return CODECS[name]
+    except KeyError:
+        raise DczError(f"unknown codec {name!r}") from None
+
+
+def step_label(step: Step) -> str:
+    module = codec(step.codec)
+    return module.label(step.params) if hasattr(module, "label") else module.NAME
+
+
+def slot_of(tensor: Tensor, name: str) -> Slot:
+    return Slot(tensor.dtype, tensor.numel) if name == "tensor" else tensor.slots[name]
+
+
+def validate_chain(tensor: Tensor) -> None:
+    """Structural and size checks of a tensor's chain, before any of its data is touched."""
+    where = f"tensor {tensor.name!r}"
+    if not 1 <= len(tensor.chain) <= MAX_STEPS:
+        raise DczError(f"{where}: encoding chain must have 1..{MAX_STEPS} steps")
+    available = {"tensor"}  # slots produced so far and not yet consumed
+    defined = {"tensor"}
+    for i, step in enumerate(tensor.chain):
+        module = codec(step.codec)
+        if step.input not in available or (step.input == "tensor") != (i == 0):
+            raise DczError(f"{where}: step {i} ({step.codec}) reads slot {step.input!r} that is not available")
+        if set(step.outputs) != set(module.ROLES):
+            raise DczError(f"{where}: codec {step.codec} needs outputs {sorted(module.ROLES)}")
+        available.discard(step.input)
+        for slot in step.outputs.values():
+            if slot in defined:
+                raise DczError(f"{where}: slot {slot!r} is produced twice")
+            if slot not in tensor.slots:
+                raise DczError(f"{where}: slot {slot!r} is not declared")
+            defined.add(slot)
+            available.add(slot)
+    if defined - {"tensor"} != set(tensor.slots):
+        raise DczError(f"{where}: declared slots do not match the encoding chain")
+    if available != set(tensor.streams):
+        raise DczError(f"{where}: streams do not match the chain's final slots")
+    for slot, stream in tensor.streams.items():
+        if tensor.slots[slot].nbytes != stream.length:
+            raise DczError(f"{where}: stream {slot!r} length {stream.length} != count x width "
+                           f"{tensor.slots[slot].nbytes}")
+    budget = MAX_EXPANSION * tensor.stored_bytes + EXPANSION_FLOOR
+    for slot in ["tensor", *tensor.slots]:
+        if slot_of(tensor, slot).nbytes > budget:
+            raise DczError(f"{where}: slot {slot!r} claims more data than the file can hold")
+    for step in tensor.chain:
+        try:
+            codec(step.codec).check(step.params, slot_of(tensor, step.input),
+                                    {role: tensor.slots[s] for role, s in step.outputs.items()})
+        except DczError as e:
+            raise DczError(f"{where}: {e}") from None
+
+
+def decode_chain(tensor: Tensor):
+    """Run the chain backwards from the streams to the flat tensor (a 1-D numpy array)."""
+    arrays = {slot: stream.array(tensor.slots[slot].dtype) for slot, stream in tensor.streams.items()}
+    for step in reversed(tensor.chain):
+        target = slot_of(tensor, step.input)
+        parts = {role: arrays.pop(slot) for role, slot in step.outputs.items()}
+        out = codec(step.codec).decode(step.params, target, parts)
+        if out.size != target.count:
+            raise DczError(f"tensor {tensor.name!r}: codec {step.codec} decoded {out.size} "
+                           f"elements, expected {target.count}")
+        arrays[step.input] = out
+    return arrays["tensor"]

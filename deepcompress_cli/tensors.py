@@ -1,0 +1,190 @@
+"""The in-memory model: a stripped ONNX graph plus a table of encoded tensors.
+
+A tensor is stored as an *encoding chain*: an ordered list of codec steps, each of which turns one
+array (its `input` slot) into named output slots.  Slots that no later step consumes are the
+streams written to the file.  Decoding runs the steps backwards until the slot `tensor` is known.
+See docs/FORMAT.md for the on-disk form.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import zlib
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+
+from .errors import DczError
+
+# dtype name -> (numpy dtype, ONNX TensorProto.DataType).  Only these are extracted into the table;
+# any other tensor (strings, bfloat16, float8, int4 ...) stays inside the graph untouched.
+DTYPES = {
+    "float32": (np.dtype("<f4"), 1),
+    "uint8": (np.dtype("u1"), 2),
+    "int8": (np.dtype("i1"), 3),
+    "uint16": (np.dtype("<u2"), 4),
+    "int16": (np.dtype("<i2"), 5),
+    "int32": (np.dtype("<i4"), 6),
+    "int64": (np.dtype("<i8"), 7),
+    "bool": (np.dtype("?"), 9),
+    "float16": (np.dtype("<f2"), 10),
+    "float64": (np.dtype("<f8"), 11),
+    "uint32": (np.dtype("<u4"), 12),
+    "uint64": (np.dtype("<u8"), 13),
+}
+ONNX_TYPE_TO_DTYPE = {onnx_type: name for name, (_, onnx_type) in DTYPES.items()}
+FLOAT_DTYPES = ("float32", "float16", "float64")
+KINDS = ("conv", "fc", "other")  # other = not a compressible weight: stages leave it alone
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    return DTYPES[name][0]
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Declared element type and count of one array in an encoding chain."""
+
+    dtype: str
+    count: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.count * numpy_dtype(self.dtype).itemsize
+
+
+@dataclass
+class Step:
+    """One codec application: `input` slot -> `outputs` (role -> slot name), with JSON params."""
+
+    codec: str
+    input: str
+    outputs: dict[str, str]
+    params: dict = field(default_factory=dict)
+
+
+class Stream:
+    """The bytes of one leaf slot: an in-memory array, or a region of an opened `.dcz` file.
+
+    File regions are CRC-checked the first time they are read, so a corrupt stream is reported
+    before anything is decoded from it.
+    """
+
+    def __init__(self, data, crc32: int | None = None):
+        self._data = data  # np.ndarray or memoryview of the file
+        self._expected_crc = crc32
+        self._verified = crc32 is None
+
+    @classmethod
+    def of(cls, array: np.ndarray) -> "Stream":
+        return cls(np.ascontiguousarray(array))
+
+    @property
+    def length(self) -> int:
+        return self._data.nbytes
+
+    def buffer(self) -> memoryview:
+        view = memoryview(self._data).cast("B")
+        if not self._verified:
+            if zlib.crc32(view) != self._expected_crc:
+                raise DczError("CRC-32 mismatch in a data stream: the file is corrupt")
+            self._verified = True
+        return view
+
+    def crc32(self) -> int:
+        return zlib.crc32(self.buffer())
+
+    def array(self, dtype: str) -> np.ndarray:
+        if isinstance(self._data, np.ndarray) and self._data.dtype == numpy_dtype(dtype):
+            return self._data
+        return np.frombuffer(self.buffer(), dtype=numpy_dtype(dtype))
+
+
+@dataclass
+class Tensor:
+    """One entry of the tensor table."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    kind: str
+    chain: list[Step]
+    slots: dict[str, Slot]  # every slot except `tensor`
+    streams: dict[str, Stream]  # leaf slots only
+    op: str = ""  # op type of the first consumer; derived from the graph, not stored
+
+    @classmethod
+    def raw(cls, name: str, array: np.ndarray, kind: str, op: str = "") -> "Tensor":
+        dtype = next((n for n, (d, _) in DTYPES.items() if d == array.dtype.newbyteorder("<")), None)
+        if dtype is None:
+            raise DczError(f"tensor {name!r}: unsupported dtype {array.dtype}")
+        flat = np.ascontiguousarray(array, dtype=numpy_dtype(dtype)).reshape(-1)
+        return cls(name=name, dtype=dtype, shape=tuple(int(d) for d in array.shape), kind=kind,
+                   chain=[Step("raw", "tensor", {"data": "data"})],
+                   slots={"data": Slot(dtype, flat.size)}, streams={"data": Stream.of(flat)})
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * numpy_dtype(self.dtype).itemsize
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(s.length for s in self.streams.values())
+
+    @property
+    def is_weight(self) -> bool:
+        return self.kind != "other"
+
+    @property
+    def chain_label(self) -> str:
+        from .codecs import step_label
+
+        return "+".join(step_label(step) for step in self.chain)
+
+    def decode(self) -> np.ndarray:
+        from .codecs import decode_chain
+
+        return decode_chain(self).reshape(self.shape)
+
+
+def select_kind(name: str, dtype: str, shape: tuple[int, ...], consumer_kind: str | None,
+                include: Iterable[str] = (), exclude: Iterable[str] = ()) -> str:
+    """Decide whether a tensor is a compressible weight, and of which kind.
+
+    A weight is a float tensor feeding a weight input of Conv/ConvTranspose (conv) or Gemm/MatMul
+    (fc), or any float tensor of at least 1024 elements; `--include`/`--exclude` globs override.
+    """
+    if dtype not in FLOAT_DTYPES or any(fnmatch.fnmatchcase(name, g) for g in exclude):
+        return "other"
+    numel = 1
+    for d in shape:
+        numel *= d
+    forced = any(fnmatch.fnmatchcase(name, g) for g in include)
+    if consumer_kind is not None:
+        return consumer_kind
+    if forced or numel >= 1024:
+        return "conv" if len(shape) == 4 else "fc"
+    return "other"
+
+
+@dataclass
+class Package:
+    """A whole model: the ONNX graph with its tensors replaced by placeholders, plus the table."""
+
+    graph: object  # onnx.ModelProto; every extracted tensor is a placeholder naming its entry
+    tensors: list[Tensor]
+    keepalive: object = None  # the mmap the streams point into, when read from a file
+
+    def tensor(self, name: str) -> Tensor:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(name)

@@ -1,0 +1,158 @@
+"""The command line as users and scripts meet it: exit codes, --json, pipes, atomic writes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import SAMPLES, assert_one_line_error
+from deepcompress_cli import container
+
+LENET = SAMPLES / "lenet300.onnx"
+
+
+def sha(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_version_and_help(cli):
+    assert cli("--version").stdout.strip() == "deepcompress, version 0.1.0"
+    result = cli("--help")
+    assert result.exit_code == 0
+    for command in ("pack", "export", "info"):
+        assert command in result.stdout
+
+
+def test_usage_errors_exit_2(cli):
+    assert cli("pack", LENET).exit_code == 2  # -o is required
+    assert cli("no-such-command").exit_code == 2
+    assert cli("info").exit_code == 2
+
+
+def test_missing_input_is_one_line(cli, tmp_path):
+    assert_one_line_error(cli("info", tmp_path / "nope.dcz"))
+    assert_one_line_error(cli("pack", tmp_path, "-o", tmp_path / "x.dcz"))  # a folder
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    assert_one_line_error(cli("pack", tmp_path / "empty.onnx", "-o", tmp_path / "x.dcz"))
+
+
+def test_pack_is_deterministic(cli, tmp_path):
+    for name in ("a.dcz", "b.dcz"):
+        assert cli("pack", LENET, "-o", tmp_path / name).exit_code == 0
+    assert sha(tmp_path / "a.dcz") == sha(tmp_path / "b.dcz")
+    # and packing the exported model again gives the same container
+    assert cli("export", tmp_path / "a.dcz", "-o", tmp_path / "a.onnx").exit_code == 0
+    assert cli("pack", tmp_path / "a.onnx", "-o", tmp_path / "c.dcz").exit_code == 0
+    assert sha(tmp_path / "a.dcz") == sha(tmp_path / "c.dcz")
+
+
+def test_json_output_is_one_object(cli, tmp_path):
+    dcz = tmp_path / "m.dcz"
+    result = cli("--json", "pack", LENET, "-o", dcz)
+    data = json.loads(result.stdout)
+    assert data["tensors"] == 6 and data["weights"] == 3 and data["bytes"] == os.path.getsize(dcz)
+    for args in (("--json", "info", dcz), ("info", dcz, "--json")):
+        info = json.loads(cli(*args).stdout)
+        assert info["totals"]["weight_elements"] == 64 * 300 + 300 * 100 + 100 * 10
+        assert info["totals"]["ratio"] == 1.0
+        first = info["tensors"][0]
+        assert (first["name"], first["op"], first["kind"], first["shape"], first["chain"]) == \
+            ("fc1.weight", "Gemm", "fc", [300, 64], "raw")
+
+
+def test_info_reads_onnx_too(cli):
+    result = cli("info", LENET)
+    assert result.exit_code == 0 and "fc2.weight" in result.stdout and "300x64" in result.stdout
+
+
+def test_quiet_prints_nothing(cli, tmp_path):
+    result = cli("-q", "pack", LENET, "-o", tmp_path / "m.dcz")
+    assert result.exit_code == 0 and result.stdout == "" and result.stderr == ""
+
+
+def test_stdin_and_stdout(cli, tmp_path):
+    assert cli("pack", LENET, "-o", tmp_path / "file.dcz").exit_code == 0
+    piped = cli("pack", "-", "-o", "-", input=LENET.read_bytes())
+    assert piped.exit_code == 0
+    assert piped.stdout_bytes == (tmp_path / "file.dcz").read_bytes()
+    assert "tensors" in piped.stderr  # the report moves to stderr when stdout carries the file
+    exported = cli("export", "-", "-o", "-", input=piped.stdout_bytes)
+    assert exported.exit_code == 0 and exported.stdout_bytes == LENET.read_bytes()
+
+
+def test_refuses_to_overwrite_its_input(cli, tmp_path):
+    model = tmp_path / "m.onnx"
+    shutil.copy(LENET, model)
+    before = sha(model)
+    assert_one_line_error(cli("export", model, "-o", model))
+    os.link(model, tmp_path / "hardlink.onnx")
+    assert_one_line_error(cli("export", model, "-o", tmp_path / "hardlink.onnx"))
+    assert sha(model) == before
+
+
+def test_unwritable_output(cli, tmp_path):
+    assert_one_line_error(cli("pack", LENET, "-o", tmp_path / "no" / "such" / "dir.dcz"))
+    assert_one_line_error(cli("pack", LENET, "-o", tmp_path))  # a folder
+    if os.geteuid() != 0:  # root ignores permission bits
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        assert_one_line_error(cli("pack", LENET, "-o", ro / "m.dcz"))
+
+
+def test_failed_write_leaves_nothing(cli, tmp_path, monkeypatch):
+    target = tmp_path / "m.dcz"
+    target.write_bytes(b"previous content")
+
+    def explode(package, out):
+        out.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(container, "write", explode)
+    assert_one_line_error(cli("pack", LENET, "-o", target))
+    assert target.read_bytes() == b"previous content"
+    assert os.listdir(tmp_path) == ["m.dcz"]  # no temp file left behind
+
+
+def test_output_has_ordinary_permissions(cli, tmp_path):
+    assert cli("pack", LENET, "-o", tmp_path / "m.dcz").exit_code == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(tmp_path / "m.dcz").st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_internal_errors_are_one_line_too(cli, tmp_path, monkeypatch):
+    from deepcompress_cli import report
+
+    monkeypatch.setattr(report, "summary", lambda *a: 1 / 0)
+    result = cli("info", LENET)
+    assert_one_line_error(result)
+    assert "ZeroDivisionError" in result.stderr and "--debug" in result.stderr
+
+
+def test_installed_console_script(tmp_path):
+    script = shutil.which("deepcompress", path=os.path.dirname(sys.executable)) or shutil.which("deepcompress")
+    if script is None:
+        pytest.skip("console script not installed (pip install -e .)")
+    out = tmp_path / "m.dcz"
+    done = subprocess.run([script, "pack", str(LENET), "-o", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    done = subprocess.run([script, "--json", "info", str(out)], capture_output=True, text=True)
+    assert json.loads(done.stdout)["totals"]["tensors"] == 6
+    done = subprocess.run([script, "info", str(tmp_path / "missing.dcz")], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    done = subprocess.run([sys.executable, "-m", "deepcompress_cli", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and "0.1.0" in done.stdout
+
+
+def test_help_does_not_import_numpy_or_onnx():
+    code = ("import sys; from deepcompress_cli.cli import main\n"
+            "try: main(['--help'])\nexcept SystemExit: pass\n"
+            "print(sorted(m for m in ('numpy', 'onnx', 'tqdm') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip().endswith("[]"), done.stdout
