@@ -35,6 +35,8 @@ class DczGroup(click.Group):
                 message, code = "out of memory", 2
             else:
                 message, code = f"internal error ({type(e).__name__}: {e}); rerun with --debug", 2
+            # one line, and nothing from a hostile file may drive the terminal
+            message = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in message)
             click.echo(f"deepcompress: error: {message}", err=True)
             ctx.exit(code)
 
@@ -62,6 +64,128 @@ def selection_options(f):
 def output_option(f):
     return click.option("-o", "--output", required=True, metavar="PATH",
                         help="Output file ('-' for stdout). Written atomically; never the input.")(f)
+
+
+class PerKindValue(click.ParamType):
+    """`0.9` (both kinds) or `conv=0.6,fc=0.9` (either or both) -> {"conv": .., "fc": ..}."""
+
+    name = "V|conv=V,fc=V"
+
+    def __init__(self, cast):
+        self.cast = cast
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, dict):
+            return value
+        try:
+            if "=" not in value:
+                return {"conv": self.cast(value), "fc": self.cast(value)}
+            pairs = dict(item.split("=", 1) for item in value.split(","))
+            if not pairs or set(pairs) - {"conv", "fc"}:
+                raise ValueError
+            return {kind: self.cast(v) for kind, v in pairs.items()}
+        except ValueError:
+            self.fail(f"{value!r} is not a number or conv=V,fc=V", param, ctx)
+
+
+class LayerValue(click.ParamType):
+    """`NAME=V` where NAME is a tensor name or glob."""
+
+    name = "NAME=V"
+
+    def __init__(self, cast):
+        self.cast = cast
+
+    def convert(self, value, param, ctx):
+        name, sep, number = value.rpartition("=")
+        try:
+            if not (sep and name):
+                raise ValueError
+            return name, self.cast(number)
+        except ValueError:
+            self.fail(f"{value!r} is not NAME=VALUE", param, ctx)
+
+
+def per_kind(defaults, given, layers):
+    from .stages import PerKind
+
+    values = {"conv": defaults[0], "fc": defaults[1], **(given or {})}
+    return PerKind(values["conv"], values["fc"], list(layers))
+
+
+def prune_options(f):
+    f = click.option("--threshold-std", type=float, metavar="Q",
+                     help="Paper's rule: drop |w| <= Q x the layer's std (instead of --sparsity).")(f)
+    f = click.option("--index-bits", type=PerKindValue(int), metavar="B|conv=B,fc=B",
+                     help="Bits per relative index (gap) [default conv=8,fc=5].")(f)
+    f = click.option("--layer-sparsity", type=LayerValue(float), multiple=True,
+                     help="Per-layer sparsity override, NAME (or glob) = fraction pruned (repeatable).")(f)
+    return click.option("--sparsity", type=PerKindValue(float), metavar="S|conv=S,fc=S",
+                        help="Fraction of weights pruned per layer [default conv=0.6,fc=0.9].")(f)
+
+
+def share_options(f):
+    f = click.option("--seed", type=int, default=0, show_default=True, help="Seed for --init forgy.")(f)
+    f = click.option("--tol", type=float, default=1e-6, show_default=True,
+                     help="Stop when no centroid moves more than TOL x the value range.")(f)
+    f = click.option("--max-iter", type=click.IntRange(1, 10000), default=100, show_default=True,
+                     help="Most k-means iterations.")(f)
+    f = click.option("--init", type=click.Choice(["linear", "density", "forgy"]), default="linear",
+                     show_default=True, help="Centroid initialization (the paper found linear best).")(f)
+    f = click.option("--layer-bits", type=LayerValue(int), multiple=True,
+                     help="Per-layer index width override, NAME (or glob) = bits (repeatable).")(f)
+    return click.option("--bits", type=PerKindValue(int), metavar="B|conv=B,fc=B",
+                        help="Index bits: 2^B shared weights per layer [default conv=8,fc=5].")(f)
+
+
+def prune_config(sparsity, layer_sparsity, index_bits, threshold_std):
+    from .stages.prune import DEFAULT_INDEX_BITS, DEFAULT_SPARSITY, PruneConfig
+
+    config = PruneConfig(per_kind(DEFAULT_SPARSITY, sparsity, layer_sparsity),
+                         per_kind(DEFAULT_INDEX_BITS, index_bits, ()), threshold_std)
+    for value in (config.index_bits.conv, config.index_bits.fc):
+        if not 1 <= value <= 16:
+            raise click.BadParameter("index bits must be 1..16", param_hint="--index-bits")
+    return config
+
+
+def share_config(bits, layer_bits, init, max_iter, tol, seed):
+    from .stages.share import DEFAULT_BITS, ShareConfig
+
+    config = ShareConfig(per_kind(DEFAULT_BITS, bits, layer_bits), init, max_iter, tol, seed)
+    for value in (config.bits.conv, config.bits.fc, *(v for _, v in config.bits.layers)):
+        if not 1 <= value <= 16:
+            raise click.BadParameter("bits must be 1..16", param_hint="--bits")
+    return config
+
+
+def progress_bar(ctx):
+    """tqdm on stderr (never stdout), hidden with -q and when stderr is not a terminal."""
+    quiet = (ctx.find_root().obj or {}).get("quiet")
+
+    def bar(items, desc="", total=None):
+        from tqdm import tqdm
+
+        return tqdm(items, desc=desc, total=total, file=sys.stderr, leave=False, unit="tensor",
+                    disable=True if quiet else None)
+    return bar
+
+
+def run_stage(ctx, model, output, include, exclude, apply, formatter, **extra):
+    """Read, apply a stage, write atomically, report: the shape every stage command shares."""
+    from .files import read_model, write_dcz
+    from .report import human_bytes
+
+    package = read_model(model, include, exclude)
+    before = sum(t.stored_bytes for t in package.tensors)
+    rows = apply(package, progress_bar(ctx))
+    size = write_dcz(package, output, inputs=[model])
+    after = sum(t.stored_bytes for t in package.tensors)
+    data = {"output": output, "bytes": size, "tensor_bytes_before": before, "tensor_bytes_after": after,
+            "layers": rows, **extra}
+    text = f"{formatter(rows)}\n\n{output}: {human_bytes(size)} (tensors {human_bytes(before)} -> {human_bytes(after)})"
+    emit(ctx, data, text, stdout_taken=output == "-")
+    return package, rows
 
 
 def emit(ctx, data: dict, text: str, stdout_taken: bool = False) -> None:
@@ -158,6 +282,120 @@ def info(ctx, model):
     size = os.path.getsize(model) if model != "-" else 0
     data = summary(package, size)
     emit(ctx, data, format_summary(data))
+
+
+@main.command()
+@click.argument("model", metavar="IN")
+@output_option
+@prune_options
+@selection_options
+@json_option
+@click.pass_context
+def prune(ctx, model, output, sparsity, layer_sparsity, index_bits, threshold_std, include, exclude):
+    """Magnitude-prune each weight layer; store survivors with relative indices.
+
+    Each kept weight is stored with the gap to the previous one in --index-bits bits; a longer
+    run of pruned weights gets filler entries (value 0). Kept values stay exact floats.
+
+    \b
+    Examples:
+      deepcompress prune model.onnx -o pruned.dcz
+      deepcompress prune model.onnx -o pruned.dcz --sparsity conv=0.5,fc=0.9 --layer-sparsity 'fc3*=0.75'
+    """
+    from .report import format_prune
+    from .stages.prune import prune as prune_stage
+
+    config = prune_config(sparsity, layer_sparsity, index_bits, threshold_std)
+    run_stage(ctx, model, output, include, exclude, lambda p, bar: prune_stage(p, config, bar), format_prune)
+
+
+@main.command()
+@click.argument("model", metavar="IN")
+@output_option
+@share_options
+@selection_options
+@json_option
+@click.pass_context
+def share(ctx, model, output, bits, layer_bits, init, max_iter, tol, seed, include, exclude):
+    """Weight sharing: k-means per layer, weights replaced by 2^bits centroid indices.
+
+    Only the kept weights of a pruned layer are clustered; zeros stay exactly zero.
+
+    \b
+    Examples:
+      deepcompress share pruned.dcz -o shared.dcz
+      deepcompress share model.onnx -o shared.dcz --bits 4 --init density
+    """
+    from .report import format_share
+    from .stages.share import share as share_stage
+
+    config = share_config(bits, layer_bits, init, max_iter, tol, seed)
+    run_stage(ctx, model, output, include, exclude, lambda p, bar: share_stage(p, config, bar), format_share)
+
+
+@main.command()
+@click.argument("model", metavar="IN")
+@output_option
+@json_option
+@click.pass_context
+def huffman(ctx, model, output):
+    """Lossless canonical Huffman coding of every index, gap and code stream.
+
+    \b
+    Example:
+      deepcompress huffman shared.dcz -o model.dcz
+    """
+    from .report import format_huffman
+    from .stages.entropy import huffman as huffman_stage
+
+    run_stage(ctx, model, output, (), (), lambda p, bar: huffman_stage(p, bar), format_huffman)
+
+
+@main.command()
+@click.argument("model", metavar="IN")
+@output_option
+@prune_options
+@share_options
+@click.option("--report", is_flag=True, help="Print the paper's table (P, P+Q, P+Q+H per layer) and gzip -9.")
+@selection_options
+@json_option
+@click.pass_context
+def compress(ctx, model, output, sparsity, layer_sparsity, index_bits, threshold_std, bits, layer_bits,
+             init, max_iter, tol, seed, report, include, exclude):
+    """The whole recipe: prune -> share -> huffman, with the same options as those commands.
+
+    \b
+    Examples:
+      deepcompress compress model.onnx -o model.dcz --report
+      deepcompress compress model.onnx -o model.dcz --sparsity fc=0.95 --bits conv=6,fc=4
+    """
+    import zlib
+
+    from .files import read_model, write_dcz
+    from .onnx_io import to_onnx
+    from .report import format_compress, human_bytes
+    from .stages.compress import compress as compress_stage
+    from .stages.compress import totals
+
+    p_config = prune_config(sparsity, layer_sparsity, index_bits, threshold_std)
+    s_config = share_config(bits, layer_bits, init, max_iter, tol, seed)
+    package = read_model(model, include, exclude)
+    onnx_bytes = gzip_bytes = None
+    if report:  # the peer: gzip of the model as a plain .onnx
+        original = to_onnx(package).SerializeToString()
+        onnx_bytes, gzip_bytes = len(original), len(zlib.compress(original, 9))
+        del original
+    rows = compress_stage(package, p_config, s_config, progress_bar(ctx))
+    size = write_dcz(package, output, inputs=[model])
+    sums = totals(rows, package)
+    data = {"output": output, "bytes": size, "layers": rows, "totals": sums,
+            "onnx_bytes": onnx_bytes, "gzip9_bytes": gzip_bytes}
+    if report:
+        text = format_compress(rows, sums, gzip_bytes, onnx_bytes) + f"\n{output}: {human_bytes(size)}"
+    else:
+        text = (f"{output}: {human_bytes(size)}; weights {human_bytes(sums['bytes_original'])} -> "
+                f"{human_bytes(sums['bytes_pqh'])} ({sums['ratio_weights']}x)")
+    emit(ctx, data, text, stdout_taken=output == "-")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,7 +8,6 @@ against the bytes actually present before anything is allocated, and any violati
 from __future__ import annotations
 
 import json
-import re
 import struct
 import zlib
 
@@ -28,7 +27,7 @@ MAX_HEADER = 64 << 20
 MAX_DEPTH = 8
 MAX_NAME_BYTES = 4096
 MAX_DIMS = 32
-MAX_COUNT = 1 << 62  # elements or bytes of any one array
+MAX_COUNT = 1 << 48  # elements of any one array (256 T: far past any real tensor, safe for numpy)
 MAX_TENSORS = 1 << 20
 MAX_SLOTS = 32
 
@@ -88,7 +87,7 @@ def write(package: Package, out) -> int:
 
 # --------------------------------------------------------------------------------------- reader
 
-def read(buf, keepalive=None) -> Package:
+def read(buf) -> Package:
     """Parse and validate a whole `.dcz` held in `buf` (bytes, or a memoryview of an mmap)."""
     from .onnx_io import attach_graph  # onnx is needed only once the header is known to be sane
 
@@ -114,7 +113,7 @@ def read(buf, keepalive=None) -> Package:
         raise DczError("duplicate tensor names in the tensor table")
     for tensor in tensors:
         validate_chain(tensor)
-    package = Package(graph=None, tensors=tensors, keepalive=keepalive)
+    package = Package(graph=None, tensors=tensors)  # streams' memoryviews keep `buf` alive
     attach_graph(package, streams[graph_stream].buffer())
     return package
 
@@ -146,22 +145,7 @@ def _read_preamble_and_header(view: memoryview) -> tuple[dict, int]:
     return _parse_json(bytes(raw_header)), data_start
 
 
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
-
-
 def _parse_json(raw: bytes) -> dict:
-    # Depth is measured on the text with strings removed, so a 10,000-deep document is refused
-    # before the recursive parser sees it.
-    depth = level = 0
-    for ch in _JSON_STRING.sub(b"", raw):
-        if ch in b"[{":
-            level += 1
-            depth = max(depth, level)
-            if depth > MAX_DEPTH:
-                raise DczError(f"header JSON nested deeper than {MAX_DEPTH}")
-        elif ch in b"]}":
-            level -= 1
-
     def no_duplicates(pairs):
         obj = {}
         for key, value in pairs:
@@ -175,13 +159,28 @@ def _parse_json(raw: bytes) -> dict:
 
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=no_constants)
+    except RecursionError:  # the C parser gives up at Python's recursion limit: linear time, small memory
+        raise DczError(f"header JSON nested deeper than {MAX_DEPTH}") from None
     except (UnicodeDecodeError, ValueError) as e:
         if isinstance(e, DczError):
             raise
         raise DczError(f"header is not valid JSON: {e}") from None
     if not isinstance(header, dict):
         raise DczError("header is not a JSON object")
+    if _depth(header) > MAX_DEPTH:
+        raise DczError(f"header JSON nested deeper than {MAX_DEPTH}")
     return header
+
+
+def _depth(value) -> int:
+    """Nesting depth of parsed JSON, iteratively (no recursion on hostile input)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _stream_table(header: dict, view: memoryview, data_start: int) -> list[Stream]:
@@ -222,11 +221,11 @@ def _tensor(entry, index: int, n_streams: int) -> tuple[Tensor, dict[str, int]]:
     shape = entry["shape"]
     if not isinstance(shape, list) or len(shape) > MAX_DIMS:
         raise DczError(f"{where}: shape must be a list of at most {MAX_DIMS} dims")
-    numel = 1
+    extent = 1  # product of the dims counted as at least 1: numpy refuses [0, 2^62] too
     for d in shape:
-        numel *= _int(d, f"{where} dim", 0, MAX_COUNT)
-        if numel > MAX_COUNT:  # plain Python ints: the product cannot wrap
-            raise DczError(f"{where}: shape {shape} has too many elements")
+        extent *= max(_int(d, f"{where} dim", 0, MAX_COUNT), 1)
+        if extent > MAX_COUNT:  # plain Python ints: the product cannot wrap
+            raise DczError(f"{where}: shape has too many elements")
     slots_in = entry["slots"]
     if not isinstance(slots_in, dict) or len(slots_in) > MAX_SLOTS:
         raise DczError(f"{where}: slots must be an object of at most {MAX_SLOTS} entries")
@@ -267,7 +266,7 @@ def _keys(obj, where: str, required: set) -> None:
 
 def _int(value, where: str, lo: int, hi: int) -> int:
     if type(value) is not int or not lo <= value <= hi:
-        raise DczError(f"{where}: expected an integer in [{lo}, {hi}], got {str(value)[:40]}")
+        raise DczError(f"{where}: expected an integer in [{lo}, {hi}], got {repr(value)[:40]}")
     return value
 
 
@@ -285,7 +284,7 @@ def _name(value, where: str) -> str:
 
 def _enum(value, where: str, allowed) -> str:
     if not isinstance(value, str) or value not in allowed:
-        raise DczError(f"{where}: unknown value {str(value)[:40]!r}")
+        raise DczError(f"{where}: unknown value {repr(value)[:40]}")
     return value
 
 

@@ -20,28 +20,33 @@ def read_model(path: str, include=(), exclude=()) -> Package:
     from . import container, onnx_io
 
     if path == STDIO:
-        data = sys.stdin.buffer.read()
-        base_dir, keepalive = None, None
+        data, base_dir = sys.stdin.buffer.read(), None
     else:
         if not os.path.exists(path):
             raise DczError(f"{path}: no such file")
         if not os.path.isfile(path):
             raise DczError(f"{path}: not a regular file")
+        base_dir = os.path.dirname(os.path.abspath(path))
         try:
             with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                # mmap so that stored streams are read lazily instead of copied up front
-                data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+                if f.read(len(container.MAGIC)) == container.MAGIC:
+                    # mmap: streams are read lazily, tensor by tensor, instead of copied up front
+                    data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                    package = container.read(data)
+                    reselect(package, include, exclude)
+                    return package
+                f.seek(0)
+                data = f.read()
         except OSError as e:
             raise DczError(f"{path}: cannot read ({e.strerror})") from None
-        base_dir, keepalive = os.path.dirname(os.path.abspath(path)), data
-    if not len(data):
+    if not data:
         raise DczError(f"{path}: empty file")
     if data[:len(container.MAGIC)] == container.MAGIC:
-        package = container.read(data, keepalive=keepalive)
+        package = container.read(data)
         reselect(package, include, exclude)
         return package
-    model = onnx_io.parse_model(bytes(data))
+    model = onnx_io.parse_model(data)
+    del data  # the parsed model holds its own copy; don't keep two
     return onnx_io.from_onnx(model, base_dir, include, exclude)
 
 

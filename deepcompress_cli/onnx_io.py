@@ -55,6 +55,37 @@ def _tensor_sites(model):
                         yield attr.t, node.output[0], False
 
 
+def _every_tensor_proto(model):
+    """(TensorProto, may be a placeholder) for every tensor anywhere in the model: initializers,
+    sparse initializers, attributes of every node, subgraphs, and model-local functions.  Only
+    the places `from_onnx` extracts from (initializers and Constant `value`s) may be placeholders."""
+    def sparse_parts(sparse_tensors):
+        for sparse in sparse_tensors:
+            yield sparse.values, False
+            yield sparse.indices, False
+
+    def in_nodes(nodes, in_function):
+        for node in nodes:
+            is_constant = node.op_type == "Constant" and node.domain in ("", "ai.onnx") and not in_function
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t, is_constant and attr.name == "value"
+                yield from ((t, False) for t in attr.tensors)
+                yield from sparse_parts(([attr.sparse_tensor] if attr.HasField("sparse_tensor") else [])
+                                        + list(attr.sparse_tensors))
+                for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    yield from in_graph(g, in_function)
+
+    def in_graph(graph, in_function):
+        yield from ((t, not in_function) for t in graph.initializer)
+        yield from sparse_parts(graph.sparse_initializer)
+        yield from in_nodes(graph.node, in_function)
+
+    yield from in_graph(model.graph, False)
+    for function in model.functions:
+        yield from in_nodes(function.node, True)
+
+
 def _consumers(model) -> dict[str, list[tuple[str, int]]]:
     """value name -> [(op_type, input index)] over the whole model, subgraphs included."""
     uses = defaultdict(list)
@@ -111,7 +142,11 @@ def from_onnx(model: onnx.ModelProto, base_dir: str | None, include=(), exclude=
         array = _tensor_array(t, base_dir, name)
         tensors.append(Tensor.raw(name, array, kind, op))
         _make_placeholder(t, name)
-    return Package(graph=model, tensors=tensors)
+    # A fresh copy of the stripped graph lets the caller free the full protobuf (its arena keeps
+    # every cleared tensor's bytes until the message itself goes).
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(model)
+    return Package(graph=stripped, tensors=tensors)
 
 
 def _unique(name: str, taken: set) -> str:
@@ -186,13 +221,14 @@ def attach_graph(package: Package, graph_bytes) -> None:
     model = parse_model(bytes(graph_bytes))
     by_name = {t.name: t for t in package.tensors}
     uses = _consumers(model)
+    for t, may_be_placeholder in _every_tensor_proto(model):
+        if t.data_location == TensorProto.EXTERNAL and not (may_be_placeholder and _placeholder_name(t)):
+            raise DczError("the stored graph refers to external data (not allowed inside .dcz)")
     seen = set()
     for t, value_name, _ in _tensor_sites(model):
         if t.data_location != TensorProto.EXTERNAL:
             continue
         name = _placeholder_name(t)
-        if name is None:
-            raise DczError("the stored graph refers to external files (not allowed inside .dcz)")
         entry = by_name.get(name)
         if entry is None or name in seen:
             raise DczError(f"the stored graph's tensor {name!r} is missing from the tensor table or repeated")

@@ -77,3 +77,55 @@ def format_summary(info: dict) -> str:
     return (f"{table}\n\n{tot['tensors']} tensors ({tot['weights']} weights, {tot['weight_elements']:,} "
             f"weight elements): {human_bytes(tot['original_bytes'])} -> {human_bytes(tot['stored_bytes'])} "
             f"stored ({ratio}); file {human_bytes(info['file_bytes'])}")
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def format_prune(rows: list[dict]) -> str:
+    table = [[r["name"], r["kind"], f"{r['weights']:,}", _pct(1 - r["sparsity"]), f"{r['threshold']:.4g}",
+              r["index_bits"], f"{r['fillers']:,}", human_bytes(r["bytes_before"]), human_bytes(r["bytes_after"])]
+             for r in rows]
+    return format_table(["layer", "kind", "weights", "kept", "threshold", "idx bits", "fillers", "before",
+                         "after"], table, right={2, 3, 4, 5, 6, 7, 8})
+
+
+def format_share(rows: list[dict]) -> str:
+    table = [[r["name"], r["kind"], f"{r['clustered']:,}", r["bits"], r["centroids"], r["iterations"],
+              f"{r['rmse']:.3g}", f"{r['max_error']:.3g}", human_bytes(r["bytes_before"]),
+              human_bytes(r["bytes_after"])] for r in rows]
+    return format_table(["layer", "kind", "clustered", "bits", "centroids", "iters", "rmse", "max err",
+                         "before", "after"], table, right=set(range(2, 10)))
+
+
+def format_huffman(rows: list[dict]) -> str:
+    table = []
+    for r in rows:
+        for slot, s in r["streams"].items():
+            excess = s["code_bytes"] / s["entropy_bytes"] - 1 if s["entropy_bytes"] else 0.0
+            table.append([r["name"], slot, s["coding"], f"{s['symbols']:,}", human_bytes(s["entropy_bytes"]),
+                          human_bytes(s["code_bytes"]), f"{100 * excess:+.2f}%", human_bytes(s["coded_bytes"])])
+    return format_table(["layer", "stream", "coding", "symbols", "entropy", "code", "vs entropy", "with tables"],
+                        table, right={3, 4, 5, 6, 7})
+
+
+def format_compress(rows: list[dict], totals: dict, gzip_bytes: int | None, onnx_bytes: int | None) -> str:
+    def ratio(original, stored):
+        return f"{original / stored:.1f}x" if stored else "-"
+
+    table = [[r["name"], r["kind"], f"{r['weights']:,}", _pct(r["kept_fraction"]), human_bytes(r["bytes_p"]),
+              human_bytes(r["bytes_pq"]), human_bytes(r["bytes_pqh"]), ratio(r["bytes_original"], r["bytes_pqh"]),
+              f"{r['value_bits_per_weight']:.2f}", f"{r['index_bits_per_weight']:.2f}"] for r in rows]
+    t = totals
+    table.append(["total", "", f"{t['weights']:,}", _pct(t["kept"] / t["weights"]) if t["weights"] else "-",
+                  human_bytes(t["bytes_p"]), human_bytes(t["bytes_pq"]), human_bytes(t["bytes_pqh"]),
+                  ratio(t["bytes_original"], t["bytes_pqh"]), "", ""])
+    text = format_table(["layer", "kind", "weights", "kept", "P", "P+Q", "P+Q+H", "ratio", "bits/w", "bits/idx"],
+                        table, right=set(range(2, 10)))
+    text += (f"\n\nweights {human_bytes(t['bytes_original'])} -> {human_bytes(t['bytes_pqh'])}: "
+             f"{ratio(t['bytes_original'], t['bytes_pqh'])}; all tensors {t['ratio_all_tensors']}x")
+    if gzip_bytes:
+        text += (f"\ngzip -9 of the original .onnx: {human_bytes(onnx_bytes)} -> {human_bytes(gzip_bytes)} "
+                 f"({onnx_bytes / gzip_bytes:.2f}x)")
+    return text

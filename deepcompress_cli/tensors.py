@@ -160,7 +160,9 @@ def select_kind(name: str, dtype: str, shape: tuple[int, ...], consumer_kind: st
     """Decide whether a tensor is a compressible weight, and of which kind.
 
     A weight is a float tensor feeding a weight input of Conv/ConvTranspose (conv) or Gemm/MatMul
-    (fc), or any float tensor of at least 1024 elements; `--include`/`--exclude` globs override.
+    (fc), or any other float tensor of at least 1024 elements and 2 dims (embeddings, weights
+    reached through a Transpose...); 1-D tensors are biases or norm scales, which pruning would
+    wreck.  `--include`/`--exclude` globs override.
     """
     if dtype not in FLOAT_DTYPES or any(fnmatch.fnmatchcase(name, g) for g in exclude):
         return "other"
@@ -170,7 +172,7 @@ def select_kind(name: str, dtype: str, shape: tuple[int, ...], consumer_kind: st
     forced = any(fnmatch.fnmatchcase(name, g) for g in include)
     if consumer_kind is not None:
         return consumer_kind
-    if forced or numel >= 1024:
+    if forced or (numel >= 1024 and len(shape) >= 2):
         return "conv" if len(shape) == 4 else "fc"
     return "other"
 
@@ -181,7 +183,6 @@ class Package:
 
     graph: object  # onnx.ModelProto; every extracted tensor is a placeholder naming its entry
     tensors: list[Tensor]
-    keepalive: object = None  # the mmap the streams point into, when read from a file
 
     def tensor(self, name: str) -> Tensor:
         for t in self.tensors:

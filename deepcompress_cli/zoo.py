@@ -22,7 +22,15 @@ def light_models() -> dict[str, str]:
             for f in sorted(os.listdir(folder)) if f.startswith("light_") and f.endswith(".onnx")}
 
 
-def materialize(name_or_path: str, seed: int = 0) -> onnx.ModelProto:
+DISTRIBUTIONS = ("normal", "laplace", "uniform")
+
+
+def materialize(name_or_path: str, seed: int = 0, distribution: str = "normal") -> onnx.ModelProto:
+    """The model with random weights of variance 2 / fan_in (He), drawn from `distribution`.
+
+    The distribution matters for compression: k-means on uniform weights leaves far fewer
+    distinct shared values in use than on normal ones, so Huffman codes them much shorter.
+    """
     path = light_models().get(name_or_path, name_or_path)
     model = onnx.load(path)
     graph = model.graph
@@ -34,7 +42,15 @@ def materialize(name_or_path: str, seed: int = 0) -> onnx.ModelProto:
             shape = tuple(int(d) for d in shapes[node.input[0]])
             fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 0
             if fan_in:
-                values = rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / fan_in))
+                std = np.sqrt(2.0 / fan_in)
+                if distribution == "normal":
+                    values = rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
+                elif distribution == "laplace":
+                    values = rng.laplace(0, std / np.sqrt(2), shape).astype(np.float32)
+                elif distribution == "uniform":
+                    values = rng.uniform(-std * np.sqrt(3), std * np.sqrt(3), shape).astype(np.float32)
+                else:
+                    raise ValueError(f"unknown distribution {distribution!r}")
             else:  # biases, BatchNorm statistics: small positive values keep variances valid
                 values = rng.uniform(0.01, 0.1, shape).astype(np.float32)
             materialized.append(numpy_helper.from_array(values, node.output[0]))

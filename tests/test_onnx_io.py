@@ -97,10 +97,12 @@ def test_non_float_and_small_tensors_pass_through_as_other(tmp_path):
     model = mlp_with_constants()
     model.graph.initializer.append(numpy_helper.from_array(np.arange(5, dtype=np.int64), "ids"))
     model.graph.initializer.append(numpy_helper.from_array(np.ones(3, np.float16), "small"))
-    model.graph.initializer.append(numpy_helper.from_array(np.ones(2048, np.float32), "big_unused"))
+    model.graph.initializer.append(numpy_helper.from_array(np.ones((32, 64), np.float32), "big_unused"))
+    model.graph.initializer.append(numpy_helper.from_array(np.ones(4096, np.float32), "big_bias"))
     _, package = roundtrip(model, tmp_path)
     kinds = {t.name: t.kind for t in package.tensors}
     assert kinds["ids"] == "other" and kinds["small"] == "other" and kinds["big_unused"] == "fc"
+    assert kinds["big_bias"] == "other"  # 1-D: a bias or norm scale, never pruned by default
     assert package.tensor("small").dtype == "float16"
 
 

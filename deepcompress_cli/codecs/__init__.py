@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from ..errors import DczError
 from ..tensors import Slot, Step, Tensor
-from . import raw
+from . import bitpack, codebook, huffman, raw, sparse
 
-CODECS = {module.NAME: module for module in (raw,)}
+CODECS = {module.NAME: module for module in (raw, sparse, codebook, bitpack, huffman)}
 
 MAX_STEPS = 16
 # Decoded bytes a tensor may claim per stored byte (plus a floor): a tiny file cannot make the
@@ -79,15 +79,20 @@ def validate_chain(tensor: Tensor) -> None:
             raise DczError(f"{where}: {e}") from None
 
 
+def decode_slot(tensor: Tensor, slot: str):
+    """The flat array of any slot: a stream as stored, or the decoded input of a step."""
+    if slot in tensor.streams:
+        return tensor.streams[slot].array(tensor.slots[slot].dtype)
+    step = next(s for s in tensor.chain if s.input == slot)
+    target = slot_of(tensor, slot)
+    parts = {role: decode_slot(tensor, out) for role, out in step.outputs.items()}
+    out = codec(step.codec).decode(step.params, target, parts)
+    if out.size != target.count:
+        raise DczError(f"tensor {tensor.name!r}: codec {step.codec} decoded {out.size} "
+                       f"elements, expected {target.count}")
+    return out
+
+
 def decode_chain(tensor: Tensor):
     """Run the chain backwards from the streams to the flat tensor (a 1-D numpy array)."""
-    arrays = {slot: stream.array(tensor.slots[slot].dtype) for slot, stream in tensor.streams.items()}
-    for step in reversed(tensor.chain):
-        target = slot_of(tensor, step.input)
-        parts = {role: arrays.pop(slot) for role, slot in step.outputs.items()}
-        out = codec(step.codec).decode(step.params, target, parts)
-        if out.size != target.count:
-            raise DczError(f"tensor {tensor.name!r}: codec {step.codec} decoded {out.size} "
-                           f"elements, expected {target.count}")
-        arrays[step.input] = out
-    return arrays["tensor"]
+    return decode_slot(tensor, "tensor")

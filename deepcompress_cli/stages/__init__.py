@@ -1,0 +1,42 @@
+"""Compression stages: each takes a Package and re-encodes its weight tensors in place.
+
+A stage's per-tensor settings come from a `PerKind` value (a default for `conv` and for `fc`
+weights, with optional per-layer overrides by name glob), the way the paper sets conv and fc
+layers differently.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from ..tensors import Package, Tensor
+
+
+@dataclass
+class PerKind:
+    conv: float
+    fc: float
+    layers: list[tuple[str, float]] = field(default_factory=list)  # (name glob, value); last match wins
+
+    def value(self, tensor: Tensor):
+        for pattern, value in reversed(self.layers):
+            if fnmatch.fnmatchcase(tensor.name, pattern):
+                return value
+        return self.conv if tensor.kind == "conv" else self.fc
+
+
+def no_progress(items: Iterable, desc: str = "", total: int | None = None) -> Iterable:
+    return items
+
+
+def map_weights(package: Package, encode: Callable[[Tensor], tuple[Tensor, dict]],
+                progress=no_progress, desc: str = "") -> list[dict]:
+    """Replace every weight tensor by `encode(tensor)`'s new tensor; collect the report rows."""
+    rows = []
+    weights = [i for i, t in enumerate(package.tensors) if t.is_weight]
+    for i in progress(weights, desc=desc, total=len(weights)):
+        package.tensors[i], row = encode(package.tensors[i])
+        rows.append(row)
+    return rows

@@ -1,0 +1,52 @@
+"""The paper's whole recipe, tensor by tensor: prune -> share -> Huffman, with sizes after each."""
+
+from __future__ import annotations
+
+from ..tensors import Package, Tensor
+from . import map_weights, no_progress
+from .entropy import huffman_tensor
+from .prune import PruneConfig, prune_tensor
+from .share import ShareConfig, share_tensor
+
+
+def index_and_value_bytes(tensor: Tensor) -> tuple[int, int]:
+    """Stored bytes of the position index (gap streams) and of everything else (the values)."""
+    index = sum(s.length for slot, s in tensor.streams.items() if slot.startswith("gaps"))
+    return index, tensor.stored_bytes - index
+
+
+def compress_tensor(tensor: Tensor, prune_config: PruneConfig, share_config: ShareConfig):
+    sparsity = None if prune_config.threshold_std is not None else prune_config.sparsity.value(tensor)
+    pruned, p = prune_tensor(tensor, sparsity, int(prune_config.index_bits.value(tensor)),
+                             prune_config.threshold_std)
+    shared, q = share_tensor(pruned, int(share_config.bits.value(tensor)), share_config)
+    coded, h = huffman_tensor(shared)
+    index_bytes, value_bytes = index_and_value_bytes(coded)
+    kept = max(p["kept"], 1)
+    return coded, {
+        "name": tensor.name, "kind": tensor.kind, "weights": tensor.numel, "kept": p["kept"],
+        "kept_fraction": round(p["kept"] / tensor.numel, 6) if tensor.numel else 0.0,
+        "index_bits": p["index_bits"], "bits": q["bits"], "rmse": q["rmse"], "max_error": q["max_error"],
+        "bytes_original": tensor.nbytes, "bytes_p": pruned.stored_bytes, "bytes_pq": shared.stored_bytes,
+        "bytes_pqh": coded.stored_bytes,
+        "value_bits_per_weight": round(8 * value_bytes / kept, 3),
+        "index_bits_per_weight": round(8 * index_bytes / kept, 3),
+        "ratio": round(tensor.nbytes / coded.stored_bytes, 3) if coded.stored_bytes else None,
+    }
+
+
+def compress(package: Package, prune_config: PruneConfig, share_config: ShareConfig,
+             progress=no_progress) -> list[dict]:
+    return map_weights(package, lambda t: compress_tensor(t, prune_config, share_config), progress, "compress")
+
+
+def totals(rows: list[dict], package: Package) -> dict:
+    """Whole-model figures: weights only, and all tensors (biases and others as stored)."""
+    others = sum(t.stored_bytes for t in package.tensors if not t.is_weight)
+    sums = {key: sum(r[key] for r in rows) for key in ("weights", "kept", "bytes_original", "bytes_p",
+                                                       "bytes_pq", "bytes_pqh")}
+    other_original = sum(t.nbytes for t in package.tensors if not t.is_weight)
+    sums["ratio_weights"] = round(sums["bytes_original"] / sums["bytes_pqh"], 3) if sums["bytes_pqh"] else None
+    all_original, all_stored = sums["bytes_original"] + other_original, sums["bytes_pqh"] + others
+    sums["ratio_all_tensors"] = round(all_original / all_stored, 3) if all_stored else None
+    return sums

@@ -1,0 +1,41 @@
+"""The Huffman stage: every integer stream (gaps, indices) re-coded with canonical Huffman codes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..encoding import build, parse
+from ..tensors import Package, Tensor
+from . import map_weights, no_progress
+
+
+def entropy_bits(symbols: np.ndarray) -> float:
+    """Zeroth-order entropy of the stream, in bits (the bound a symbol-by-symbol code approaches)."""
+    if len(symbols) == 0:
+        return 0.0
+    p = np.bincount(symbols) / len(symbols)
+    p = p[p > 0]
+    return float(-(p * np.log2(p)).sum() * len(symbols))
+
+
+def huffman_tensor(tensor: Tensor) -> tuple[Tensor, dict]:
+    form = parse(tensor)
+    streams = {"gaps": form.gaps, "indices": form.indices}
+    streams = {k: v for k, v in streams.items() if v is not None}
+    new = build(tensor, form.with_(entropy="huffman")) if streams else tensor
+    row = {"name": tensor.name, "kind": tensor.kind, "bytes_before": tensor.stored_bytes,
+           "bytes_after": new.stored_bytes, "streams": {}}
+    for slot, symbols in streams.items():
+        stored = {k: s.length for k, s in new.streams.items() if k == slot or k.startswith(slot + ".")}
+        coded = f"{slot}.code" in stored
+        row["streams"][slot] = {
+            "symbols": len(symbols), "coding": "huffman" if coded else "packed",
+            "entropy_bytes": round(entropy_bits(symbols) / 8, 1),
+            "code_bytes": stored[f"{slot}.code"] if coded else sum(stored.values()),
+            "coded_bytes": sum(stored.values()),
+        }
+    return new, row
+
+
+def huffman(package: Package, progress=no_progress) -> list[dict]:
+    return map_weights(package, huffman_tensor, progress, "huffman")

@@ -1,0 +1,67 @@
+"""Magnitude pruning with the seed's relative-index storage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..encoding import WeightForm, build, entropy_of, sparse_form
+from ..errors import DczError
+from ..tensors import Package, Tensor
+from . import PerKind, map_weights, no_progress
+
+DEFAULT_SPARSITY = (0.6, 0.9)  # conv, fc: the issue's defaults
+DEFAULT_INDEX_BITS = (8, 5)  # conv, fc: the paper's relative-index widths
+
+
+@dataclass
+class PruneConfig:
+    sparsity: PerKind = field(default_factory=lambda: PerKind(*DEFAULT_SPARSITY))
+    index_bits: PerKind = field(default_factory=lambda: PerKind(*DEFAULT_INDEX_BITS))
+    threshold_std: float | None = None  # paper's rule: threshold = Q x the layer's std (overrides sparsity)
+
+
+def magnitude_mask(values: np.ndarray, sparsity: float | None = None, threshold_std: float | None = None):
+    """(keep mask, threshold).  Weights with |w| <= threshold are dropped, and exact zeros always.
+
+    By sparsity the threshold is the n·S-th smallest magnitude, so at least that fraction goes
+    (ties at the threshold go too: the result never depends on element order).
+    """
+    magnitude = np.abs(values)
+    if threshold_std is not None:
+        threshold = float(threshold_std * values.std(dtype=np.float64))
+    else:
+        drop = int(round(sparsity * magnitude.size))
+        threshold = float(np.partition(magnitude.reshape(-1), drop - 1)[drop - 1]) if drop else -1.0
+    return (magnitude > threshold) & (magnitude > 0), threshold
+
+
+def prune_tensor(tensor: Tensor, sparsity: float | None, index_bits: int,
+                 threshold_std: float | None = None) -> tuple[Tensor, dict]:
+    dense = tensor.decode()
+    keep, threshold = magnitude_mask(dense, sparsity, threshold_std)
+    form = sparse_form(dense, keep, index_bits, tensor.dtype).with_(entropy=entropy_of(tensor))
+    new = build(tensor, form)
+    dense_bytes = tensor.nbytes
+    if new.stored_bytes >= dense_bytes:  # nearly dense: the index costs more than it saves
+        new = build(tensor, WeightForm(tensor.shape, tensor.dtype, values=np.where(keep, dense, 0)))
+    kept = int(np.count_nonzero(keep))
+    return new, {
+        "name": tensor.name, "kind": tensor.kind, "weights": tensor.numel, "kept": kept,
+        "sparsity": round(1 - kept / tensor.numel, 6) if tensor.numel else 0.0,
+        "threshold": threshold, "index_bits": index_bits,
+        "entries": len(form.gaps), "fillers": len(form.gaps) - kept,
+        "stored_sparse": new.chain[0].codec == "sparse",
+        "bytes_before": tensor.stored_bytes, "bytes_after": new.stored_bytes,
+    }
+
+
+def prune(package: Package, config: PruneConfig, progress=no_progress) -> list[dict]:
+    def encode(tensor):
+        sparsity = None if config.threshold_std is not None else config.sparsity.value(tensor)
+        if sparsity is not None and not 0 <= sparsity < 1:
+            raise DczError(f"sparsity for {tensor.name!r} must be in [0, 1), got {sparsity}")
+        return prune_tensor(tensor, sparsity, int(config.index_bits.value(tensor)), config.threshold_std)
+
+    return map_weights(package, encode, progress, "prune")

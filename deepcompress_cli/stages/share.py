@@ -1,0 +1,60 @@
+"""Weight sharing: per-layer 1-D k-means, the layer's weights replaced by centroid indices."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..encoding import build, index_dtype, parse
+from ..kmeans import kmeans_1d
+from ..tensors import Package, Tensor
+from . import PerKind, map_weights, no_progress
+
+DEFAULT_BITS = (8, 5)  # conv, fc: 256 and 32 shared weights, as in the paper
+
+
+@dataclass
+class ShareConfig:
+    bits: PerKind = field(default_factory=lambda: PerKind(*DEFAULT_BITS))
+    init: str = "linear"
+    max_iter: int = 100
+    tol: float = 1e-6
+    seed: int = 0
+
+
+def cluster(values: np.ndarray, bits: int, config: ShareConfig) -> tuple[np.ndarray, np.ndarray, int]:
+    """(centroids, indices, k-means iterations).  Exact zeros keep a centroid of their own, 0.0.
+
+    Zeros are pruned weights (or sparse fillers): they must stay exactly zero, so they are not
+    clustered; the other values share the remaining 2^bits - 1 (or 2^bits) centroids.
+    """
+    zero = values == 0
+    reserve = bool(zero.any())
+    centroids, labels, iterations = kmeans_1d(values[~zero], (1 << bits) - reserve, config.init,
+                                              config.max_iter, config.tol, config.seed)
+    centroids = centroids.astype(values.dtype)
+    indices = np.zeros(len(values), dtype=np.int64)
+    indices[~zero] = labels + reserve
+    table = np.concatenate(([0], centroids)).astype(values.dtype) if reserve else centroids
+    used, compact = np.unique(indices, return_inverse=True)  # drop centroids no weight uses
+    return table[used], compact.astype(index_dtype(bits)), iterations
+
+
+def share_tensor(tensor: Tensor, bits: int, config: ShareConfig) -> tuple[Tensor, dict]:
+    form = parse(tensor)
+    values = form.entry_values()
+    centroids, indices, iterations = cluster(values, bits, config)
+    error = centroids[indices].astype(np.float64) - values
+    new = build(tensor, form.with_(values=None, centroids=centroids, indices=indices, bits=bits))
+    return new, {
+        "name": tensor.name, "kind": tensor.kind, "weights": tensor.numel, "clustered": len(values),
+        "bits": bits, "centroids": len(centroids), "iterations": iterations,
+        "rmse": float(np.sqrt(np.mean(error ** 2))) if len(error) else 0.0,
+        "max_error": float(np.max(np.abs(error))) if len(error) else 0.0,
+        "bytes_before": tensor.stored_bytes, "bytes_after": new.stored_bytes,
+    }
+
+
+def share(package: Package, config: ShareConfig, progress=no_progress) -> list[dict]:
+    return map_weights(package, lambda t: share_tensor(t, int(config.bits.value(t)), config), progress, "share")
