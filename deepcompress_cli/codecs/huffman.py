@@ -122,6 +122,8 @@ def encode(symbols: np.ndarray) -> tuple[dict, dict]:
 def check(params: dict, target, parts: dict) -> None:
     if set(params) != {"block"} or type(params["block"]) is not int or not 1 <= params["block"] <= MAX_BLOCK:
         raise DczError(f"huffman needs params {{block: 1..{MAX_BLOCK}}}")
+    if params["block"] > max(16, target.count // 16):  # decoding takes `block` numpy steps: bound the work
+        raise DczError(f"huffman block {params['block']} too large for {target.count} symbols")
     if target.dtype not in ("uint8", "uint16"):
         raise DczError(f"huffman cannot produce {target.dtype}")
     lengths, blocks, code = parts["lengths"], parts["blocks"], parts["code"]
