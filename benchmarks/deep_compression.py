@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from deepcompress_cli import zoo  # noqa: E402
-from deepcompress_cli.encoding import parse  # noqa: E402
+from deepcompress_cli.encoding import Shared, parse  # noqa: E402
 from deepcompress_cli.files import read_model  # noqa: E402
 from deepcompress_cli.stages.entropy import entropy_bits  # noqa: E402
 
@@ -77,8 +77,9 @@ def entropy_bound_bytes(dcz: str) -> float:
         keep = dense != 0
         p = keep.mean()
         positions = 0.0 if p in (0, 1) else -len(dense) * (p * np.log2(p) + (1 - p) * np.log2(1 - p))
-        values = entropy_bits(form.indices[form.entry_values() != 0]) if form.is_shared else 32 * keep.sum()
-        total += (positions + values) / 8 + (form.centroids.nbytes if form.is_shared else 0)
+        shared = isinstance(form.values, Shared)
+        values = entropy_bits(form.values.indices[form.entry_values() != 0]) if shared else 32 * keep.sum()
+        total += (positions + values) / 8 + (form.values.centroids.nbytes if shared else 0)
     return total
 
 

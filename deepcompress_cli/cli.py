@@ -244,22 +244,24 @@ def pack(ctx, model, output, include, exclude):
 @main.command()
 @click.argument("model", metavar="IN")
 @output_option
+@click.option("--qdq", is_flag=True, help="Keep quantized weights as integers behind DequantizeLinear nodes.")
 @json_option
 @click.pass_context
-def export(ctx, model, output):
+def export(ctx, model, output, qdq):
     """Turn IN (.dcz or .onnx) back into a runnable ONNX model with plain float weights.
 
     Models with more than 1 GiB of weights get an external data file OUTPUT.data beside OUTPUT.
 
     \b
-    Example:
+    Examples:
       deepcompress export model.dcz -o model.onnx
+      deepcompress export quantized.dcz -o model.qdq.onnx --qdq
     """
     from .files import read_model, write_onnx
     from .report import human_bytes
 
     package = read_model(model)
-    size = write_onnx(package, output, inputs=[model])
+    size = write_onnx(package, output, inputs=[model], qdq=qdq)
     emit(ctx, {"output": output, "bytes": size, "tensors": len(package.tensors)},
          f"{output}: {human_bytes(size)}, {len(package.tensors)} tensors", stdout_taken=output == "-")
 
@@ -331,6 +333,35 @@ def share(ctx, model, output, bits, layer_bits, init, max_iter, tol, seed, inclu
 
     config = share_config(bits, layer_bits, init, max_iter, tol, seed)
     run_stage(ctx, model, output, include, exclude, lambda p, bar: share_stage(p, config, bar), format_share)
+
+
+@main.command()
+@click.argument("model", metavar="IN")
+@output_option
+@click.option("--bits", type=click.IntRange(2, 16), default=8, show_default=True, help="Bits per weight code.")
+@click.option("--per-channel", is_flag=True, help="One range per output channel (Conv axis 0, Gemm by transB, "
+                                                   "MatMul the last axis) instead of one per tensor.")
+@click.option("--symmetric", is_flag=True, help="Range +-max|w| with zero point 0 (int8) instead of [min, max].")
+@selection_options
+@json_option
+@click.pass_context
+def quantize(ctx, model, output, bits, per_channel, symmetric, include, exclude):
+    """Linear quantization of each weight tensor from its min/max (TensorFlow style).
+
+    The range always includes 0.0, which stays exact; the zero point is rounded before use,
+    so rounding errors do not accumulate in one direction. Chains with huffman.
+
+    \b
+    Examples:
+      deepcompress quantize model.onnx -o q.dcz
+      deepcompress quantize model.onnx -o q.dcz --per-channel --symmetric
+    """
+    from .report import format_quantize
+    from .stages.quantize import QuantizeConfig
+    from .stages.quantize import quantize as quantize_stage
+
+    config = QuantizeConfig(bits, per_channel, symmetric)
+    run_stage(ctx, model, output, include, exclude, lambda p, bar: quantize_stage(p, config, bar), format_quantize)
 
 
 @main.command()

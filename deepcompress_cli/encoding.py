@@ -1,12 +1,14 @@
 """The logical form of a compressed weight, and its mapping to and from codec chains.
 
-Stages think in terms of `WeightForm` (where the kept weights are, what their values are, how
-integer streams are stored); only this module knows which chain of codecs represents a form:
+Stages think in terms of `WeightForm`: where the kept weights are (dense, or a sparse relative
+index), how their values are stored (plain floats, shared centroids, or linear integer codes) and
+how integer streams are stored (fixed width or Huffman).  Only this module knows the chains:
 
-    dense, raw floats           raw
+    dense, plain floats         raw
     pruned                      sparse(index_bits) -> gaps (packed at index_bits), values (floats)
     shared                      [sparse ->] codebook(bits) -> codebook (floats), indices (packed at bits)
-    ... + huffman               every integer stream (gaps, indices) Huffman-coded instead of packed
+    quantized                   [sparse ->] linear(bits) -> codes (packed at bits), scales, zero_points
+    ... + huffman               integer streams (gaps, indices, codes) Huffman-coded where smaller
 """
 
 from __future__ import annotations
@@ -15,35 +17,65 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .codecs import bitpack, codebook, decode_slot, huffman, sparse
+from .codecs import bitpack, decode_slot, huffman, linear, sparse
 from .tensors import Slot, Step, Stream, Tensor
 
 ENTROPY = ("packed", "huffman")
 
 
 @dataclass
+class Plain:
+    values: np.ndarray  # floats: the dense tensor, or one per sparse entry
+
+    def floats(self) -> np.ndarray:
+        return self.values
+
+
+@dataclass
+class Shared:
+    centroids: np.ndarray
+    indices: np.ndarray
+    bits: int
+
+    def floats(self) -> np.ndarray:
+        return self.centroids[self.indices]
+
+
+@dataclass
+class Quantized:
+    codes: np.ndarray
+    scales: np.ndarray
+    zero_points: np.ndarray
+    bits: int
+    channels: int = 1
+    inner: int = 1
+    symmetric: bool = False
+
+    @property
+    def params(self) -> dict:
+        return {"bits": self.bits, "channels": self.channels, "inner": self.inner, "symmetric": self.symmetric}
+
+    def floats(self) -> np.ndarray:
+        return linear.decode(self.params, Slot("float32", len(self.codes)),
+                             {"codes": self.codes, "scales": self.scales, "zero_points": self.zero_points})
+
+
+@dataclass
 class WeightForm:
     shape: tuple[int, ...]
     dtype: str
-    values: np.ndarray | None = None  # floats: the dense tensor, or one per sparse entry
+    values: Plain | Shared | Quantized
     gaps: np.ndarray | None = None  # sparse relative index (None: dense)
     index_bits: int = 0
-    centroids: np.ndarray | None = None  # shared weights: values = centroids[indices]
-    indices: np.ndarray | None = None
-    bits: int = 0
     entropy: str = "packed"
 
     @property
     def is_sparse(self) -> bool:
         return self.gaps is not None
 
-    @property
-    def is_shared(self) -> bool:
-        return self.centroids is not None
-
     def entry_values(self) -> np.ndarray:
         """The float value of every entry (every weight when dense)."""
-        return self.centroids[self.indices] if self.is_shared else self.values
+        return self.values.floats()
 
     def with_(self, **changes) -> "WeightForm":
         return replace(self, **changes)
@@ -55,22 +87,23 @@ def entropy_of(tensor: Tensor) -> str:
 
 def parse(tensor: Tensor) -> WeightForm:
     """Read a tensor's chain back into its logical form (decoding integer streams)."""
-    form = WeightForm(shape=tensor.shape, dtype=tensor.dtype)
     first = tensor.chain[0]
-    values_slot = "tensor"
+    gaps, index_bits, values_slot = None, 0, "tensor"
     if first.codec == "sparse":
-        form.gaps = decode_slot(tensor, first.outputs["gaps"])
-        form.index_bits = first.params["index_bits"]
+        gaps, index_bits = decode_slot(tensor, first.outputs["gaps"]), first.params["index_bits"]
         values_slot = first.outputs["values"]
     producer = next((s for s in tensor.chain if s.input == values_slot), None)
-    if producer is not None and producer.codec == "codebook":
-        form.centroids = decode_slot(tensor, producer.outputs["codebook"])
-        form.indices = decode_slot(tensor, producer.outputs["indices"])
-        form.bits = producer.params["bits"]
+    codec = producer.codec if producer is not None else None
+    if codec == "codebook":
+        values = Shared(decode_slot(tensor, producer.outputs["codebook"]),
+                        decode_slot(tensor, producer.outputs["indices"]), producer.params["bits"])
+    elif codec == "linear":
+        p = producer.params
+        values = Quantized(*(decode_slot(tensor, producer.outputs[r]) for r in ("codes", "scales", "zero_points")),
+                           bits=p["bits"], channels=p["channels"], inner=p["inner"], symmetric=p["symmetric"])
     else:
-        form.values = decode_slot(tensor, values_slot)
-    form.entropy = entropy_of(tensor)
-    return form
+        values = Plain(decode_slot(tensor, values_slot))
+    return WeightForm(tensor.shape, tensor.dtype, values, gaps, index_bits, entropy_of(tensor))
 
 
 def build(tensor: Tensor, form: WeightForm) -> Tensor:
@@ -108,16 +141,21 @@ def build(tensor: Tensor, form: WeightForm) -> Tensor:
         slots["values"] = Slot(form.dtype, len(form.gaps))
         integer_streams.append(("gaps", form.gaps, form.index_bits))
         values_slot = "values"
-    if form.is_shared:
-        steps.append(Step("codebook", values_slot, {"codebook": "codebook", "indices": "indices"},
-                          {"bits": form.bits}))
-        store("codebook", form.centroids.astype(form.dtype))
-        integer_streams.append(("indices", form.indices, form.bits))
+    v = form.values
+    if isinstance(v, Shared):
+        steps.append(Step("codebook", values_slot, {"codebook": "codebook", "indices": "indices"}, {"bits": v.bits}))
+        store("codebook", v.centroids.astype(form.dtype))
+        integer_streams.append(("indices", v.indices, v.bits))
+    elif isinstance(v, Quantized):
+        steps.append(Step("linear", values_slot, {r: r for r in ("codes", "scales", "zero_points")}, v.params))
+        store("scales", v.scales.astype(np.float32))
+        store("zero_points", v.zero_points)
+        integer_streams.append(("codes", v.codes, v.bits))
     elif form.is_sparse:
-        store("values", form.values.astype(form.dtype))
+        store("values", v.values.astype(form.dtype))
     else:
         steps.append(Step("raw", "tensor", {"data": "data"}))
-        store("data", np.ascontiguousarray(form.values, dtype=form.dtype).reshape(-1))
+        store("data", np.ascontiguousarray(v.values, dtype=form.dtype).reshape(-1))
     for slot, array, bits in integer_streams:
         store_integers(slot, array, bits)
     return Tensor(name=tensor.name, dtype=tensor.dtype, shape=tensor.shape, kind=tensor.kind,
@@ -126,8 +164,8 @@ def build(tensor: Tensor, form: WeightForm) -> Tensor:
 
 def sparse_form(tensor_values: np.ndarray, keep: np.ndarray, index_bits: int, dtype: str) -> WeightForm:
     gaps, values = sparse.encode(tensor_values.reshape(-1), keep.reshape(-1), index_bits)
-    return WeightForm(shape=tensor_values.shape, dtype=dtype, values=values, gaps=gaps, index_bits=index_bits)
+    return WeightForm(tensor_values.shape, dtype, Plain(values), gaps=gaps, index_bits=index_bits)
 
 
-def index_dtype(bits: int):
-    return np.dtype(codebook.index_dtype(bits))
+def dense_form(tensor_values: np.ndarray, dtype: str) -> WeightForm:
+    return WeightForm(tensor_values.shape, dtype, Plain(tensor_values.reshape(-1)))

@@ -115,11 +115,23 @@ def write_dcz(package: Package, path: str, inputs=()) -> int:
         return container.write(package, f)
 
 
-def write_onnx(package: Package, path: str, inputs=()) -> int:
-    """Export as a runnable ONNX model; above 1 GiB of weights the weights go to `<path>.data`."""
+def write_onnx(package: Package, path: str, inputs=(), qdq: bool = False) -> int:
+    """Export as a runnable ONNX model; above 1 GiB of weights the weights go to `<path>.data`.
+
+    With `qdq`, quantized weights stay integers behind DequantizeLinear nodes.
+    """
     from . import onnx_io
 
     total = sum(t.nbytes for t in package.tensors)
+    if qdq:
+        from .qdq import to_qdq_onnx
+
+        if total >= onnx_io.EXTERNAL_DATA_THRESHOLD:
+            raise DczError("--qdq export of models over 1 GiB of weights is not supported")
+        data = to_qdq_onnx(package).SerializeToString()
+        with atomic_output(path, inputs) as f:
+            f.write(data)
+        return len(data)
     if total < onnx_io.EXTERNAL_DATA_THRESHOLD:
         data = onnx_io.to_onnx(package).SerializeToString()
         with atomic_output(path, inputs) as f:

@@ -96,6 +96,21 @@ def _consumers(model) -> dict[str, list[tuple[str, int]]]:
     return uses
 
 
+def weight_consumers(model) -> dict:
+    """table name -> (first consuming node, input index), for tensors stored as placeholders."""
+    by_value = {}
+    for graph in _graphs(model.graph):
+        for node in graph.node:
+            for i, name in enumerate(node.input):
+                by_value.setdefault(name, (node, i))
+    found = {}
+    for t, value_name, _ in _tensor_sites(model):
+        name = _placeholder_name(t)
+        if name is not None and value_name in by_value:
+            found[name] = by_value[value_name]
+    return found
+
+
 def _consumer_info(uses: list[tuple[str, int]]) -> tuple[str, str | None]:
     """(op shown in `info`, weight kind or None) for a value's consumers."""
     for op, i in uses:

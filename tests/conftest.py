@@ -50,9 +50,14 @@ def onnx_weights(model) -> dict[str, np.ndarray]:
     return {name: numpy_helper.to_array(t) for t, name, _ in _tensor_sites(model)}
 
 
-def ort_outputs(model_bytes: bytes, feeds: dict) -> list[np.ndarray]:
+def ort_outputs(model_bytes: bytes, feeds: dict, optimize: bool = True) -> list[np.ndarray]:
+    """onnxruntime's outputs; `optimize=False` turns off graph rewrites (ORT rewrites
+    DequantizeLinear -> MatMul into a kernel that also quantizes the activations)."""
     ort = pytest.importorskip("onnxruntime")
-    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
     return session.run(None, feeds)
 
 
@@ -65,3 +70,16 @@ def random_feeds(model_bytes: bytes, seed: int = 0, batch: int = 2) -> dict:
         shape = [d if isinstance(d, int) else batch for d in i.shape]
         feeds[i.name] = rng.random(shape, dtype=np.float32)
     return feeds
+
+
+def mnist_accuracy(model_bytes: bytes, limit: int | None = None) -> float:
+    """Top-1 on the MNIST test set (../shared/data), input 'input' [N,1,28,28] = (x/255-0.5)/0.5."""
+    ort = pytest.importorskip("onnxruntime")
+    data = np.load(shared_path("data", "mnist_test.npz"), allow_pickle=False)
+    images, labels = data["images"][:limit], data["labels"][:limit]
+    x = ((images.astype(np.float32) / 255 - 0.5) / 0.5)[:, None]
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    predictions = np.concatenate([session.run(None, {name: x[i:i + 1000]})[0].argmax(1)
+                                  for i in range(0, len(x), 1000)])
+    return float((predictions == labels).mean())

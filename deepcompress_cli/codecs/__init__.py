@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from ..errors import DczError
 from ..tensors import Slot, Step, Tensor
-from . import bitpack, codebook, huffman, raw, sparse
+from . import bitpack, codebook, huffman, linear, raw, sparse
 
-CODECS = {module.NAME: module for module in (raw, sparse, codebook, bitpack, huffman)}
+CODECS = {module.NAME: module for module in (raw, sparse, codebook, linear, bitpack, huffman)}
 
 MAX_STEPS = 16
 # Decoded bytes a tensor may claim per stored byte (plus a floor): a tiny file cannot make the

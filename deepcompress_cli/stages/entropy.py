@@ -20,7 +20,8 @@ def entropy_bits(symbols: np.ndarray) -> float:
 
 def huffman_tensor(tensor: Tensor) -> tuple[Tensor, dict]:
     form = parse(tensor)
-    streams = {"gaps": form.gaps, "indices": form.indices}
+    streams = {"gaps": form.gaps, "indices": getattr(form.values, "indices", None),
+               "codes": getattr(form.values, "codes", None)}
     streams = {k: v for k, v in streams.items() if v is not None}
     new = build(tensor, form.with_(entropy="huffman")) if streams else tensor
     row = {"name": tensor.name, "kind": tensor.kind, "bytes_before": tensor.stored_bytes,

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..encoding import WeightForm, build, entropy_of, sparse_form
+from ..encoding import build, dense_form, entropy_of, sparse_form
 from ..errors import DczError
 from ..tensors import Package, Tensor
 from . import PerKind, map_weights, no_progress
@@ -45,7 +45,7 @@ def prune_tensor(tensor: Tensor, sparsity: float | None, index_bits: int,
     new = build(tensor, form)
     dense_bytes = tensor.nbytes
     if new.stored_bytes >= dense_bytes:  # nearly dense: the index costs more than it saves
-        new = build(tensor, WeightForm(tensor.shape, tensor.dtype, values=np.where(keep, dense, 0)))
+        new = build(tensor, dense_form(np.where(keep, dense, 0), tensor.dtype))
     kept = int(np.count_nonzero(keep))
     return new, {
         "name": tensor.name, "kind": tensor.kind, "weights": tensor.numel, "kept": kept,

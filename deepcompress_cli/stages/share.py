@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..encoding import build, index_dtype, parse
+from ..codecs.codebook import index_dtype
+from ..encoding import Shared, build, parse
 from ..kmeans import kmeans_1d
 from ..tensors import Package, Tensor
 from . import PerKind, map_weights, no_progress
@@ -46,7 +47,7 @@ def share_tensor(tensor: Tensor, bits: int, config: ShareConfig) -> tuple[Tensor
     values = form.entry_values()
     centroids, indices, iterations = cluster(values, bits, config)
     error = centroids[indices].astype(np.float64) - values
-    new = build(tensor, form.with_(values=None, centroids=centroids, indices=indices, bits=bits))
+    new = build(tensor, form.with_(values=Shared(centroids, indices, bits)))
     return new, {
         "name": tensor.name, "kind": tensor.kind, "weights": tensor.numel, "clustered": len(values),
         "bits": bits, "centroids": len(centroids), "iterations": iterations,
