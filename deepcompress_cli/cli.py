@@ -367,6 +367,44 @@ def quantize(ctx, model, output, bits, per_channel, symmetric, include, exclude)
 @main.command()
 @click.argument("model", metavar="IN")
 @output_option
+@click.option("--rank", type=click.IntRange(1), metavar="T", help="Keep rank T in every layer.")
+@click.option("--energy", type=float, metavar="E", help="Smallest rank keeping fraction E of the sum of sigma^2.")
+@click.option("--ratio", type=float, metavar="R", help="Largest rank keeping at most fraction R of the parameters.")
+@click.option("--layer-rank", type=LayerValue(int), multiple=True, help="Per-layer rank, NAME (node or weight, or glob) = T.")
+@click.option("--layers", multiple=True, metavar="GLOB", help="Only these layers (node or weight name; repeatable).")
+@click.option("--format", "fmt", type=click.Choice(["auto", "dcz", "onnx"]), default="auto", show_default=True,
+              help="Output format; auto: ONNX when OUTPUT ends in .onnx, else .dcz.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs of the error report.")
+@json_option
+@click.pass_context
+def svd(ctx, model, output, rank, energy, ratio, layer_rank, layers, fmt, seed):
+    """Factor fully-connected weights W ~ U S V^T: each Gemm/MatMul becomes two thinner ones.
+
+    Layers whose factorization would not shrink them, or whose weight is not a constant, are
+    skipped and reported. Chains with prune/share/quantize/huffman.
+
+    \b
+    Examples:
+      deepcompress svd model.onnx -o small.onnx --energy 0.9
+      deepcompress svd model.onnx -o small.dcz --ratio 0.25 --layer-rank fc3=16
+    """
+    from .files import read_model, write_dcz, write_onnx
+    from .report import format_svd, human_bytes
+    from .stages.svd import SvdConfig
+    from .stages.svd import svd as svd_stage
+
+    config = SvdConfig(rank, energy, ratio, list(layer_rank), list(layers), seed)
+    package = read_model(model)
+    rows = svd_stage(package, config, progress_bar(ctx))
+    as_onnx = fmt == "onnx" or (fmt == "auto" and output.lower().endswith(".onnx"))
+    size = (write_onnx if as_onnx else write_dcz)(package, output, inputs=[model])
+    data = {"output": output, "format": "onnx" if as_onnx else "dcz", "bytes": size, "layers": rows}
+    emit(ctx, data, f"{format_svd(rows)}\n\n{output}: {human_bytes(size)}", stdout_taken=output == "-")
+
+
+@main.command()
+@click.argument("model", metavar="IN")
+@output_option
 @json_option
 @click.pass_context
 def huffman(ctx, model, output):
@@ -427,6 +465,54 @@ def compress(ctx, model, output, sparsity, layer_sparsity, index_bits, threshold
         text = (f"{output}: {human_bytes(size)}; weights {human_bytes(sums['bytes_original'])} -> "
                 f"{human_bytes(sums['bytes_pqh'])} ({sums['ratio_weights']}x)")
     emit(ctx, data, text, stdout_taken=output == "-")
+
+
+@main.command()
+@click.argument("models", nargs=-1, required=True, metavar="MODEL...")
+@click.option("--baseline", metavar="FILE", help="Model the others are compared with [default: the first].")
+@click.option("--data", metavar="DATA.npz", help="Inputs keyed by graph input name, optional `labels` (class ids).")
+@click.option("--calibrate", metavar="DATA.npz", help="Fix int8 activation ranges from this data (default: measured per run).")
+@click.option("--runs", type=click.IntRange(1), default=10, show_default=True, help="Timed runs per mode.")
+@click.option("--warmup", type=click.IntRange(0), default=2, show_default=True)
+@click.option("--batch", type=click.IntRange(1), default=1, show_default=True, help="Batch size (fixed-batch models keep theirs).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs used without --data.")
+@click.option("--int8/--no-int8", default=True, show_default=True, help="Also run the int8 interpreter.")
+@click.option("--ort", is_flag=True, help="Add onnxruntime's latency (when installed).")
+@click.option("--min-ratio", type=float, help="Gate: each model at least R times smaller than the baseline.")
+@click.option("--max-accuracy-drop", type=float, metavar="P", help="Gate: top-1 at most P points below the baseline.")
+@click.option("--min-cosine", type=float, metavar="C", help="Gate: output cosine similarity to the baseline >= C.")
+@click.option("--check", is_flag=True, help="Only list ops the interpreter does not support (exit 2 if any).")
+@json_option
+@click.pass_context
+def bench(ctx, models, baseline, data, calibrate, runs, warmup, batch, seed, int8, ort, min_ratio,
+          max_accuracy_drop, min_cosine, check):
+    """Size, latency (fp32 and int8) and accuracy or fidelity of models, side by side.
+
+    Exit status 1 when a gate (--min-ratio, --max-accuracy-drop, --min-cosine) fails.
+
+    \b
+    Examples:
+      deepcompress bench model.onnx model.dcz --data test.npz
+      deepcompress bench model.onnx small.dcz --min-ratio 20 --max-accuracy-drop 0.5 --data test.npz
+    """
+    from . import bench as bench_lib
+    from .report import format_bench
+
+    if check:
+        from .files import read_model
+        from .interp.graph import unsupported_ops
+
+        missing = {m: sorted(unsupported_ops(read_model(m).graph)) for m in models}
+        emit(ctx, {"unsupported": missing}, "\n".join(f"{m}: {', '.join(ops) or 'all ops supported'}"
+                                                     for m, ops in missing.items()))
+        if any(missing.values()):
+            raise DczError("unsupported ops: " + ", ".join(sorted({o for ops in missing.values() for o in ops})))
+        return
+    gates = {"min_ratio": min_ratio, "max_accuracy_drop": max_accuracy_drop, "min_cosine": min_cosine}
+    config = bench_lib.BenchConfig(runs, warmup, batch, seed, int8, ort, data, calibrate, baseline, gates)
+    report = bench_lib.bench(list(models), config, progress_bar(ctx))
+    emit(ctx, report, format_bench(report))
+    bench_lib.enforce(report)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -169,3 +169,14 @@ def sparse_form(tensor_values: np.ndarray, keep: np.ndarray, index_bits: int, dt
 
 def dense_form(tensor_values: np.ndarray, dtype: str) -> WeightForm:
     return WeightForm(tensor_values.shape, dtype, Plain(tensor_values.reshape(-1)))
+
+
+def dense_codes(form: WeightForm) -> np.ndarray:
+    """A quantized form's codes for every element: pruned positions get the zero point (= 0.0)."""
+    q = form.values
+    if not form.is_sparse:
+        return q.codes
+    numel = int(np.prod(form.shape, dtype=np.int64))
+    shifted = sparse.decode({"index_bits": form.index_bits}, Slot("int32", numel),
+                            {"gaps": form.gaps, "values": q.codes.astype(np.int32) - int(q.zero_points[0])})
+    return (shifted + int(q.zero_points[0])).astype(q.codes.dtype)

@@ -11,27 +11,16 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .codecs.linear import channel_axis
-from .codecs.sparse import decode as sparse_decode
-from .encoding import Quantized, parse
+from .encoding import Quantized, dense_codes, parse
 from .errors import DczError
 from .onnx_io import _placeholder_name, to_onnx
-from .tensors import Package, Slot
-
-
-def dense_codes(form, q: Quantized) -> np.ndarray:
-    """Codes for every element; pruned positions of a sparse tensor get the zero point (= 0.0)."""
-    if not form.is_sparse:
-        return q.codes
-    numel = int(np.prod(form.shape, dtype=np.int64))
-    shifted = sparse_decode({"index_bits": form.index_bits}, Slot("int32", numel),
-                            {"gaps": form.gaps, "values": q.codes.astype(np.int32) - int(q.zero_points[0])})
-    return (shifted + int(q.zero_points[0])).astype(q.codes.dtype)
+from .tensors import Package
 
 
 def qdq_initializers(name: str, shape, form, q: Quantized) -> tuple[list[onnx.TensorProto], onnx.NodeProto]:
     if q.bits > 8:
         raise DczError(f"tensor {name!r}: --qdq needs codes of at most 8 bits (has {q.bits})")
-    codes = dense_codes(form, q).reshape(shape)
+    codes = dense_codes(form).reshape(shape)
     zero_points = q.zero_points
     if q.symmetric:  # stored offset by 2^(bits-1); DequantizeLinear wants int8 with zero point 0
         offset = 1 << (q.bits - 1)

@@ -107,6 +107,17 @@ def format_quantize(rows: list[dict]) -> str:
                         table, right={2, 5, 6, 7, 8, 9})
 
 
+def format_svd(rows: list[dict]) -> str:
+    def num(x, fmt="{:,}"):
+        return "-" if x is None else fmt.format(x)
+
+    table = [[r["name"], r["op"], num(r["u"]), num(r["v"]), num(r["t"]), num(r["params_before"]),
+              num(r["params_after"]), num(r["energy_kept"], "{:.4f}"), num(r["rel_error"], "{:.4f}"),
+              r["skipped"] or ""] for r in rows]
+    return format_table(["layer", "op", "u", "v", "t", "params", "after", "energy", "rel err", "skipped"],
+                        table, right=set(range(2, 9)))
+
+
 def format_huffman(rows: list[dict]) -> str:
     table = []
     for r in rows:
@@ -136,4 +147,27 @@ def format_compress(rows: list[dict], totals: dict, gzip_bytes: int | None, onnx
     if gzip_bytes:
         text += (f"\ngzip -9 of the original .onnx: {human_bytes(onnx_bytes)} -> {human_bytes(gzip_bytes)} "
                  f"({onnx_bytes / gzip_bytes:.2f}x)")
+    return text
+
+
+def format_bench(report: dict) -> str:
+    rows = []
+    for r in report["models"]:
+        for mode, stats in r["modes"].items():
+            lat = stats["latency"] or {}
+            quality = "-"
+            if "accuracy" in stats:
+                quality = f"top-1 {100 * stats['accuracy']:.2f}%"
+            elif "fidelity" in stats:
+                f = stats["fidelity"]
+                quality = f"cos {f['cosine']:.5f}, top-1 agree {100 * f['top1_agreement']:.1f}%"
+            rows.append([r["model"] if mode == next(iter(r["modes"])) else "", human_bytes(r["file_bytes"]),
+                         f"{r['ratio']:.2f}x" if r.get("ratio") else "-", mode,
+                         f"{lat.get('median_ms', float('nan')):.2f}", f"{lat.get('p90_ms', float('nan')):.2f}",
+                         quality if mode != "ort" else ""])
+    text = format_table(["model", "size", "ratio", "mode", "median ms", "p90 ms", "quality"], rows, right={1, 2, 4, 5})
+    for gate in report["gates"]:
+        status = "ok" if gate["passed"] else "FAILED"
+        text += (f"\ngate {gate['gate']} {gate['model']}" + (f" ({gate['mode']})" if gate["mode"] else "")
+                 + f": {gate['value']} vs {gate['limit']}: {status}")
     return text

@@ -122,7 +122,7 @@ class Tensor:
         flat = np.ascontiguousarray(array, dtype=numpy_dtype(dtype)).reshape(-1)
         return cls(name=name, dtype=dtype, shape=tuple(int(d) for d in array.shape), kind=kind,
                    chain=[Step("raw", "tensor", {"data": "data"})],
-                   slots={"data": Slot(dtype, flat.size)}, streams={"data": Stream.of(flat)})
+                   slots={"data": Slot(dtype, flat.size)}, streams={"data": Stream.of(flat)}, op=op)
 
     @property
     def numel(self) -> int:
