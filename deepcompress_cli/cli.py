@@ -13,8 +13,10 @@ import traceback
 
 import click
 
-from . import __version__
+from . import __version__, blas
 from .errors import DczError
+
+blas.tune()  # before anything imports numpy
 
 
 class DczGroup(click.Group):

@@ -1,0 +1,205 @@
+"""`bench`: size, latency and accuracy (or fidelity) of models side by side, with CI gates."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import DczError, GateFailed
+from .files import read_model
+
+
+@dataclass
+class BenchConfig:
+    runs: int = 10
+    warmup: int = 2
+    batch: int = 1
+    seed: int = 0
+    int8: bool = True
+    ort: bool = False
+    data: str | None = None
+    calibrate: str | None = None
+    baseline: str | None = None
+    gates: dict = field(default_factory=dict)  # min_ratio, max_accuracy_drop (points), min_cosine
+
+
+def load_npz(path: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError) as e:
+        raise DczError(f"{path}: not a readable .npz ({str(e)[:80]})") from None
+
+
+def input_specs(interp) -> list[tuple[str, list, np.dtype]]:
+    """(name, dims with None for symbolic, dtype) of the graph inputs that are not constants."""
+    from onnx import helper
+
+    specs = []
+    for i in interp.model.graph.input:
+        if i.name in interp.plan.constants:
+            continue
+        t = i.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        specs.append((i.name, dims, np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type))))
+    return specs
+
+
+def make_inputs(interp, data: dict | None, count: int, seed: int) -> dict[str, np.ndarray]:
+    """`count` samples per input: the first ones of `data`, or seeded random numbers."""
+    feeds = {}
+    rng = np.random.default_rng(seed)
+    for name, dims, dtype in input_specs(interp):
+        if data is not None:
+            if name not in data:
+                raise DczError(f"--data has no array named {name!r} (the model's input)")
+            feeds[name] = data[name].astype(dtype, copy=False)
+        else:
+            shape = [count] + [d if d else 1 for d in dims[1:]]
+            feeds[name] = rng.standard_normal(shape).astype(dtype)
+    return feeds
+
+
+def fixed_batch(interp) -> int | None:
+    dims = [dims for _, dims, _ in input_specs(interp)]
+    return dims[0][0] if dims and dims[0] and dims[0][0] else None
+
+
+def run_batched(interp, feeds: dict, batch: int) -> np.ndarray:
+    """The first output over all samples, `batch` at a time."""
+    n = len(next(iter(feeds.values())))
+    outs = [interp.run({k: v[i:i + batch] for k, v in feeds.items()})[0] for i in range(0, n, batch)]
+    return np.concatenate(outs)
+
+
+def latency(fn, runs: int, warmup: int) -> dict:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return {"median_ms": round(float(np.median(times)), 3), "p90_ms": round(float(np.percentile(times, 90)), 3)}
+
+
+def fidelity(out: np.ndarray, reference: np.ndarray) -> dict:
+    a, b = out.astype(np.float64).reshape(len(out), -1), reference.astype(np.float64).reshape(len(reference), -1)
+    denominator = np.linalg.norm(a) * np.linalg.norm(b)
+    return {"cosine": round(float((a * b).sum() / denominator), 6) if denominator else 1.0,
+            "max_abs_error": float(np.abs(a - b).max()),
+            "top1_agreement": round(float((a.argmax(1) == b.argmax(1)).mean()), 6)}
+
+
+def calibrate(package, data: dict, batch: int) -> dict[str, tuple[float, float]]:
+    """min/max of every value over `data`, from a float run (the ranges int8 mode then uses)."""
+    from .interp.graph import Interpreter
+
+    ranges: dict[str, list] = {}
+
+    def observe(name, value):
+        if isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.size:
+            low, high = float(value.min()), float(value.max())
+            r = ranges.setdefault(name, [low, high])
+            r[0], r[1] = min(r[0], low), max(r[1], high)
+
+    interp = Interpreter(package)
+    interp.observe = observe
+    run_batched(interp, make_inputs(interp, data, 0, 0), batch)
+    return {k: (v[0], v[1]) for k, v in ranges.items()}
+
+
+def bench(paths: list[str], config: BenchConfig, progress=lambda items, **kw: items) -> dict:
+    from .interp.graph import Interpreter
+    from .interp.quant import Int8Interpreter
+
+    data = load_npz(config.data) if config.data else None
+    labels = data.pop("labels", None) if data else None
+    baseline_path = config.baseline or paths[0]
+    models = [baseline_path] + [p for p in paths if p != baseline_path]
+    results, reference = [], None
+    for path in progress(models, desc="bench"):
+        package = read_model(path)
+        fp32 = Interpreter(package)
+        batch = fixed_batch(fp32) or config.batch
+        count = len(labels) if labels is not None else (len(next(iter(data.values()))) if data else 64)
+        feeds = make_inputs(fp32, data, count, config.seed)
+        one_batch = {k: v[:batch] if len(v) >= batch else np.resize(v, (batch, *v.shape[1:])) for k, v in feeds.items()}
+        size = os.path.getsize(path) if path != "-" else 0
+        row = {"model": path, "file_bytes": size,
+               "weight_bytes": sum(t.stored_bytes for t in package.tensors if t.is_weight),
+               "batch": batch, "modes": {}}
+        interpreters = {"fp32": fp32}
+        if config.int8:  # activation ranges: calibrated over --calibrate data, or measured per run
+            ranges = None
+            if config.calibrate:
+                calibration = load_npz(config.calibrate)
+                calibration.pop("labels", None)
+                ranges = calibrate(package, calibration, batch)
+            interpreters["int8"] = Int8Interpreter(package, ranges)
+        for mode, interp in interpreters.items():
+            out = run_batched(interp, feeds, batch)
+            stats = {"latency": latency(lambda: interp.run(one_batch), config.runs, config.warmup)}
+            if labels is not None:
+                stats["accuracy"] = round(float((out.reshape(len(out), -1).argmax(1) == labels).mean()), 6)
+            if reference is None and mode == "fp32":
+                reference = out
+            stats["fidelity"] = fidelity(out, reference)
+            row["modes"][mode] = stats
+        if config.ort:
+            row["modes"]["ort"] = {"latency": ort_latency(package, one_batch, config)}
+        results.append(row)
+    base = results[0]
+    for row in results:
+        row["ratio"] = round(base["file_bytes"] / row["file_bytes"], 3) if row["file_bytes"] else None
+    report = {"baseline": base["model"], "models": results}
+    report["gates"] = check_gates(report, config.gates)
+    return report
+
+
+def ort_latency(package, feeds, config) -> dict | None:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    from .onnx_io import to_onnx
+
+    session = ort.InferenceSession(to_onnx(package).SerializeToString(), providers=["CPUExecutionProvider"])
+    return latency(lambda: session.run(None, feeds), config.runs, config.warmup)
+
+
+def check_gates(report: dict, gates: dict) -> list[dict]:
+    """Each gate against every model but the baseline: [{gate, model, value, limit, passed}]."""
+    checks = []
+    base = report["models"][0]
+    base_accuracy = base["modes"]["fp32"].get("accuracy")
+    for row in report["models"][1:]:
+        if gates.get("min_ratio") is not None:
+            checks.append(_gate("min-ratio", row, row["ratio"], gates["min_ratio"], row["ratio"] >= gates["min_ratio"]))
+        for mode, stats in row["modes"].items():
+            if mode == "ort":
+                continue
+            if gates.get("max_accuracy_drop") is not None and base_accuracy is not None:
+                drop = round(100 * (base_accuracy - stats["accuracy"]), 4)
+                checks.append(_gate("max-accuracy-drop", row, drop, gates["max_accuracy_drop"],
+                                    drop <= gates["max_accuracy_drop"], mode))
+            if gates.get("min_cosine") is not None:
+                cosine = stats["fidelity"]["cosine"]
+                checks.append(_gate("min-cosine", row, cosine, gates["min_cosine"], cosine >= gates["min_cosine"], mode))
+    return checks
+
+
+def _gate(name, row, value, limit, passed, mode=None) -> dict:
+    return {"gate": name, "model": row["model"], "mode": mode, "value": value, "limit": limit, "passed": bool(passed)}
+
+
+def enforce(report: dict) -> None:
+    failed = [g for g in report["gates"] if not g["passed"]]
+    if failed:
+        g = failed[0]
+        where = f"{g['model']}" + (f" ({g['mode']})" if g["mode"] else "")
+        raise GateFailed(f"gate {g['gate']} failed for {where}: {g['value']} vs limit {g['limit']}"
+                         + (f" (+{len(failed) - 1} more)" if len(failed) > 1 else ""))

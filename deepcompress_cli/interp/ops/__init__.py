@@ -1,0 +1,44 @@
+"""Op kernels of the interpreter, grouped by concept (one module per family).
+
+Every kernel has the signature
+
+    def kernel(inputs: list[np.ndarray | None], attrs: dict, ctx: OpContext) -> list[np.ndarray]
+
+- `inputs`: the node's inputs in order; an omitted optional input (empty name) is None.
+- `attrs`: the node's attributes as Python values (ints, floats, bytes for strings, lists, numpy
+  arrays for tensors, GraphProto for subgraphs); absent attributes are absent, so kernels apply the defaults
+  of the ONNX spec for `ctx.opset`.
+- kernels may return views of their inputs, so nothing may modify a value in place;
+- returns the outputs in order (a kernel may return fewer than the node declares when the rest are
+  optional and unused, e.g. Dropout's mask, BatchNormalization's training outputs).
+
+Kernels register with `@op("Name")`.  An op missing from `KERNELS` is a DczError naming it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+KERNELS: dict[str, Callable] = {}
+
+
+@dataclass
+class OpContext:
+    opset: int  # the model's default-domain opset version
+    node_name: str = ""
+    num_outputs: int = 1  # outputs the node declares (Split without sizes needs it)
+    run_graph: Callable | None = None  # run_graph(graph_proto, outer_values: dict) -> list[outputs], for If
+
+
+def op(*names: str):
+    def register(kernel):
+        for name in names:
+            KERNELS[name] = kernel
+        return kernel
+    return register
+
+
+def load_all() -> None:
+    """Import every kernel module (each registers its ops on import)."""
+    from . import control, conv, elementwise, gemm, norm, pool, resize, shape  # noqa: F401

@@ -1,0 +1,253 @@
+"""Elementwise kernels: arithmetic, activations, comparisons, logic, variadic ops and casts.
+
+Binary ops use numpy broadcasting, which is ONNX's multidirectional broadcasting.  Results keep
+the input dtype (float32 stays float32); outputs go through np.asarray because numpy ufuncs turn
+0-d arrays into numpy scalars.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+from ...errors import DczError
+from . import op
+from .shape import attr_or_input, str_attr
+
+
+def _same(x, dtype) -> np.ndarray:
+    """`x` as an array of `dtype` (a no-op when it already is one)."""
+    return np.asarray(x).astype(dtype, copy=False)
+
+
+def _scalar(value, x: np.ndarray):
+    """An attribute constant in x's dtype, so float32 math stays float32."""
+    return np.asarray(value, dtype=x.dtype)
+
+
+# ------------------------------------------------------------------------------ binary arithmetic
+
+
+def _int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Integer division truncating toward zero (C/ONNX), not flooring like numpy's //."""
+    with np.errstate(divide="ignore", invalid="ignore"):  # x/0 is undefined in ONNX too
+        q = np.floor_divide(a, b)
+        inexact = np.remainder(a, b) != 0
+    return q + (inexact & ((a < 0) != (b < 0))).astype(q.dtype)
+
+
+def _div(a, b):
+    if a.dtype.kind in "iu":
+        return _int_div(a, b)
+    return np.divide(a, b)
+
+
+def _pow(a, b):
+    # Pow's exponent may have another type (opset 12+); the result has the base's type.
+    if a.dtype.kind in "iu":
+        if b.dtype.kind in "iu" and np.all(b >= 0):
+            return np.power(a, b.astype(a.dtype))  # exact integer powers
+        # Fractional or negative exponents go through float64; the cast back truncates.
+        return _same(np.power(a.astype(np.float64), b), a.dtype)
+    return _same(np.power(a, b), a.dtype)
+
+
+_BINARY = {
+    "Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": _div, "Pow": _pow,
+    "Equal": np.equal, "Greater": np.greater, "Less": np.less,
+    "GreaterOrEqual": np.greater_equal, "LessOrEqual": np.less_equal,
+    "And": np.logical_and, "Or": np.logical_or, "Xor": np.logical_xor,
+}
+
+
+def _binary(fn):
+    def kernel(inputs, attrs, ctx):
+        return [np.asarray(fn(inputs[0], inputs[1]))]
+    return kernel
+
+
+for _name, _fn in _BINARY.items():
+    op(_name)(_binary(_fn))
+
+
+# ------------------------------------------------------------------------------ unary math
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    """erf in float64 with ~1e-8 absolute error (no scipy at runtime).
+
+    |x| < 1: Maclaurin series (24 terms, error < 1e-16).  Beyond: 1 - erfc with the Chebyshev
+    fit of Numerical Recipes' erfcc (fractional error < 1.2e-7 on erfc, and erfc(1) < 0.16).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    z = np.abs(x)
+    # series: erf(x) = 2/sqrt(pi) * sum_n (-1)^n x^(2n+1) / (n! (2n+1))
+    small = np.minimum(z, 1.0)
+    term, total, z2 = small.copy(), small.copy(), small * small
+    for n in range(1, 24):
+        term = term * (-z2) / n
+        total = total + term / (2 * n + 1)
+    series = total * (2.0 / math.sqrt(math.pi))
+    t = 1.0 / (1.0 + 0.5 * z)
+    poly = -z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
+        -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (
+            -0.82215223 + t * 0.17087277))))))))
+    tail = 1.0 - t * np.exp(poly)
+    return np.copysign(np.where(z < 1.0, series, tail), x)
+
+
+def _erf_op(x):
+    return _same(_erf(x), x.dtype)
+
+
+def _sigmoid(x):
+    # exp of -|x| never overflows; the two branches are the same function.
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+_UNARY = {
+    "Sqrt": np.sqrt, "Exp": np.exp, "Log": np.log, "Neg": np.negative, "Abs": np.abs,
+    "Reciprocal": np.reciprocal, "Tanh": np.tanh, "Sigmoid": _sigmoid, "Erf": _erf_op,
+    "Floor": np.floor, "Ceil": np.ceil, "Round": np.round,  # np.round rounds half to even, as ONNX
+    "Sign": np.sign, "Not": np.logical_not,
+    "Relu": lambda x: np.maximum(x, _scalar(0, x)),
+    "Softplus": lambda x: np.logaddexp(x, _scalar(0, x)),  # log(1 + e^x) without overflow
+}
+
+
+def _unary(fn):
+    def kernel(inputs, attrs, ctx):
+        return [_same(fn(inputs[0]), inputs[0].dtype)]
+    return kernel
+
+
+for _name, _fn in _UNARY.items():
+    op(_name)(_unary(_fn))
+
+
+# ------------------------------------------------------------------------------ activations with attributes
+
+
+@op("LeakyRelu")
+def leaky_relu(inputs, attrs, ctx):
+    x = inputs[0]
+    return [np.where(x < 0, x * _scalar(attrs.get("alpha", 0.01), x), x)]
+
+
+@op("PRelu")
+def prelu(inputs, attrs, ctx):
+    x, slope = inputs
+    return [np.where(x < 0, x * slope, x).astype(x.dtype, copy=False)]
+
+
+@op("Elu")
+def elu(inputs, attrs, ctx):
+    x = inputs[0]
+    return [np.where(x < 0, _scalar(attrs.get("alpha", 1.0), x) * np.expm1(np.minimum(x, 0)), x)]
+
+
+@op("HardSigmoid")
+def hard_sigmoid(inputs, attrs, ctx):
+    x = inputs[0]
+    y = x * _scalar(attrs.get("alpha", 0.2), x) + _scalar(attrs.get("beta", 0.5), x)
+    return [np.clip(y, _scalar(0, x), _scalar(1, x))]
+
+
+@op("HardSwish")
+def hard_swish(inputs, attrs, ctx):
+    x = inputs[0]  # x * HardSigmoid(x) with alpha 1/6, beta 0.5
+    return [x * np.clip(x * _scalar(1 / 6, x) + _scalar(0.5, x), _scalar(0, x), _scalar(1, x))]
+
+
+@op("Gelu")
+def gelu(inputs, attrs, ctx):
+    x = inputs[0]
+    x64 = x.astype(np.float64)
+    if str_attr(attrs, "approximate", "none") == "tanh":
+        y = 0.5 * x64 * (1 + np.tanh(math.sqrt(2 / math.pi) * (x64 + 0.044715 * x64 ** 3)))
+    else:
+        y = 0.5 * x64 * (1 + _erf(x64 / math.sqrt(2)))
+    return [_same(y, x.dtype)]
+
+
+@op("Clip")
+def clip(inputs, attrs, ctx):
+    x = inputs[0]
+    lo = attr_or_input(inputs, attrs, ctx, "min", 1, since=11)
+    hi = attr_or_input(inputs, attrs, ctx, "max", 2, since=11)
+    # max(., lo) then min(., hi): when lo > hi everything becomes hi, as the spec says.
+    if lo is not None:
+        x = np.maximum(x, _same(lo, x.dtype))
+    if hi is not None:
+        x = np.minimum(x, _same(hi, x.dtype))
+    return [np.asarray(x)]
+
+
+# ------------------------------------------------------------------------------ pass-through and selection
+
+
+@op("Identity")
+def identity(inputs, attrs, ctx):
+    return [inputs[0]]
+
+
+@op("Dropout")
+def dropout(inputs, attrs, ctx):
+    # Inference: the data passes through (training_mode is ignored); the optional mask is not
+    # produced, the graph runner tolerates the missing output.
+    return [inputs[0]]
+
+
+@op("Where")
+def where(inputs, attrs, ctx):
+    cond, x, y = inputs
+    return [np.where(cond, x, y)]
+
+
+def _variadic(fn):
+    def kernel(inputs, attrs, ctx):
+        return [np.asarray(functools.reduce(fn, [a for a in inputs if a is not None]))]
+    return kernel
+
+
+op("Max")(_variadic(np.maximum))
+op("Min")(_variadic(np.minimum))
+op("Sum")(_variadic(np.add))
+
+
+@op("Mean")
+def mean(inputs, attrs, ctx):
+    arrays = [a for a in inputs if a is not None]
+    total = functools.reduce(np.add, arrays)
+    return [_same(total / len(arrays), arrays[0].dtype)]
+
+
+# ------------------------------------------------------------------------------ casts
+
+
+def _np_dtype(to: int) -> np.dtype:
+    from onnx import helper
+
+    try:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(to))
+    except (KeyError, TypeError, ValueError):
+        dtype = None
+    # Only plain numeric types and bfloat16: float8/int4 have their own rounding and saturation
+    # rules, strings their own formatting.
+    if dtype is None or (dtype.kind not in "biuf" and dtype.name != "bfloat16"):
+        raise DczError(f"Cast: target type {to} ({dtype}) is not supported.")
+    return dtype
+
+
+@op("Cast")
+def cast(inputs, attrs, ctx):
+    return [np.asarray(inputs[0]).astype(_np_dtype(attrs["to"]))]
+
+
+@op("CastLike")
+def cast_like(inputs, attrs, ctx):
+    return [np.asarray(inputs[0]).astype(inputs[1].dtype)]
+

@@ -1,0 +1,114 @@
+"""Normalizations (inference): BatchNormalization, LRN, Softmax/LogSoftmax, LayerNormalization,
+InstanceNormalization."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import DczError
+from . import op
+
+
+def _per_channel(param: np.ndarray, ndim: int) -> np.ndarray:
+    """A [C] parameter shaped to broadcast over [N, C, *spatial]; a [C, *spatial] one (opset < 9
+    spatial=0) just gains the batch axis."""
+    if param.ndim == 1:
+        return param.reshape(-1, *(1,) * (ndim - 2))
+    return param
+
+
+@op("BatchNormalization")
+def batch_normalization(inputs, attrs, ctx):
+    x, scale, bias, mean, var = inputs[:5]
+    if ctx.opset >= 14 and attrs.get("training_mode", 0):
+        raise DczError("BatchNormalization with training_mode=1 is not supported (inference only).")
+    eps = attrs.get("epsilon", 1e-5)
+    # Fold into one multiply-add per element; the per-channel terms are computed in float64.
+    a = scale.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps)
+    c = bias.astype(np.float64) - mean.astype(np.float64) * a
+    y = x * _per_channel(a.astype(x.dtype), x.ndim)
+    y += _per_channel(c.astype(x.dtype), x.ndim)
+    return [y]
+
+
+@op("LRN")
+def lrn(inputs, attrs, ctx):
+    """y = x / (bias + alpha / size * sum of x^2 over `size` neighbouring channels) ^ beta."""
+    x = inputs[0]
+    size = int(attrs["size"])
+    alpha = attrs.get("alpha", 1e-4)
+    beta = attrs.get("beta", 0.75)
+    bias = attrs.get("bias", 1.0)
+    before, after = (size - 1) // 2, size - 1 - (size - 1) // 2
+    channels = x.shape[1]
+    squares = np.zeros((x.shape[0], channels + size - 1, *x.shape[2:]), dtype=x.dtype)
+    np.square(x, out=squares[:, before:before + channels])
+    # A sum of `size` shifted slices rather than a cumulative sum: no float32 cancellation.
+    window = squares[:, 0:channels].copy()
+    for shift in range(1, size):
+        window += squares[:, shift:shift + channels]
+    window *= alpha / size
+    window += bias
+    np.power(window, -beta, out=window)
+    window *= x
+    return [window]
+
+
+def _softmax_frame(x: np.ndarray, attrs: dict, opset: int):
+    """(array, axis) to reduce over: before opset 13 the input is coerced to 2-D at `axis`."""
+    if opset >= 13:
+        return x, attrs.get("axis", -1)
+    axis = attrs.get("axis", 1) % max(x.ndim, 1)
+    rows = int(np.prod(x.shape[:axis]))
+    return x.reshape(rows, -1), 1
+
+
+@op("Softmax")
+def softmax(inputs, attrs, ctx):
+    x = inputs[0]
+    frame, axis = _softmax_frame(x, attrs, ctx.opset)
+    y = frame - frame.max(axis=axis, keepdims=True)
+    np.exp(y, out=y)
+    y /= y.sum(axis=axis, keepdims=True)
+    return [y.reshape(x.shape)]
+
+
+@op("LogSoftmax")
+def log_softmax(inputs, attrs, ctx):
+    x = inputs[0]
+    frame, axis = _softmax_frame(x, attrs, ctx.opset)
+    y = frame - frame.max(axis=axis, keepdims=True)
+    y -= np.log(np.exp(y).sum(axis=axis, keepdims=True))
+    return [y.reshape(x.shape)]
+
+
+def _normalize(x: np.ndarray, axes: tuple[int, ...], eps: float) -> np.ndarray:
+    """(x - mean) / sqrt(var + eps) over `axes`, in the dtype of x."""
+    centered = x - x.mean(axis=axes, keepdims=True)
+    var = np.square(centered).mean(axis=axes, keepdims=True)
+    centered /= np.sqrt(var + np.asarray(eps, dtype=var.dtype))
+    return centered
+
+
+@op("LayerNormalization")
+def layer_normalization(inputs, attrs, ctx):
+    """Normalizes over axes [axis, rank); returns only Y (Mean and InvStdDev are for training)."""
+    x = inputs[0]
+    scale = inputs[1] if len(inputs) > 1 else None
+    bias = inputs[2] if len(inputs) > 2 else None
+    axis = attrs.get("axis", -1) % x.ndim
+    y = _normalize(x, tuple(range(axis, x.ndim)), attrs.get("epsilon", 1e-5))
+    if scale is not None:
+        y *= scale
+    if bias is not None:
+        y += bias
+    return [y]
+
+
+@op("InstanceNormalization")
+def instance_normalization(inputs, attrs, ctx):
+    x, scale, bias = inputs[:3]
+    y = _normalize(x, tuple(range(2, x.ndim)), attrs.get("epsilon", 1e-5))
+    y *= _per_channel(scale, x.ndim)
+    y += _per_channel(bias, x.ndim)
+    return [y]
