@@ -14,9 +14,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
-
-import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -25,7 +22,10 @@ from deepcompress_cli import blas  # noqa: E402
 
 blas.tune()  # as the command line does, before numpy is imported
 
+import numpy as np  # noqa: E402
+
 from deepcompress_cli import zoo  # noqa: E402
+from deepcompress_cli.bench import latency  # noqa: E402
 from deepcompress_cli.files import read_model  # noqa: E402
 from deepcompress_cli.interp.graph import Interpreter  # noqa: E402
 from deepcompress_cli.interp.quant import Int8Interpreter  # noqa: E402
@@ -34,14 +34,7 @@ SHARED = os.path.join(os.path.dirname(ROOT), "shared", "models")
 
 
 def median_ms(fn, runs: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
+    return latency(fn, runs, warmup)["median_ms"]
 
 
 def model_path(name: str, workdir: str) -> str | None:
@@ -49,8 +42,8 @@ def model_path(name: str, workdir: str) -> str | None:
         path = os.path.join(SHARED, "mnist_cnn.onnx")
         return path if os.path.exists(path) else None
     path = os.path.join(workdir, f"{name}.onnx")
-    with open(path, "wb") as f:
-        f.write(zoo.materialize(name).SerializeToString())
+    with open(path, "wb") as f:  # batch 1 and 32 both: the light models are exported for batch 1
+        f.write(zoo.with_dynamic_batch(zoo.materialize(name)).SerializeToString())
     return path
 
 
@@ -84,7 +77,7 @@ def main() -> None:
                         (("fp32", path), ("int8", q_path))}
             reference = ReferenceEvaluator(onnx.load(path))
             input_name = fp32.plan.inputs[0]
-            dims = [d.dim_value for d in next(i for i in fp32.model.graph.input if i.name == input_name)
+            dims = [d.dim_value or 1 for d in next(i for i in fp32.model.graph.input if i.name == input_name)
                     .type.tensor_type.shape.dim]
             for batch in args.batches:
                 x = np.random.default_rng(0).random([batch, *dims[1:]], dtype=np.float32)

@@ -69,3 +69,22 @@ def materialize(name_or_path: str, seed: int = 0, distribution: str = "normal") 
     del graph.input[:]
     graph.input.extend(keep_inputs)
     return model
+
+
+def with_dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The light models are exported for batch 1 (input dims and Reshape targets say 1): make the
+    batch dimension symbolic so they also run at other batch sizes."""
+    weights = {t.name for t in model.graph.initializer}
+    for value in [*model.graph.input, *model.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if value.name not in weights and dims and dims[0].HasField("dim_value"):
+            dims[0].dim_param = "N"
+    del model.graph.value_info[:]
+    reshape_shapes = {node.input[1] for node in model.graph.node if node.op_type == "Reshape"}
+    for i, t in enumerate(model.graph.initializer):
+        if t.name in reshape_shapes:
+            shape = numpy_helper.to_array(t).copy()
+            if shape.size and shape[0] == 1:
+                shape[0] = -1
+                model.graph.initializer[i].CopyFrom(numpy_helper.from_array(shape, t.name))
+    return model

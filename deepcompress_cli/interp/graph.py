@@ -17,6 +17,7 @@ from ..errors import DczError
 from ..onnx_io import _placeholder_name
 from ..tensors import Package
 from .ops import KERNELS, OpContext, load_all
+from .ops.conv import FUSED_RELU
 
 
 def attribute_values(node: onnx.NodeProto) -> dict:
@@ -55,7 +56,11 @@ class Plan:
         self.outputs = [o.name for o in graph.output]
         self.constants = dict(constants)
         self.nodes = fold_batch_norms(self._sorted(graph), self.constants, set(self.outputs))
+        self.nodes, relu_fused = fuse_conv_relu(self.nodes, set(self.outputs))
         self.attrs = [attribute_values(n) for n in self.nodes]
+        for node, attrs in zip(self.nodes, self.attrs):
+            if id(node) in relu_fused:
+                attrs[FUSED_RELU] = True
         self.reads = [[*[n for n in node.input], *sorted(self._implicit(node))] for node in self.nodes]
         last_use = {}
         for i, names in enumerate(self.reads):
@@ -106,11 +111,7 @@ def fold_batch_norms(nodes: list, constants: dict, outputs: set) -> list:
     the BatchNormalization pass over the activations disappears, as in every inference engine.
     `constants` gains the folded weights (under new names); the original arrays are untouched.
     """
-    readers = defaultdict(int)
-    for node in nodes:
-        for name in node.input:
-            readers[name] += 1
-    producer = {o: node for node in nodes for o in node.output}
+    readers, producer = _single_reader_producers(nodes, outputs)
     folded, removed = {}, set()
     for node in nodes:
         if node.op_type != "BatchNormalization" or len(node.output) != 1 or len(node.input) != 5:
@@ -138,6 +139,35 @@ def fold_batch_norms(nodes: list, constants: dict, outputs: set) -> list:
         folded[id(conv)] = fused
         removed.add(id(node))
     return [folded.get(id(n), n) for n in nodes if id(n) not in removed]
+
+
+def _single_reader_producers(nodes: list, outputs: set) -> tuple[dict, dict]:
+    readers = defaultdict(int)
+    for node in nodes:
+        for name in node.input:
+            readers[name] += 1
+    producer = {o: node for node in nodes for o in node.output}
+    return readers, producer
+
+
+def fuse_conv_relu(nodes: list, outputs: set) -> tuple[list, set]:
+    """Conv -> Relu becomes one Conv that clamps its own fresh output (one pass and one array less)."""
+    readers, producer = _single_reader_producers(nodes, outputs)
+    fused, removed = {}, set()
+    for node in nodes:
+        if node.op_type != "Relu":
+            continue
+        conv = producer.get(node.input[0])
+        if conv is None or conv.op_type != "Conv" or readers[node.input[0]] != 1 or conv.output[0] in outputs \
+                or id(conv) in fused:
+            continue
+        merged = onnx.NodeProto()
+        merged.CopyFrom(conv)
+        merged.output[0] = node.output[0]
+        fused[id(conv)] = merged
+        removed.add(id(node))
+    new_nodes = [fused.get(id(n), n) for n in nodes if id(n) not in removed]
+    return new_nodes, {id(n) for n in fused.values()}
 
 
 class Interpreter:

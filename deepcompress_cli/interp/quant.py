@@ -24,6 +24,7 @@ from ..onnx_io import _placeholder_name
 from ..tensors import Package
 from .graph import Interpreter
 from .ops import KERNELS
+from .ops.conv import FUSED_RELU
 
 EXACT_FLOAT32 = 1 << 24
 
@@ -189,6 +190,8 @@ class Int8Interpreter(Interpreter):
             if bias is not None:
                 y += bias[:, None]
             y = y.reshape(out_shape)
+            if attrs.get(FUSED_RELU):
+                np.maximum(y, 0, out=y)
         else:
             a = x.centered()
             if node.op_type == "Gemm" and attrs.get("transA", 0):

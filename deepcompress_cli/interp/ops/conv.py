@@ -22,6 +22,9 @@ _WIDE_MAX_WASTE = 1.15
 _TILE_BYTES = 8 << 20
 
 
+FUSED_RELU = "_fused_relu"  # set by the interpreter's plan, never by a model
+
+
 def attr_str(attrs: dict, name: str, default: str) -> str:
     """A string attribute; graph attributes arrive as bytes (onnx.helper.get_attribute_value)."""
     value = attrs.get(name, default)
@@ -250,7 +253,10 @@ def _add_bias(y: np.ndarray, b: np.ndarray | None) -> np.ndarray:
 def conv_kernel(inputs, attrs, ctx):
     x, w = inputs[0], inputs[1]
     b = inputs[2] if len(inputs) > 2 else None
-    return [conv(x, w, b, attrs)]
+    y = conv(x, w, b, attrs)
+    if attrs.get(FUSED_RELU):  # the plan fused the Relu that followed: y is ours to overwrite
+        np.maximum(y, 0, out=y)
+    return [y]
 
 
 def conv_transpose_geometry(attrs: dict, x_shape, w_shape):
