@@ -1316,6 +1316,8 @@ def json_edits(draw, header: dict, name: str) -> dict:
             parent[path[-1]]
         except (KeyError, IndexError, TypeError):
             continue  # an earlier edit removed this path
+        if not isinstance(parent, (dict, list)):
+            continue  # an earlier edit replaced a container by a string (indexable, not writable)
         key = path[-1]
         op = draw(st.sampled_from(["replace", "replace", "replace", "delete", "add", "duplicate", "swap"]))
         if op == "replace":
