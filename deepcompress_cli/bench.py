@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -117,7 +116,8 @@ def bench(paths: list[str], config: BenchConfig, progress=lambda items, **kw: it
     from .interp.quant import Int8Interpreter
 
     data = load_npz(config.data) if config.data else None
-    labels = data.pop("labels", None) if data else None
+    labels = check_labels(data.pop("labels", None), data) if data else None
+    check_gates_can_run(paths, config, labels)
     baseline_path = config.baseline or paths[0]
     models = [baseline_path] + [p for p in paths if p != baseline_path]
     results, reference = [], None
@@ -128,7 +128,7 @@ def bench(paths: list[str], config: BenchConfig, progress=lambda items, **kw: it
         count = len(labels) if labels is not None else (len(next(iter(data.values()))) if data else 64)
         feeds = make_inputs(fp32, data, count, config.seed)
         one_batch = {k: v[:batch] if len(v) >= batch else np.resize(v, (batch, *v.shape[1:])) for k, v in feeds.items()}
-        size = os.path.getsize(path) if path != "-" else 0
+        size = package.file_bytes or 0
         row = {"model": path, "file_bytes": size,
                "weight_bytes": sum(t.stored_bytes for t in package.tensors if t.is_weight),
                "batch": batch, "modes": {}}
@@ -171,24 +171,52 @@ def ort_latency(package, feeds, config) -> dict | None:
     return latency(lambda: session.run(None, feeds), config.runs, config.warmup)
 
 
+def check_labels(labels: np.ndarray | None, data: dict) -> np.ndarray | None:
+    """`labels` must be class ids, one per sample of the data."""
+    if labels is None:
+        return None
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise DczError(f"--data labels must be a 1-D array of integer class ids (got {labels.dtype} {labels.shape})")
+    for name, array in data.items():
+        if array.ndim == 0 or len(array) != len(labels):
+            raise DczError(f"--data {name!r} has {len(array) if array.ndim else 0} samples but labels has {len(labels)}")
+    return labels
+
+
+def check_gates_can_run(paths: list[str], config: BenchConfig, labels) -> None:
+    """A gate that cannot be evaluated is a usage error, not a silent pass."""
+    gates = config.gates
+    others = len(set(paths) | {config.baseline or paths[0]}) - 1
+    if gates.get("min_ratio") is not None and others == 0:
+        raise DczError("--min-ratio needs a second model to compare with the baseline")
+    if gates.get("max_accuracy_drop") is not None and labels is None:
+        raise DczError("--max-accuracy-drop needs --data with `labels`")
+    quality = gates.get("max_accuracy_drop") is not None or gates.get("min_cosine") is not None
+    if quality and others == 0 and not config.int8:
+        raise DczError("quality gates need a second model, or int8 mode of the baseline")
+
+
 def check_gates(report: dict, gates: dict) -> list[dict]:
-    """Each gate against every model but the baseline: [{gate, model, value, limit, passed}]."""
+    """Each gate against every model and mode but the baseline's fp32 run (so the baseline's
+    int8 run is gated too): [{gate, model, mode, value, limit, passed}]."""
     checks = []
     base = report["models"][0]
     base_accuracy = base["modes"]["fp32"].get("accuracy")
-    for row in report["models"][1:]:
-        if gates.get("min_ratio") is not None:
-            checks.append(_gate("min-ratio", row, row["ratio"], gates["min_ratio"], row["ratio"] >= gates["min_ratio"]))
+    for row in report["models"]:
+        if row is not base and gates.get("min_ratio") is not None:
+            passed = row["ratio"] is not None and row["ratio"] >= gates["min_ratio"]
+            checks.append(_gate("min-ratio", row, row["ratio"], gates["min_ratio"], passed))
         for mode, stats in row["modes"].items():
-            if mode == "ort":
+            if mode == "ort" or (row is base and mode == "fp32"):
                 continue
-            if gates.get("max_accuracy_drop") is not None and base_accuracy is not None:
+            if gates.get("max_accuracy_drop") is not None:
                 drop = round(100 * (base_accuracy - stats["accuracy"]), 4)
                 checks.append(_gate("max-accuracy-drop", row, drop, gates["max_accuracy_drop"],
                                     drop <= gates["max_accuracy_drop"], mode))
             if gates.get("min_cosine") is not None:
                 cosine = stats["fidelity"]["cosine"]
-                checks.append(_gate("min-cosine", row, cosine, gates["min_cosine"], cosine >= gates["min_cosine"], mode))
+                checks.append(_gate("min-cosine", row, cosine, gates["min_cosine"],
+                                    bool(cosine >= gates["min_cosine"]), mode))  # NaN fails
     return checks
 
 

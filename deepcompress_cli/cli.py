@@ -7,6 +7,7 @@ Only click is imported at start-up; numpy and onnx are imported inside the comma
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import traceback
@@ -19,14 +20,43 @@ from .errors import DczError
 blas.tune()  # before anything imports numpy
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of our stdout went away (`| head`)
+
+
+def error_line(message: str) -> None:
+    """One stderr line; nothing from a hostile file may drive the terminal."""
+    message = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in message)
+    click.echo(f"deepcompress: error: {message}", err=True)
+
+
 class DczGroup(click.Group):
-    """Turns library errors into one stderr line and the documented exit code."""
+    """Turns every error, usage errors included, into one stderr line and the documented exit code."""
+
+    def main(self, args=None, prog_name=None, **extra):
+        extra["standalone_mode"] = False  # we print errors ourselves, one line each
+        try:
+            code = super().main(args, prog_name or "deepcompress", **extra)
+        except click.ClickException as e:
+            hint = ""
+            if isinstance(e, click.UsageError) and e.ctx is not None:
+                hint = f" (see '{e.ctx.command_path} --help')"
+            error_line(e.format_message() + hint)
+            sys.exit(e.exit_code)
+        except (click.Abort, KeyboardInterrupt):
+            error_line("interrupted")
+            sys.exit(EXIT_INTERRUPTED)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
             raise
+        except BrokenPipeError:
+            # quietly, and without Python complaining again when it flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(EXIT_BROKEN_PIPE)
         except Exception as e:  # noqa: BLE001 - the user sees one line, never a traceback
             options = ctx.obj or {}
             if options.get("debug"):
@@ -37,9 +67,7 @@ class DczGroup(click.Group):
                 message, code = "out of memory", 2
             else:
                 message, code = f"internal error ({type(e).__name__}: {e}); rerun with --debug", 2
-            # one line, and nothing from a hostile file may drive the terminal
-            message = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in message)
-            click.echo(f"deepcompress: error: {message}", err=True)
+            error_line(message)
             ctx.exit(code)
 
 
@@ -117,7 +145,7 @@ def per_kind(defaults, given, layers):
 
 def prune_options(f):
     f = click.option("--threshold-std", type=float, metavar="Q",
-                     help="Paper's rule: drop |w| <= Q x the layer's std (instead of --sparsity).")(f)
+                     help="Paper's rule: drop |w| <= Q x the layer's std (replaces --sparsity/--layer-sparsity).")(f)
     f = click.option("--index-bits", type=PerKindValue(int), metavar="B|conv=B,fc=B",
                      help="Bits per relative index (gap) [default conv=8,fc=5].")(f)
     f = click.option("--layer-sparsity", type=LayerValue(float), multiple=True,
@@ -143,8 +171,16 @@ def share_options(f):
 def prune_config(sparsity, layer_sparsity, index_bits, threshold_std):
     from .stages.prune import DEFAULT_INDEX_BITS, DEFAULT_SPARSITY, PruneConfig
 
+    if threshold_std is not None and (sparsity or layer_sparsity):
+        raise click.BadParameter("give either --threshold-std or --sparsity/--layer-sparsity, not both",
+                                 param_hint="--threshold-std")
+    if threshold_std is not None and not (threshold_std >= 0 and math.isfinite(threshold_std)):
+        raise click.BadParameter("must be a finite number >= 0", param_hint="--threshold-std")
     config = PruneConfig(per_kind(DEFAULT_SPARSITY, sparsity, layer_sparsity),
                          per_kind(DEFAULT_INDEX_BITS, index_bits, ()), threshold_std)
+    for value in (config.sparsity.conv, config.sparsity.fc, *(v for _, v in config.sparsity.layers)):
+        if not 0 <= value < 1:  # also rejects nan
+            raise click.BadParameter(f"sparsity must be in [0, 1), got {value}", param_hint="--sparsity")
     for value in (config.index_bits.conv, config.index_bits.fc):
         if not 1 <= value <= 16:
             raise click.BadParameter("index bits must be 1..16", param_hint="--index-bits")
@@ -194,10 +230,20 @@ def emit(ctx, data: dict, text: str, stdout_taken: bool = False) -> None:
     """Report a result: JSON or text, on stdout unless stdout carries the output file."""
     options = ctx.find_root().obj or {}
     err = stdout_taken
-    if options.get("json"):
-        click.echo(json.dumps(data, sort_keys=True), err=err)
+    if options.get("json"):  # strict JSON: NaN/Infinity (not JSON) become null
+        click.echo(json.dumps(finite_or_null(data), sort_keys=True, allow_nan=False), err=err)
     elif not options.get("quiet"):
         click.echo(text, err=err)
+
+
+def finite_or_null(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
 
 
 @click.group(cls=DczGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -283,8 +329,7 @@ def info(ctx, model):
     from .report import format_summary, summary
 
     package = read_model(model)
-    size = os.path.getsize(model) if model != "-" else 0
-    data = summary(package, size)
+    data = summary(package, package.file_bytes)
     emit(ctx, data, format_summary(data))
 
 
@@ -341,9 +386,10 @@ def share(ctx, model, output, bits, layer_bits, init, max_iter, tol, seed, inclu
 @click.argument("model", metavar="IN")
 @output_option
 @click.option("--bits", type=click.IntRange(2, 16), default=8, show_default=True, help="Bits per weight code.")
-@click.option("--per-channel", is_flag=True, help="One range per output channel (Conv axis 0, Gemm by transB, "
-                                                   "MatMul the last axis) instead of one per tensor.")
-@click.option("--symmetric", is_flag=True, help="Range +-max|w| with zero point 0 (int8) instead of [min, max].")
+@click.option("--per-channel", is_flag=True, help="One range per output channel (Conv axis 0, ConvTranspose "
+                                                   "axis 1, Gemm by transB, MatMul the last axis) instead of one per tensor.")
+@click.option("--symmetric", is_flag=True, help="Range +-max|w| with zero point 0 (int8 values, stored offset "
+                                                 "by 128) instead of [min, max].")
 @selection_options
 @json_option
 @click.pass_context
@@ -427,7 +473,7 @@ def huffman(ctx, model, output):
 @output_option
 @prune_options
 @share_options
-@click.option("--report", is_flag=True, help="Print the paper's table (P, P+Q, P+Q+H per layer) and gzip -9.")
+@click.option("--report", is_flag=True, help="Print the paper's table (P, P+Q, P+Q+H per layer) and gzip -9 of the plain .onnx.")
 @selection_options
 @json_option
 @click.pass_context

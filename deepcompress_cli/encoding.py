@@ -20,9 +20,6 @@ import numpy as np
 from .codecs import bitpack, decode_slot, huffman, linear, sparse
 from .tensors import Slot, Step, Stream, Tensor
 
-ENTROPY = ("packed", "huffman")
-
-
 @dataclass
 class Plain:
     values: np.ndarray  # floats: the dense tensor, or one per sparse entry

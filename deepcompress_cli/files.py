@@ -24,30 +24,37 @@ def read_model(path: str, include=(), exclude=()) -> Package:
     else:
         if not os.path.exists(path):
             raise DczError(f"{path}: no such file")
-        if not os.path.isfile(path):
-            raise DczError(f"{path}: not a regular file")
+        if os.path.isdir(path):
+            raise DczError(f"{path}: is a directory")
         base_dir = os.path.dirname(os.path.abspath(path))
         try:
             with open(path, "rb") as f:
-                if f.read(len(container.MAGIC)) == container.MAGIC:
+                if not os.path.isfile(path):  # a pipe or device (/dev/stdin, <(...)): read it whole
+                    data = f.read()
+                elif f.read(len(container.MAGIC)) == container.MAGIC:
                     # mmap: streams are read lazily, tensor by tensor, instead of copied up front
                     data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
                     package = container.read(data)
+                    package.file_bytes = len(data)
                     reselect(package, include, exclude)
                     return package
-                f.seek(0)
-                data = f.read()
+                else:
+                    f.seek(0)
+                    data = f.read()
         except OSError as e:
             raise DczError(f"{path}: cannot read ({e.strerror})") from None
     if not data:
         raise DczError(f"{path}: empty file")
+    size = len(data)
     if data[:len(container.MAGIC)] == container.MAGIC:
         package = container.read(data)
         reselect(package, include, exclude)
-        return package
-    model = onnx_io.parse_model(data)
-    del data  # the parsed model holds its own copy; don't keep two
-    return onnx_io.from_onnx(model, base_dir, include, exclude)
+    else:
+        model = onnx_io.parse_model(data)
+        del data  # the parsed model holds its own copy; don't keep two
+        package = onnx_io.from_onnx(model, base_dir, include, exclude)
+    package.file_bytes = size
+    return package
 
 
 def reselect(package: Package, include=(), exclude=()) -> None:
@@ -81,31 +88,51 @@ def atomic_output(path: str, inputs=()):
         yield sys.stdout.buffer
         sys.stdout.buffer.flush()
         return
-    for source in inputs:
-        if source != STDIO and os.path.exists(path) and _same_file(source, path):
-            raise DczError(f"{path}: refusing to overwrite the input file")
-    if os.path.isdir(path):
-        raise DczError(f"{path}: is a directory")
-    folder = os.path.dirname(os.path.abspath(path))
+    with atomic_outputs([path], inputs) as (f,):
+        yield f
+
+
+@contextlib.contextmanager
+def atomic_outputs(paths: list[str], inputs=()):
+    """Like `atomic_output` for several files that belong together (a model and its data):
+    all are written to temp files first and renamed only once every one is complete."""
+    for path in paths:
+        if path == STDIO:
+            raise DczError("this output needs -o FILE, not stdout")
+        for source in inputs:
+            if source != STDIO and os.path.exists(path) and _same_file(source, path):
+                raise DczError(f"{path}: refusing to overwrite the input file")
+        if os.path.isdir(path):
+            raise DczError(f"{path}: is a directory")
+    temps, files = [], []
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    except OSError as e:
-        raise DczError(f"{path}: cannot write ({e.strerror})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        for path in paths:
+            try:
+                fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                                           prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+            except OSError as e:
+                raise DczError(f"{path}: cannot write ({e.strerror})") from None
+            temps.append(tmp)
+            files.append(os.fdopen(fd, "wb"))
+        yield files
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise DczError(f"{path}: cannot write ({e.strerror or e})") from None
-        raise
+        for f, tmp in zip(files, temps):
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
+        for tmp, path in zip(temps, paths):  # the last one (the model) appears last
+            os.replace(tmp, path)
+        temps.clear()
+    except OSError as e:
+        raise DczError(f"{paths[-1]}: cannot write ({e.strerror or e})") from None
+    finally:
+        for f in files:
+            f.close()
+        for tmp in temps:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def write_dcz(package: Package, path: str, inputs=()) -> int:
@@ -141,7 +168,7 @@ def write_onnx(package: Package, path: str, inputs=(), qdq: bool = False) -> int
         raise DczError("a model over 1 GiB is written with external data and needs -o FILE, not stdout")
     location = os.path.basename(path) + ".data"
     data_path = os.path.join(os.path.dirname(os.path.abspath(path)), location)
-    with atomic_output(data_path, inputs) as data_file:
+    with atomic_outputs([data_path, path], inputs) as (data_file, model_file):
         position = [0]
 
         def store(name, array):
@@ -153,6 +180,5 @@ def write_onnx(package: Package, path: str, inputs=(), qdq: bool = False) -> int
             return location, offset
 
         model_bytes = onnx_io.to_onnx(package, external=store).SerializeToString()
-    with atomic_output(path, inputs) as f:  # the model appears only once its data is in place
-        f.write(model_bytes)
+        model_file.write(model_bytes)
     return len(model_bytes) + position[0]

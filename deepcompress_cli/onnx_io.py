@@ -102,6 +102,11 @@ def weight_consumers(model) -> dict:
     for graph in _graphs(model.graph):
         for node in graph.node:
             for i, name in enumerate(node.input):
+                if i in WEIGHT_INPUTS.get(node.op_type, ((), None))[0]:
+                    by_value.setdefault(name, (node, i))  # the use that makes it a weight wins
+    for graph in _graphs(model.graph):
+        for node in graph.node:
+            for i, name in enumerate(node.input):
                 by_value.setdefault(name, (node, i))
     found = {}
     for t, value_name, _ in _tensor_sites(model):
@@ -157,6 +162,11 @@ def from_onnx(model: onnx.ModelProto, base_dir: str | None, include=(), exclude=
         array = _tensor_array(t, base_dir, name)
         tensors.append(Tensor.raw(name, array, kind, op))
         _make_placeholder(t, name)
+    # What stays in the graph (bfloat16/float8 initializers, small Constants, attributes) must
+    # not keep pointing to external files: the .dcz holds the whole model.
+    for t, _ in _every_tensor_proto(model):
+        if t.data_location == TensorProto.EXTERNAL and _placeholder_name(t) not in names:
+            _inline_external(t, base_dir)
     # A fresh copy of the stripped graph lets the caller free the full protobuf (its arena keeps
     # every cleared tensor's bytes until the message itself goes).
     stripped = onnx.ModelProto()
@@ -182,11 +192,11 @@ def _tensor_array(t: TensorProto, base_dir: str | None, name: str) -> np.ndarray
         raise DczError(f"tensor {name!r}: cannot read its data ({str(e)[:80]})") from None
 
 
-def _read_external(t: TensorProto, base_dir: str | None, name: str) -> np.ndarray:
-    """Read ONNX external data, refusing anything outside the model's own folder.
+def _external_file(t: TensorProto, base_dir: str | None, name: str) -> tuple[str, dict]:
+    """The checked path of a tensor's external data file, and its external_data entries.
 
     Follows onnx's docs/ExternalDataSecurity.md: no absolute paths, no `..`, no symlink in any
-    component, resolved path contained in the model folder, offset + length within the file.
+    component, resolved path contained in the model folder.
     """
     info = {e.key: e.value for e in t.external_data}
     location = info.get("location", "")
@@ -204,21 +214,51 @@ def _read_external(t: TensorProto, base_dir: str | None, name: str) -> np.ndarra
             raise DczError(f"tensor {name!r}: external data path {location!r} goes through a symlink")
     if not os.path.realpath(path).startswith(root + os.sep) or not os.path.isfile(path):
         raise DczError(f"tensor {name!r}: external data file {location!r} not found in the model folder")
+    return path, info
+
+
+def _external_range(t: TensorProto, path: str, info: dict, name: str, expected: int | None) -> tuple[int, int]:
+    """(offset, length) of the tensor's bytes, checked against the file and the expected size."""
+    try:
+        offset = int(info.get("offset", "0"))
+        length = int(info["length"]) if "length" in info else expected
+    except ValueError:
+        raise DczError(f"tensor {name!r}: bad external data offset/length") from None
+    if length is None:
+        raise DczError(f"tensor {name!r}: external data of this type needs an explicit length")
+    size = os.path.getsize(path)
+    if (min(d for d in [*t.dims, 0]) < 0 or offset < 0 or length < 0 or offset + length > size
+            or (expected is not None and length != expected)):
+        raise DczError(f"tensor {name!r}: external data range [{offset}, +{length}) does not fit "
+                       f"{os.path.basename(path)!r} ({size} bytes) or the tensor's shape")
+    return offset, length
+
+
+def _read_external(t: TensorProto, base_dir: str | None, name: str) -> np.ndarray:
+    """Read a weight's ONNX external data, refusing anything outside the model's own folder."""
+    path, info = _external_file(t, base_dir, name)
     dtype = numpy_dtype(ONNX_TYPE_TO_DTYPE[t.data_type])
     count = 1
     for d in t.dims:
         count *= d
-    try:
-        offset = int(info.get("offset", "0"))
-        length = int(info.get("length", str(count * dtype.itemsize)))
-    except ValueError:
-        raise DczError(f"tensor {name!r}: bad external data offset/length") from None
-    size = os.path.getsize(path)
-    if min(d for d in [*t.dims, 0]) < 0 or offset < 0 or length != count * dtype.itemsize \
-            or offset + length > size:
-        raise DczError(f"tensor {name!r}: external data range [{offset}, +{length}) does not fit "
-                       f"{location!r} ({size} bytes) or the tensor's shape")
+    offset, _ = _external_range(t, path, info, name, count * dtype.itemsize)
     return np.fromfile(path, dtype=dtype, count=count, offset=offset).reshape(tuple(t.dims))
+
+
+def _inline_external(t: TensorProto, base_dir: str | None) -> None:
+    """Move a tensor that is not extracted (any type) from its external file into `raw_data`."""
+    name = t.name or "constant"
+    path, info = _external_file(t, base_dir, name)
+    expected = None
+    if t.data_type in ONNX_TYPE_TO_DTYPE:
+        expected = numpy_dtype(ONNX_TYPE_TO_DTYPE[t.data_type]).itemsize * int(np.prod(t.dims, dtype=np.int64))
+    offset, length = _external_range(t, path, info, name, expected)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read(length)
+    del t.external_data[:]
+    t.ClearField("data_location")
+    t.raw_data = data
 
 
 def _make_placeholder(t: TensorProto, name: str) -> None:

@@ -66,12 +66,14 @@ def to_qdq_onnx(package: Package) -> onnx.ModelProto:
     graph.initializer.extend(kept)
     for tensors, _ in quantized.values():
         graph.initializer.extend(tensors)
-    if model.ir_version < 4:  # IR < 4 lists initializers as graph inputs: keep that true
-        inputs = [i for i in graph.input if i.name not in quantized]
+    # A weight now comes out of a DequantizeLinear node, so it can no longer be a graph input
+    # too (any IR lets initializers be listed as overridable inputs; IR < 4 requires it).
+    inputs = [i for i in graph.input if i.name not in quantized]
+    if model.ir_version < 4:  # keep IR < 4's rule true for the new integer initializers
         inputs += [helper.make_tensor_value_info(t.name, t.data_type, t.dims)
                    for tensors, _ in quantized.values() for t in tensors]
-        del graph.input[:]
-        graph.input.extend(inputs)
+    del graph.input[:]
+    graph.input.extend(inputs)
     nodes = [node for _, node in quantized.values()] + list(graph.node)  # weights exist before any use
     del graph.node[:]
     graph.node.extend(nodes)

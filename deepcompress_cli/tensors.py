@@ -38,6 +38,11 @@ FLOAT_DTYPES = ("float32", "float16", "float64")
 KINDS = ("conv", "fc", "other")  # other = not a compressible weight: stages leave it alone
 
 
+def uint_dtype(bits: int) -> str:
+    """The unsigned stream dtype that holds `bits`-bit integers (codes, indices, gaps)."""
+    return "uint8" if bits <= 8 else "uint16"
+
+
 def numpy_dtype(name: str) -> np.dtype:
     return DTYPES[name][0]
 
@@ -183,6 +188,7 @@ class Package:
 
     graph: object  # onnx.ModelProto; every extracted tensor is a placeholder naming its entry
     tensors: list[Tensor]
+    file_bytes: int | None = None  # size of the file it was read from (stdin included)
 
     def tensor(self, name: str) -> Tensor:
         for t in self.tensors:

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import SAMPLES, assert_one_line_error
@@ -29,10 +30,47 @@ def test_version_and_help(cli):
         assert command in result.stdout
 
 
-def test_usage_errors_exit_2(cli):
-    assert cli("pack", LENET).exit_code == 2  # -o is required
-    assert cli("no-such-command").exit_code == 2
-    assert cli("info").exit_code == 2
+def test_usage_errors_exit_2_with_one_line(cli, tmp_path):
+    assert_one_line_error(cli("pack", LENET))  # -o is required
+    assert_one_line_error(cli("no-such-command"))
+    assert_one_line_error(cli("info"))
+    assert_one_line_error(cli("prune", LENET, "-o", tmp_path / "x.dcz", "--bogus"))
+
+
+@pytest.mark.parametrize("options", [("--sparsity", "1.5"), ("--sparsity", "-0.1"), ("--sparsity", "1"),
+                                     ("--sparsity", "nan"), ("--layer-sparsity", "fc1*=2"),
+                                     ("--sparsity", "0.5", "--threshold-std", "1"), ("--threshold-std", "-1"),
+                                     ("--index-bits", "0"), ("--bits", "17")])
+@pytest.mark.parametrize("command", ["prune", "compress"])
+def test_bad_stage_options_are_usage_errors(cli, tmp_path, command, options):
+    if command == "prune" and options[0] == "--bits":
+        options = ("--index-bits", "17")
+    assert_one_line_error(cli(command, LENET, "-o", tmp_path / "x.dcz", *options))
+    assert not (tmp_path / "x.dcz").exists()
+
+
+def test_non_finite_weights_are_refused(cli, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(LENET))
+    w = numpy_helper.to_array(model.graph.initializer[0]).copy()
+    w.flat[3] = np.nan
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(w, model.graph.initializer[0].name))
+    onnx.save(model, str(tmp_path / "nan.onnx"))
+    assert cli("pack", tmp_path / "nan.onnx", "-o", tmp_path / "p.dcz").exit_code == 0  # lossless: kept as is
+    for command in ("prune", "share", "quantize", "compress"):
+        assert_one_line_error(cli(command, tmp_path / "nan.onnx", "-o", tmp_path / "x.dcz"))
+
+
+def test_json_is_strict(cli, tmp_path):
+    """No NaN/Infinity tokens (not JSON): non-finite figures are null."""
+    from deepcompress_cli.cli import finite_or_null
+
+    assert finite_or_null({"a": [1.0, float("nan")], "b": float("inf"), "c": "x"}) == {"a": [1.0, None], "b": None, "c": "x"}
+    result = cli("--json", "compress", LENET, "-o", tmp_path / "m.dcz", "--sparsity", "0")
+    assert result.exit_code == 0
+    json.loads(result.stdout, parse_constant=lambda token: pytest.fail(f"non-JSON token {token}"))
 
 
 def test_missing_input_is_one_line(cli, tmp_path):

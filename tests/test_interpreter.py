@@ -236,3 +236,30 @@ def test_bench_json_and_gates(cli, tmp_path):
     assert failed.exit_code == 1 and "min-ratio" in failed.stderr
     cosine = cli("bench", source, small, "--runs", 1, "--min-cosine", 0.999999999)
     assert cosine.exit_code == 1 and "min-cosine" in cosine.stderr
+
+
+def test_bench_gates_that_cannot_be_evaluated_are_usage_errors(cli, tmp_path):
+    source, data = SAMPLES / "lenet300.onnx", SAMPLES / "digits_test.npz"
+    assert_one_line_error(cli("bench", source, "--runs", 1, "--min-ratio", 2))  # nothing to compare
+    assert_one_line_error(cli("bench", source, source, "--runs", 1, "--max-accuracy-drop", 1))  # no labels
+    assert_one_line_error(cli("bench", source, "--no-int8", "--runs", 1, "--min-cosine", 0.9))
+    # a single model: its int8 run is gated against its own fp32 run
+    single = cli("--json", "bench", source, "--runs", 1, "--data", data, "--max-accuracy-drop", 1)
+    assert single.exit_code == 0, single.stderr
+    gates = json.loads(single.stdout)["gates"]
+    assert [(g["gate"], g["mode"]) for g in gates] == [("max-accuracy-drop", "int8")]
+
+
+@pytest.mark.parametrize("labels", [np.zeros((3, 2), np.int64), np.zeros(5, np.float32), np.zeros(7, np.int64)])
+def test_bench_rejects_bad_labels(cli, tmp_path, labels):
+    x = np.load(SAMPLES / "digits_test.npz")["input"][:5]
+    np.savez(tmp_path / "d.npz", input=x, labels=labels)
+    assert_one_line_error(cli("bench", SAMPLES / "lenet300.onnx", "--runs", 1, "--data", tmp_path / "d.npz"))
+
+
+def test_bench_and_info_read_models_from_stdin(cli):
+    source = SAMPLES / "lenet300.onnx"
+    size = source.stat().st_size
+    report = json.loads(cli("--json", "bench", "-", "--runs", 1, "--no-int8", input=source.read_bytes()).stdout)
+    assert report["models"][0]["file_bytes"] == size
+    assert json.loads(cli("--json", "info", "-", input=source.read_bytes()).stdout)["file_bytes"] == size

@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import assert_one_line_error, onnx_weights, ort_outputs
 from deepcompress_cli import onnx_io
+from deepcompress_cli.errors import DczError
 from deepcompress_cli.files import read_model, write_dcz, write_onnx
 
 RNG = np.random.default_rng(0)
@@ -210,6 +211,22 @@ def test_large_models_export_with_external_data(tmp_path, monkeypatch):
     assert np.array_equal(session.run(None, x)[0], ort_outputs(model.SerializeToString(), x)[0])
 
 
+def test_external_data_export_replaces_both_files_or_neither(tmp_path, monkeypatch):
+    monkeypatch.setattr(onnx_io, "EXTERNAL_DATA_THRESHOLD", 1000)
+    roundtrip(mlp_with_constants(), tmp_path)
+    package = read_model(str(tmp_path / "m.dcz"))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("out.")}
+    assert set(before) == {"out.onnx", "out.onnx.data"}
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(onnx.ModelProto, "SerializeToString", fail)  # after the data is written
+    with pytest.raises(DczError, match="No space"):
+        write_onnx(package, str(tmp_path / "out.onnx"))
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith(("out.", ".out."))}
+    assert after == before  # old pair intact, no temp files left
+
+
 @pytest.mark.parametrize("content", [b"\x00" * 100, b"hello world, not a model", bytes(range(256)) * 4,
                                      b"\x08\x07"])
 def test_not_an_onnx_file(tmp_path, cli, content):
@@ -217,3 +234,35 @@ def test_not_an_onnx_file(tmp_path, cli, content):
     path.write_bytes(content)
     assert_one_line_error(cli("pack", path, "-o", tmp_path / "out.dcz"))
     assert_one_line_error(cli("info", path))
+
+
+def test_tensors_left_in_the_graph_do_not_keep_external_data(tmp_path, cli):
+    """A bfloat16 initializer and a small int64 Constant stay in the graph (not extracted): their
+    external bytes must move into the .dcz, or it would point to a file it does not carry."""
+    model = mlp_with_constants()
+    original = model.SerializeToString()
+    model.graph.initializer.append(helper.make_tensor("unused_bf16", TensorProto.BFLOAT16, [4],
+                                                      np.array([0x3F80, 0x4000, 0xC040, 0x3F00], np.uint16).tobytes(),
+                                                      raw=True))
+    folder = tmp_path / "m"
+    folder.mkdir()
+    blob = bytearray()
+    for t in (model.graph.initializer[0], model.graph.node[2].attribute[0].t):  # bf16, int64 shape
+        offset, data = len(blob), t.raw_data
+        blob += data
+        t.ClearField("raw_data")
+        t.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", "weights.bin"), ("offset", str(offset)), ("length", str(len(data)))):
+            entry = t.external_data.add()
+            entry.key, entry.value = key, value
+    (folder / "weights.bin").write_bytes(bytes(blob))
+    onnx.save(model, str(folder / "model.onnx"))
+    assert cli("pack", folder / "model.onnx", "-o", tmp_path / "m.dcz").exit_code == 0
+    os.remove(folder / "weights.bin")  # the .dcz must not need it
+    assert cli("export", tmp_path / "m.dcz", "-o", tmp_path / "out.onnx").exit_code == 0
+    out = onnx.load(str(tmp_path / "out.onnx"))
+    onnx.checker.check_model(out, full_check=True)
+    assert out.graph.initializer[0].raw_data == np.array([0x3F80, 0x4000, 0xC040, 0x3F00], np.uint16).tobytes()
+    x = {"x": RNG.standard_normal((2, 16), dtype=np.float32)}
+    expected = ort_outputs(original, x)[0]
+    assert np.allclose(ort_outputs(out.SerializeToString(), x)[0], expected)

@@ -182,3 +182,23 @@ def test_mnist_cnn_quantized_accuracy(cli, tmp_path):
               f"(float {baseline:.4f})")
         assert accuracy[mode] >= baseline - 0.003
     assert accuracy["channel"] >= accuracy["tensor"]
+
+
+@pytest.mark.parametrize("ir_version", [3, 8])
+def test_qdq_export_of_weights_listed_as_graph_inputs(tmp_path, ir_version):
+    """Initializers may also be graph inputs (required below IR 4, allowed after): the
+    DequantizeLinear output must not be a graph input as well."""
+    model, feeds = layer_model("Gemm", transB=1)
+    model.graph.input.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, [12, 7]))
+    model.ir_version = ir_version
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    package = read_model(str(tmp_path / "m.onnx"))
+    quantize(package, QuantizeConfig(8, False, False))
+    write_onnx(package, str(tmp_path / "qdq.onnx"), qdq=True)
+    qdq = onnx.load(str(tmp_path / "qdq.onnx"))
+    onnx.checker.check_model(qdq, full_check=True)
+    inputs = [i.name for i in qdq.graph.input]
+    assert "w" not in inputs
+    assert ("w_quantized" in inputs) == (ir_version < 4)
+    expected = feeds["x"] @ package.tensor("w").decode().T
+    assert np.allclose(ort_outputs(qdq.SerializeToString(), feeds, optimize=False)[0], expected, atol=1e-4)

@@ -163,3 +163,17 @@ def test_bad_prune_options_exit_2(cli, tmp_path, args):
 @pytest.mark.parametrize("args", [("--bits", "0"), ("--bits", "17"), ("--init", "kmeans++"), ("--max-iter", "0")])
 def test_bad_share_options_exit_2(cli, tmp_path, args):
     assert cli("share", MLP, "-o", tmp_path / "m.dcz", *args).exit_code == 2
+
+
+def test_share_stores_a_tiny_layer_flat_when_the_codebook_would_enlarge_it():
+    from deepcompress_cli.stages.share import share_tensor
+    from deepcompress_cli.tensors import Tensor
+
+    rng = np.random.default_rng(0)
+    tiny = Tensor.raw("w", rng.standard_normal((3, 3)).astype(np.float32), "fc", "Gemm")
+    new, row = share_tensor(tiny, 8, ShareConfig())  # 9 centroids + 9 indices > 9 floats
+    assert not row["stored_shared"] and new.stored_bytes <= tiny.nbytes
+    assert np.array_equal(new.decode(), tiny.decode())  # 9 values, 9 centroids: exact
+    big = Tensor.raw("w", rng.standard_normal((64, 64)).astype(np.float32), "fc", "Gemm")
+    new, row = share_tensor(big, 2, ShareConfig())
+    assert row["stored_shared"] and new.stored_bytes < big.nbytes / 8

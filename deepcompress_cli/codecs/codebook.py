@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DczError
+from ..tensors import uint_dtype
 
 NAME = "codebook"
 ROLES = ("codebook", "indices")
@@ -14,9 +15,6 @@ def label(params: dict) -> str:
     return f"codebook{params.get('bits', '?')}"
 
 
-def index_dtype(bits: int) -> str:
-    return "uint8" if bits <= 8 else "uint16"
-
 
 def check(params: dict, target, parts: dict) -> None:
     if set(params) != {"bits"} or type(params["bits"]) is not int or not 1 <= params["bits"] <= 16:
@@ -24,7 +22,7 @@ def check(params: dict, target, parts: dict) -> None:
     codebook, indices = parts["codebook"], parts["indices"]
     if codebook.dtype != target.dtype or not 1 <= codebook.count <= 1 << params["bits"]:
         raise DczError(f"codebook must hold 1..2^bits values of the tensor's dtype")
-    if indices.dtype != index_dtype(params["bits"]) or indices.count != target.count:
+    if indices.dtype != uint_dtype(params["bits"]) or indices.count != target.count:
         raise DczError("codebook indices have the wrong type or count")
 
 

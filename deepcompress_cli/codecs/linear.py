@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from ..errors import DczError
+from ..tensors import uint_dtype
 
 NAME = "linear"
 ROLES = ("codes", "scales", "zero_points")
@@ -22,9 +23,6 @@ def label(params: dict) -> str:
     kind = "sym" if params.get("symmetric") else ""
     return f"linear{params.get('bits', '?')}{kind}{'/ch' if params.get('channels', 1) > 1 else ''}"
 
-
-def code_dtype(bits: int) -> str:
-    return "uint8" if bits <= 8 else "uint16"
 
 
 def check(params: dict, target, parts: dict) -> None:
@@ -37,9 +35,9 @@ def check(params: dict, target, parts: dict) -> None:
     if target.dtype not in ("float32", "float16", "float64"):
         raise DczError(f"linear cannot produce {target.dtype}")
     codes, scales, zero_points = parts["codes"], parts["scales"], parts["zero_points"]
-    if codes.dtype != code_dtype(bits) or codes.count != target.count:
+    if codes.dtype != uint_dtype(bits) or codes.count != target.count:
         raise DczError("linear codes have the wrong type or count")
-    if scales.dtype != "float32" or scales.count != channels or zero_points.dtype != code_dtype(bits) \
+    if scales.dtype != "float32" or scales.count != channels or zero_points.dtype != uint_dtype(bits) \
             or zero_points.count != channels:
         raise DczError("linear scales/zero points need one float32 / code per channel")
 
@@ -78,7 +76,7 @@ def quantize(values: np.ndarray, bits: int, channels: int = 1, inner: int = 1, s
     if zero_points is None:
         zero_points = np.clip(np.round(-low / scales), 0, top).astype(np.int64)
     codes = np.clip(np.round(grouped / scales[:, None]) + zero_points[:, None], 0, top)
-    dtype = code_dtype(bits)
+    dtype = uint_dtype(bits)
     return codes.astype(dtype).reshape(-1), scales, zero_points.astype(dtype)
 
 

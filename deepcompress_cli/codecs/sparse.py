@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DczError
+from ..tensors import uint_dtype
 
 NAME = "sparse"
 ROLES = ("gaps", "values")
@@ -21,9 +22,6 @@ def label(params: dict) -> str:
     return f"sparse{params.get('index_bits', '?')}"
 
 
-def gap_dtype(index_bits: int) -> str:
-    return "uint8" if index_bits <= 8 else "uint16"
-
 
 def check(params: dict, target, parts: dict) -> None:
     if set(params) != {"index_bits"} or type(params["index_bits"]) is not int \
@@ -31,7 +29,7 @@ def check(params: dict, target, parts: dict) -> None:
         raise DczError(f"sparse needs params {{index_bits: 1..{MAX_INDEX_BITS}}}")
     bits = params["index_bits"]
     gaps, values = parts["gaps"], parts["values"]
-    if gaps.dtype != gap_dtype(bits) or values.dtype != target.dtype or gaps.count != values.count:
+    if gaps.dtype != uint_dtype(bits) or values.dtype != target.dtype or gaps.count != values.count:
         raise DczError("sparse gaps/values have the wrong type or differ in length")
     if gaps.count > target.count or (gaps.count + 1) << bits <= target.count:
         raise DczError(f"sparse: {gaps.count} entries cannot cover {target.count} positions")
@@ -61,7 +59,7 @@ def encode(flat: np.ndarray, keep: np.ndarray, index_bits: int) -> tuple[np.ndar
     fillers = (steps - 1) // span  # entries needed before each kept weight (and before the end)
     fillers[-1] = max(0, (steps[-1] - span) // span)  # the tail needs entries only every `span`
     entries = fillers.sum() + len(kept)
-    gaps = np.full(entries, span - 1, dtype=gap_dtype(index_bits))
+    gaps = np.full(entries, span - 1, dtype=uint_dtype(index_bits))
     values = np.zeros(entries, dtype=flat.dtype)
     real = np.cumsum(fillers[:-1] + 1) - 1  # entry index of each kept weight
     gaps[real] = steps[:-1] - 1 - fillers[:-1] * span

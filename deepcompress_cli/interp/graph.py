@@ -203,6 +203,9 @@ class Interpreter:
         missing = [n for n in self.plan.inputs if n not in feeds]
         if missing:
             raise DczError(f"missing model input(s): {', '.join(missing)}")
+        if self.observe is not None:  # calibration needs the inputs' ranges too
+            for name in self.plan.inputs:
+                self.observe(name, feeds[name])
         return self.run_plan(self.plan, feeds)
 
     def run_plan(self, plan: Plan, feeds: dict) -> list:

@@ -11,6 +11,9 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+import numpy as np
+
+from ..errors import DczError
 from ..tensors import Package, Tensor
 
 
@@ -40,3 +43,9 @@ def map_weights(package: Package, encode: Callable[[Tensor], tuple[Tensor, dict]
         package.tensors[i], row = encode(package.tensors[i])
         rows.append(row)
     return rows
+
+
+def require_finite(tensor: Tensor, values: np.ndarray) -> None:
+    """NaN or infinite weights would be pruned, clustered or scaled into garbage: refuse them."""
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise DczError(f"tensor {tensor.name!r} has NaN or infinite weights; fix the model first")

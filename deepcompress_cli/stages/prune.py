@@ -9,7 +9,7 @@ import numpy as np
 from ..encoding import build, dense_form, entropy_of, sparse_form
 from ..errors import DczError
 from ..tensors import Package, Tensor
-from . import PerKind, map_weights, no_progress
+from . import PerKind, map_weights, no_progress, require_finite
 
 DEFAULT_SPARSITY = (0.6, 0.9)  # conv, fc: the defaults
 DEFAULT_INDEX_BITS = (8, 5)  # conv, fc: the paper's relative-index widths
@@ -40,6 +40,7 @@ def magnitude_mask(values: np.ndarray, sparsity: float | None = None, threshold_
 def prune_tensor(tensor: Tensor, sparsity: float | None, index_bits: int,
                  threshold_std: float | None = None) -> tuple[Tensor, dict]:
     dense = tensor.decode()
+    require_finite(tensor, dense)
     keep, threshold = magnitude_mask(dense, sparsity, threshold_std)
     form = sparse_form(dense, keep, index_bits, tensor.dtype).with_(entropy=entropy_of(tensor))
     new = build(tensor, form)

@@ -10,7 +10,7 @@ from ..codecs import linear
 from ..encoding import Quantized, build, parse
 from ..onnx_io import weight_consumers
 from ..tensors import Package, Tensor
-from . import map_weights, no_progress
+from . import map_weights, no_progress, require_finite
 
 
 @dataclass
@@ -36,6 +36,7 @@ def output_channel_axis(op: str, attributes: dict, input_index: int, ndim: int) 
 def quantize_tensor(tensor: Tensor, config: QuantizeConfig, axis: int | None) -> tuple[Tensor, dict]:
     form = parse(tensor)
     values = form.entry_values()
+    require_finite(tensor, values)
     if form.is_sparse:
         axis = None  # entries of a sparse tensor have no channel layout: one range for the layer
     channels, inner = linear.channel_layout(tensor.shape, axis)

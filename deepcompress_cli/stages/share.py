@@ -6,11 +6,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..codecs.codebook import index_dtype
-from ..encoding import Shared, build, parse
+from ..encoding import Shared, build, dense_form, parse
 from ..kmeans import kmeans_1d
-from ..tensors import Package, Tensor
-from . import PerKind, map_weights, no_progress
+from ..tensors import Package, Tensor, uint_dtype
+from . import PerKind, map_weights, no_progress, require_finite
 
 DEFAULT_BITS = (8, 5)  # conv, fc: 256 and 32 shared weights, as in the paper
 
@@ -39,20 +38,24 @@ def cluster(values: np.ndarray, bits: int, config: ShareConfig) -> tuple[np.ndar
     indices[~zero] = labels + reserve
     table = np.concatenate(([0], centroids)).astype(values.dtype) if reserve else centroids
     used, compact = np.unique(indices, return_inverse=True)  # drop centroids no weight uses
-    return table[used], compact.astype(index_dtype(bits)), iterations
+    return table[used], compact.astype(uint_dtype(bits)), iterations
 
 
 def share_tensor(tensor: Tensor, bits: int, config: ShareConfig) -> tuple[Tensor, dict]:
     form = parse(tensor)
     values = form.entry_values()
+    require_finite(tensor, values)
     centroids, indices, iterations = cluster(values, bits, config)
     error = centroids[indices].astype(np.float64) - values
     new = build(tensor, form.with_(values=Shared(centroids, indices, bits)))
+    if new.stored_bytes > tensor.nbytes:  # tiny layer: the codebook costs more than it saves
+        new = build(tensor, dense_form(new.decode(), tensor.dtype))  # same shared values, stored flat
     return new, {
         "name": tensor.name, "kind": tensor.kind, "weights": tensor.numel, "clustered": len(values),
         "bits": bits, "centroids": len(centroids), "iterations": iterations,
         "rmse": float(np.sqrt(np.mean(error ** 2))) if len(error) else 0.0,
         "max_error": float(np.max(np.abs(error))) if len(error) else 0.0,
+        "stored_shared": any(s.codec == "codebook" for s in new.chain),
         "bytes_before": tensor.stored_bytes, "bytes_after": new.stored_bytes,
     }
 

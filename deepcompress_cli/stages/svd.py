@@ -20,7 +20,7 @@ from onnx import TensorProto, helper
 from ..errors import DczError
 from ..onnx_io import _consumers, _graphs, _make_placeholder, _placeholder_name, _unique
 from ..tensors import DTYPES, FLOAT_DTYPES, Package, Tensor, numpy_dtype
-from . import no_progress
+from . import no_progress, require_finite
 
 ERROR_SAMPLES = 64  # rows of the random input X behind `rel_error`
 
@@ -188,12 +188,6 @@ def _placeholder(name: str, array: np.ndarray, dtype: str) -> TensorProto:
     return proto
 
 
-def _raw(name: str, array: np.ndarray, op: str) -> Tensor:
-    tensor = Tensor.raw(name, np.ascontiguousarray(array), "fc")
-    tensor.op = op  # set here: Tensor.raw drops its `op` argument
-    return tensor
-
-
 def _row(layer: _Layer) -> dict:
     """A report row for a layer left as it is (`_factor` fills in the rank it chose)."""
     known = layer.shape is not None
@@ -208,6 +202,7 @@ def _factor(layer: _Layer, package: Package, config: SvdConfig, taken: set, opse
     """(report row, replacement nodes or None, new (TensorProto, Tensor) pairs)."""
     tensor = package.tensor(layer.entry)
     w = tensor.decode().astype(np.float64)
+    require_finite(tensor, w)
     m = w.T if layer.transposed else w
     u, v = m.shape
     row = _row(layer)
@@ -222,7 +217,7 @@ def _factor(layer: _Layer, package: Package, config: SvdConfig, taken: set, opse
     dtype = numpy_dtype(tensor.dtype)
     p, q = (left[:, :t] * sigma[:t]).astype(dtype), right[:t].astype(dtype)
     nodes, *stored = _split(layer, p, q, names, opset)
-    new = [(_placeholder(name, a, tensor.dtype), _raw(name, a, node.op_type))
+    new = [(_placeholder(name, a, tensor.dtype), Tensor.raw(name, np.ascontiguousarray(a), "fc", node.op_type))
            for name, a, node in zip(names, stored, nodes)]
     p, q = p.astype(np.float64), q.astype(np.float64)  # the error of the factors as stored (rounded)
     total = float(np.sum(sigma ** 2))
