@@ -79,7 +79,9 @@ def _set_flag(name):
 
 
 def json_option(f):
-    """`--json` accepted after the subcommand too (`deepcompress info m.dcz --json`)."""
+    """`--json` and `-q` accepted after the subcommand too (`deepcompress info m.dcz --json`)."""
+    f = click.option("-q", "--quiet", "quiet_", is_flag=True, expose_value=False, callback=_set_flag("quiet"),
+                     help="No report and no progress bars.")(f)
     return click.option("--json", "json_", is_flag=True, expose_value=False, callback=_set_flag("json"),
                         help="Print one JSON object on stdout instead of text.")(f)
 
@@ -168,16 +170,52 @@ def share_options(f):
                         help="Index bits: 2^B shared weights per layer [default conv=8,fc=5].")(f)
 
 
-def prune_config(sparsity, layer_sparsity, index_bits, threshold_std):
-    from .stages.prune import DEFAULT_INDEX_BITS, DEFAULT_SPARSITY, PruneConfig
+def train_options(with_seed: bool, with_steps: bool):
+    """Retraining (`--train`) options shared by prune, share and compress."""
+    def decorate(f):
+        if with_steps:
+            f = click.option("--steps", type=click.IntRange(1, 100), metavar="N",
+                             help="Prune towards the target in N increasing steps, retraining after each "
+                                  "[default: 4 with --train, else 1].")(f)
+        if with_seed:
+            f = click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data order.")(f)
+        f = click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True,
+                         help="Minibatch size for --train.")(f)
+        f = click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.01, show_default=True,
+                         help="SGD learning rate (momentum 0.9); centroids move by lr x their summed gradients.")(f)
+        f = click.option("--epochs", type=click.FloatRange(0, min_open=True), default=2.0, show_default=True,
+                         help="Epochs of retraining per step (and for the centroids).")(f)
+        f = click.option("--val", metavar="DATA.npz", help="Report top-1 on this data after each step (needs labels).")(f)
+        return click.option("--train", "train_data", metavar="DATA.npz",
+                            help="Retrain on this data (inputs by graph input name, optional `labels`; "
+                                 "without labels: distillation to the original model).")(f)
+    return decorate
+
+
+def train_config(train_data, val, epochs, lr, batch_size, seed):
+    from .train.retrain import TrainConfig
+
+    if train_data is None:
+        if val is not None:
+            raise click.BadParameter("needs --train", param_hint="--val")
+        return None
+    return TrainConfig(train_data, epochs, lr, batch_size, seed, val=val)
+
+
+def prune_config(sparsity, layer_sparsity, index_bits, threshold_std, train=False):
+    from .stages import SparsityBySize
+    from .stages.prune import DEFAULT_INDEX_BITS, DEFAULT_SPARSITY, DEFAULT_TRAIN_INDEX_BITS, PruneConfig
 
     if threshold_std is not None and (sparsity or layer_sparsity):
         raise click.BadParameter("give either --threshold-std or --sparsity/--layer-sparsity, not both",
                                  param_hint="--threshold-std")
     if threshold_std is not None and not (threshold_std >= 0 and math.isfinite(threshold_std)):
         raise click.BadParameter("must be a finite number >= 0", param_hint="--threshold-std")
-    config = PruneConfig(per_kind(DEFAULT_SPARSITY, sparsity, layer_sparsity),
-                         per_kind(DEFAULT_INDEX_BITS, index_bits, ()), threshold_std)
+    rule = per_kind(DEFAULT_SPARSITY, sparsity, layer_sparsity)
+    if train and not sparsity:  # retraining allows far more: sparsity by layer size
+        rule = SparsityBySize(0.0, 0.0, rule.layers)
+    config = PruneConfig(rule, per_kind(DEFAULT_TRAIN_INDEX_BITS if train else DEFAULT_INDEX_BITS, index_bits, ()),
+                         threshold_std)
     for value in (config.sparsity.conv, config.sparsity.fc, *(v for _, v in config.sparsity.layers)):
         if not 0 <= value < 1:  # also rejects nan
             raise click.BadParameter(f"sparsity must be in [0, 1), got {value}", param_hint="--sparsity")
@@ -187,14 +225,24 @@ def prune_config(sparsity, layer_sparsity, index_bits, threshold_std):
     return config
 
 
-def share_config(bits, layer_bits, init, max_iter, tol, seed):
-    from .stages.share import DEFAULT_BITS, ShareConfig
+def share_config(bits, layer_bits, init, max_iter, tol, seed, train=False):
+    from .stages.share import DEFAULT_BITS, DEFAULT_TRAIN_BITS, ShareConfig
 
-    config = ShareConfig(per_kind(DEFAULT_BITS, bits, layer_bits), init, max_iter, tol, seed)
+    config = ShareConfig(per_kind(DEFAULT_TRAIN_BITS if train else DEFAULT_BITS, bits, layer_bits),
+                         init, max_iter, tol, seed)
     for value in (config.bits.conv, config.bits.fc, *(v for _, v in config.bits.layers)):
         if not 1 <= value <= 16:
             raise click.BadParameter("bits must be 1..16", param_hint="--bits")
     return config
+
+
+def format_training(history: list[dict]) -> str:
+    from .report import format_table
+
+    rows = [[h["phase"], h.get("steps", ""), h.get("loss", ""),
+             "" if h.get("val_accuracy_before") is None else f"{100 * h['val_accuracy_before']:.2f}%",
+             "" if h.get("val_accuracy") is None else f"{100 * h['val_accuracy']:.2f}%"] for h in history]
+    return format_table(["phase", "sgd steps", "loss", "val top-1 before", "val top-1 after"], rows, right={1, 2, 3, 4})
 
 
 def progress_bar(ctx):
@@ -217,11 +265,17 @@ def run_stage(ctx, model, output, include, exclude, apply, formatter, **extra):
     package = read_model(model, include, exclude)
     before = sum(t.stored_bytes for t in package.tensors)
     rows = apply(package, progress_bar(ctx))
+    history = None
+    if isinstance(rows, tuple):  # a stage with retraining: (rows, training history)
+        rows, history = rows
     size = write_dcz(package, output, inputs=[model])
     after = sum(t.stored_bytes for t in package.tensors)
     data = {"output": output, "bytes": size, "tensor_bytes_before": before, "tensor_bytes_after": after,
             "layers": rows, **extra}
     text = f"{formatter(rows)}\n\n{output}: {human_bytes(size)} (tensors {human_bytes(before)} -> {human_bytes(after)})"
+    if history is not None:
+        data["training"] = history
+        text = f"{format_training(history)}\n\n{text}"
     emit(ctx, data, text, stdout_taken=output == "-")
     return package, rows
 
@@ -337,49 +391,72 @@ def info(ctx, model):
 @click.argument("model", metavar="IN")
 @output_option
 @prune_options
+@train_options(with_seed=True, with_steps=True)
 @selection_options
 @json_option
 @click.pass_context
-def prune(ctx, model, output, sparsity, layer_sparsity, index_bits, threshold_std, include, exclude):
+def prune(ctx, model, output, sparsity, layer_sparsity, index_bits, threshold_std, train_data, val, epochs, lr,
+          batch_size, seed, steps, include, exclude):
     """Magnitude-prune each weight layer; store survivors with relative indices.
 
     Each kept weight is stored with the gap to the previous one in --index-bits bits; a longer
     run of pruned weights gets filler entries (value 0). Kept values stay exact floats.
+    With --train, prune -> retrain in --steps increasing steps (pruned weights stay 0); the
+    defaults then become: a layer of n weights keeps 12/sqrt(n) of them, index bits conv=5,fc=8.
 
     \b
     Examples:
       deepcompress prune model.onnx -o pruned.dcz
       deepcompress prune model.onnx -o pruned.dcz --sparsity conv=0.5,fc=0.9 --layer-sparsity 'fc3*=0.75'
+      deepcompress prune model.onnx -o pruned.dcz --train train.npz --val test.npz --steps 4
     """
     from .report import format_prune
+    from .stages.prune import DEFAULT_TRAIN_STEPS
     from .stages.prune import prune as prune_stage
+    from .stages.retraining import prune_retrain
 
-    config = prune_config(sparsity, layer_sparsity, index_bits, threshold_std)
-    run_stage(ctx, model, output, include, exclude, lambda p, bar: prune_stage(p, config, bar), format_prune)
+    train = train_config(train_data, val, epochs, lr, batch_size, seed)
+    config = prune_config(sparsity, layer_sparsity, index_bits, threshold_std, train is not None)
+    if train is None:  # without retraining the steps' masks equal the final one's: nothing to repeat
+        apply = lambda p, bar: prune_stage(p, config, bar)  # noqa: E731
+    else:
+        apply = lambda p, bar: prune_retrain(p, config, train, steps or DEFAULT_TRAIN_STEPS, bar)  # noqa: E731
+    run_stage(ctx, model, output, include, exclude, apply, format_prune)
 
 
 @main.command()
 @click.argument("model", metavar="IN")
 @output_option
 @share_options
+@train_options(with_seed=False, with_steps=False)
 @selection_options
 @json_option
 @click.pass_context
-def share(ctx, model, output, bits, layer_bits, init, max_iter, tol, seed, include, exclude):
+def share(ctx, model, output, bits, layer_bits, init, max_iter, tol, seed, train_data, val, epochs, lr, batch_size,
+          include, exclude):
     """Weight sharing: k-means per layer, weights replaced by 2^bits centroid indices.
 
-    Only the kept weights of a pruned layer are clustered; zeros stay exactly zero.
+    Only the kept weights of a pruned layer are clustered; zeros stay exactly zero. With
+    --train, the centroids are then fine-tuned (each moves by lr x the summed gradients of its
+    weights; indices stay fixed) and --bits defaults to conv=4,fc=4.
 
     \b
     Examples:
       deepcompress share pruned.dcz -o shared.dcz
       deepcompress share model.onnx -o shared.dcz --bits 4 --init density
+      deepcompress share pruned.dcz -o shared.dcz --train train.npz --epochs 1
     """
     from .report import format_share
+    from .stages.retraining import share_retrain
     from .stages.share import share as share_stage
 
-    config = share_config(bits, layer_bits, init, max_iter, tol, seed)
-    run_stage(ctx, model, output, include, exclude, lambda p, bar: share_stage(p, config, bar), format_share)
+    train = train_config(train_data, val, epochs, lr, batch_size, seed)
+    config = share_config(bits, layer_bits, init, max_iter, tol, seed, train is not None)
+    if train is None:
+        apply = lambda p, bar: share_stage(p, config, bar)  # noqa: E731
+    else:
+        apply = lambda p, bar: share_retrain(p, config, train, bar)  # noqa: E731
+    run_stage(ctx, model, output, include, exclude, apply, format_share)
 
 
 @main.command()
@@ -473,18 +550,23 @@ def huffman(ctx, model, output):
 @output_option
 @prune_options
 @share_options
+@train_options(with_seed=False, with_steps=True)
 @click.option("--report", is_flag=True, help="Print the paper's table (P, P+Q, P+Q+H per layer) and gzip -9 of the plain .onnx.")
 @selection_options
 @json_option
 @click.pass_context
 def compress(ctx, model, output, sparsity, layer_sparsity, index_bits, threshold_std, bits, layer_bits,
-             init, max_iter, tol, seed, report, include, exclude):
+             init, max_iter, tol, seed, train_data, val, epochs, lr, batch_size, steps, report, include, exclude):
     """The whole recipe: prune -> share -> huffman, with the same options as those commands.
+
+    With --train: prune -> retrain in --steps steps, share -> train the centroids, huffman; the
+    defaults then are those of `prune --train` and `share --train`.
 
     \b
     Examples:
       deepcompress compress model.onnx -o model.dcz --report
       deepcompress compress model.onnx -o model.dcz --sparsity fc=0.95 --bits conv=6,fc=4
+      deepcompress compress model.onnx -o model.dcz --train train.npz --val test.npz --report
     """
     import zlib
 
@@ -494,24 +576,37 @@ def compress(ctx, model, output, sparsity, layer_sparsity, index_bits, threshold
     from .stages.compress import compress as compress_stage
     from .stages.compress import totals
 
-    p_config = prune_config(sparsity, layer_sparsity, index_bits, threshold_std)
-    s_config = share_config(bits, layer_bits, init, max_iter, tol, seed)
+    from .stages.compress import compress_retrain
+    from .stages.prune import DEFAULT_TRAIN_STEPS
+
+    train = train_config(train_data, val, epochs, lr, batch_size, seed)
+    p_config = prune_config(sparsity, layer_sparsity, index_bits, threshold_std, train is not None)
+    s_config = share_config(bits, layer_bits, init, max_iter, tol, seed, train is not None)
     package = read_model(model, include, exclude)
     onnx_bytes = gzip_bytes = None
     if report:  # the peer: gzip of the model as a plain .onnx
         original = to_onnx(package).SerializeToString()
         onnx_bytes, gzip_bytes = len(original), len(zlib.compress(original, 9))
         del original
-    rows = compress_stage(package, p_config, s_config, progress_bar(ctx))
+    history = None
+    if train is None:
+        rows = compress_stage(package, p_config, s_config, progress_bar(ctx))
+    else:
+        rows, history = compress_retrain(package, p_config, s_config, train, steps or DEFAULT_TRAIN_STEPS,
+                                         progress_bar(ctx))
     size = write_dcz(package, output, inputs=[model])
     sums = totals(rows, package)
     data = {"output": output, "bytes": size, "layers": rows, "totals": sums,
             "onnx_bytes": onnx_bytes, "gzip9_bytes": gzip_bytes}
+    if history is not None:
+        data["training"] = history
     if report:
         text = format_compress(rows, sums, gzip_bytes, onnx_bytes) + f"\n{output}: {human_bytes(size)}"
     else:
         text = (f"{output}: {human_bytes(size)}; weights {human_bytes(sums['bytes_original'])} -> "
                 f"{human_bytes(sums['bytes_pqh'])} ({sums['ratio_weights']}x)")
+    if history is not None:
+        text = f"{format_training(history)}\n\n{text}"
     emit(ctx, data, text, stdout_taken=output == "-")
 
 

@@ -9,6 +9,7 @@ grayscale images, pixel values 0..16) with NumPy only, then exports them to ONNX
                         -> Conv(6,16,3x3,pad 1) -> Relu -> MaxPool 2x2
                         -> Flatten(64) -> Gemm(64,32) -> Relu -> Gemm(32,10)
   digits_test.npz  held-out test split: "input" float32 [N,1,8,8], "labels" int64 [N]
+  digits_train.npz the split the models were trained on (same arrays), for `--train`
 
 Both models have one input "input" float32 [N,1,8,8] and one output "logits"
 float32 [N,10] (no softmax). Preprocessing: pixel / 16.0, so inputs are in [0, 1];
@@ -268,6 +269,7 @@ def main(argv=None):
 
     x_train, y_train, x_test, y_test = load_split()
     save_npz(out / "digits_test.npz", input=x_test, labels=y_test)
+    save_npz(out / "digits_train.npz", input=x_train, labels=y_train)  # for retraining (--train)
 
     for name, build, epochs in [("lenet300", lenet300, 20), ("lenet5", lenet5, 60)]:
         t0 = time.perf_counter()

@@ -9,7 +9,7 @@ import pytest
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 MODELS = ["lenet300.onnx", "lenet5.onnx"]
-GENERATED = [*MODELS, "digits_test.npz"]
+GENERATED = [*MODELS, "digits_test.npz", "digits_train.npz"]
 
 
 @pytest.mark.parametrize("model_file", MODELS)

@@ -20,14 +20,19 @@ def compress_tensor(tensor: Tensor, prune_config: PruneConfig, share_config: Sha
     pruned, p = prune_tensor(tensor, sparsity, int(prune_config.index_bits.value(tensor)),
                              prune_config.threshold_std)
     shared, q = share_tensor(pruned, int(share_config.bits.value(tensor)), share_config)
-    coded, h = huffman_tensor(shared)
+    coded, _ = huffman_tensor(shared)
+    return coded, stage_row(tensor, pruned.stored_bytes, shared.stored_bytes, coded, p, q)
+
+
+def stage_row(tensor: Tensor, bytes_p: int, bytes_pq: int, coded: Tensor, p: dict, q: dict) -> dict:
+    """One line of the paper's table: a weight's size after P, P+Q and P+Q+H."""
     index_bytes, value_bytes = index_and_value_bytes(coded)
     kept = max(p["kept"], 1)
-    return coded, {
+    return {
         "name": tensor.name, "kind": tensor.kind, "weights": tensor.numel, "kept": p["kept"],
         "kept_fraction": round(p["kept"] / tensor.numel, 6) if tensor.numel else 0.0,
         "index_bits": p["index_bits"], "bits": q["bits"], "rmse": q["rmse"], "max_error": q["max_error"],
-        "bytes_original": tensor.nbytes, "bytes_p": pruned.stored_bytes, "bytes_pq": shared.stored_bytes,
+        "bytes_original": tensor.nbytes, "bytes_p": bytes_p, "bytes_pq": bytes_pq,
         "bytes_pqh": coded.stored_bytes,
         "value_bits_per_weight": round(8 * value_bytes / kept, 3),
         "index_bits_per_weight": round(8 * index_bytes / kept, 3),
@@ -38,6 +43,26 @@ def compress_tensor(tensor: Tensor, prune_config: PruneConfig, share_config: Sha
 def compress(package: Package, prune_config: PruneConfig, share_config: ShareConfig,
              progress=no_progress) -> list[dict]:
     return map_weights(package, lambda t: compress_tensor(t, prune_config, share_config), progress, "compress")
+
+
+def compress_retrain(package: Package, prune_config: PruneConfig, share_config: ShareConfig, train,
+                     steps: int = 1, progress=no_progress) -> tuple[list[dict], list[dict]]:
+    """The recipe with retraining between stages: (rows as `compress` gives them, history)."""
+    from .entropy import huffman
+    from .retraining import prune_retrain, share_retrain, teacher_logits
+
+    originals = {t.name: t for t in package.tensors if t.is_weight}
+    teacher = teacher_logits(package, train)
+    p_rows, history = prune_retrain(package, prune_config, train, steps, progress, teacher)
+    bytes_p = {t.name: t.stored_bytes for t in package.tensors}
+    q_rows, q_history = share_retrain(package, share_config, train, progress, teacher)
+    bytes_pq = {t.name: t.stored_bytes for t in package.tensors}
+    huffman(package, progress)
+    coded = {t.name: t for t in package.tensors}
+    p_by, q_by = {r["name"]: r for r in p_rows}, {r["name"]: r for r in q_rows}
+    rows = [stage_row(t, bytes_p[name], bytes_pq[name], coded[name], p_by[name], q_by[name])
+            for name, t in originals.items()]
+    return rows, history + q_history
 
 
 def totals(rows: list[dict], package: Package) -> dict:

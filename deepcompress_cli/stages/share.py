@@ -12,6 +12,7 @@ from ..tensors import Package, Tensor, uint_dtype
 from . import PerKind, map_weights, no_progress, require_finite
 
 DEFAULT_BITS = (8, 5)  # conv, fc: 256 and 32 shared weights, as in the paper
+DEFAULT_TRAIN_BITS = (4, 4)  # with trained centroids 16 shared weights per layer suffice
 
 
 @dataclass

@@ -1,0 +1,115 @@
+"""Deep Compression with retraining on the real MNIST CNN, next to the same recipe without it.
+
+    python benchmarks/retraining.py [--shared ../shared] [--workdir DIR]
+
+Reads ../shared/models/mnist_cnn.onnx and ../shared/data (MNIST train 10k, test 10k; converted
+to the `--train`/`--data` npz contract in a temporary folder, never into the repository), then
+runs the real command line and prints, side by side in one run:
+
+- `compress --train` with its defaults: ratio and MNIST top-1 after each stage (P, P+Q, P+Q+H),
+  and its wall time (the issue's budget: 15 minutes on two cores);
+- the same per-layer sparsities and bits *without* retraining;
+- the paper's settings without retraining (conv 60 %, fc 90 % pruned, 8/5-bit codebooks);
+- the peer: NNCodec (MPEG NNR, DeepCABAC) 66.9x at 98.50 % on this model (measured by the issue's
+  author, not here), and the paper's LeNet-5: 39x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+NNCODEC = (66.9, 0.9850)
+
+
+def run(*args: str) -> dict:
+    done = subprocess.run([sys.executable, "-m", "deepcompress_cli", "--json", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"deepcompress {' '.join(args)} failed: {done.stderr.strip()}")
+    return json.loads(done.stdout)
+
+
+def to_npz(source: str, target: str) -> None:
+    data = np.load(source, allow_pickle=False)
+    x = ((data["images"].astype(np.float32) / 255 - 0.5) / 0.5)[:, None]
+    np.savez(target, input=x, labels=data["labels"])
+
+
+def accuracies(models: list[str], test: str) -> dict[str, float]:
+    report = run("bench", *models, "--data", test, "--no-int8", "--runs", "1", "--batch", "256")
+    return {m["model"]: m["modes"]["fp32"]["accuracy"] for m in report["models"]}
+
+
+def weight_bytes(path: str) -> int:
+    info = run("info", path)
+    return sum(t["stored_bytes"] for t in info["tensors"] if t["kind"] != "other")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shared", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
+    parser.add_argument("--workdir", default=None)
+    args = parser.parse_args()
+    model = os.path.join(args.shared, "models", "mnist_cnn.onnx")
+    if not os.path.exists(model):
+        raise SystemExit(f"{model} not found: this benchmark needs ../shared")
+    with tempfile.TemporaryDirectory(dir=args.workdir) as work:
+        train, test = os.path.join(work, "train.npz"), os.path.join(work, "test.npz")
+        to_npz(os.path.join(args.shared, "data", "mnist_train10k.npz"), train)
+        to_npz(os.path.join(args.shared, "data", "mnist_test.npz"), test)
+        out = {k: os.path.join(work, f"{k}.dcz") for k in
+               ("all", "p", "pq", "pqh", "p_no", "pq_no", "pqh_no", "paper")}
+
+        start = time.perf_counter()
+        compressed = run("compress", model, "-o", out["all"], "--train", train)
+        compress_s = time.perf_counter() - start
+        pruned = run("prune", model, "-o", out["p"], "--train", train)
+        run("share", out["p"], "-o", out["pq"], "--train", train)
+        run("huffman", out["pq"], "-o", out["pqh"])
+        assert open(out["all"], "rb").read() == open(out["pqh"], "rb").read(), "compress --train != its stages"
+
+        # the same per-layer sparsities and bits, without retraining
+        layers = [f"--layer-sparsity={r['name']}={r['sparsity']}" for r in pruned["layers"]]
+        run("prune", model, "-o", out["p_no"], *layers, "--index-bits", "conv=5,fc=8")
+        run("share", out["p_no"], "-o", out["pq_no"], "--bits", "4")
+        run("huffman", out["pq_no"], "-o", out["pqh_no"])
+        run("compress", model, "-o", out["paper"])
+
+        acc = accuracies([model, *(out[k] for k in ("p", "pq", "pqh", "p_no", "pq_no", "pqh_no", "paper"))], test)
+        original = weight_bytes(model)
+        ratio = {k: original / weight_bytes(out[k]) for k in ("p", "pq", "pqh", "p_no", "pq_no", "pqh_no", "paper")}
+
+    base = acc[model]
+    print(f"mnist_cnn.onnx: {original:,} weight bytes, MNIST top-1 {100 * base:.2f} % (10k test)\n")
+    print(f"{'':44}{'weights ratio':>14}{'top-1':>9}{'drop':>8}")
+    rows = [("original", 1.0, base)]
+    for label, key in (("prune --train (P)", "p"), ("+ share --train (P+Q)", "pq"), ("+ huffman (P+Q+H)", "pqh"),
+                       ("same sparsity and bits, no retraining: P", "p_no"), ("  P+Q", "pq_no"),
+                       ("  P+Q+H", "pqh_no"), ("paper's settings, no retraining (P+Q+H)", "paper")):
+        rows.append((label, ratio[key], acc[out[key]]))
+    rows.append(("NNCodec / DeepCABAC (issue's measurement)", NNCODEC[0], NNCODEC[1]))
+    for label, r, a in rows:
+        print(f"{label:44}{r:>13.1f}x{100 * a:>8.2f}%{100 * (base - a):>7.2f}")
+    totals = compressed["totals"]
+    print(f"\ncompress --train: {compress_s:.0f} s wall; weights {totals['ratio_weights']}x, all tensors "
+          f"{totals['ratio_all_tensors']}x, file {os.path.getsize(model) / compressed['bytes']:.1f}x "
+          f"({compressed['bytes']:,} bytes)")
+    print("per layer:")
+    for r in compressed["layers"]:
+        print(f"  {r['name']:14}{r['weights']:>9,} weights  kept {100 * r['kept_fraction']:5.1f}%  "
+              f"{r['bytes_pqh']:>7,} B  {r['ratio']:>7.1f}x  value {r['value_bits_per_weight']:.2f} b  "
+              f"index {r['index_bits_per_weight']:.2f} b")
+    print("training (validation: none given):")
+    for h in compressed["training"]:
+        print(f"  {h['phase']:12} loss {h.get('loss', '-')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""The stages with retraining (`--train`): prune -> retrain in steps, share -> train centroids.
+
+The paper's loop: prune the smallest weights, retrain the sparse network (pruned weights stay
+exactly 0), prune further, ...; then share weights per layer and fine-tune the shared centroids
+with the summed gradients of their weights.  Each phase rewrites the package's tensors in the
+same stored forms as the plain stages, so every later stage (huffman, export, bench) is unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..encoding import Shared, build, parse
+from ..codecs import sparse
+from ..tensors import Package, Slot, Tensor
+from ..train.network import Network
+from ..train.retrain import Clusters, Trainer, TrainConfig, load_data, logits_of
+from . import no_progress
+from .prune import PruneConfig, magnitude_mask, prune_tensor, store_pruned
+from .share import ShareConfig, share
+
+
+def _table_index(package: Package) -> dict[str, int]:
+    return {t.name: i for i, t in enumerate(package.tensors)}
+
+
+def _store_free_params(package: Package, network: Network, names) -> None:
+    """Biases and other trained tensors that no stage encodes: stored raw, as trained."""
+    index = _table_index(package)
+    for value in names:
+        i = index[network.table_name[value]]
+        old = package.tensors[i]
+        package.tensors[i] = Tensor.raw(old.name, network.params[value].astype(old.decode().dtype), old.kind, old.op)
+
+
+def teacher_logits(package: Package, train: TrainConfig) -> np.ndarray | None:
+    """The uncompressed model's logits on unlabeled training data (None when it has labels):
+    every phase distills towards the original, not towards the previous phase's result."""
+    network = Network(package)
+    feeds, labels = load_data(train.data, network)
+    return logits_of(network, feeds) if labels is None else None
+
+
+def prune_schedule(sparsity: float, step: int, steps: int) -> float:
+    """Sparsity after `step` of `steps`: the kept fraction shrinks geometrically to its target."""
+    return 1 - (1 - sparsity) ** (step / steps)
+
+
+def prune_retrain(package: Package, config: PruneConfig, train: TrainConfig, steps: int = 1,
+                  progress=no_progress, teacher=None) -> tuple[list[dict], list[dict]]:
+    """(per-layer rows as `prune` reports them, per-step history).  `teacher`: the original
+    model's logits on the training data, for distillation when it has no labels."""
+    network = Network(package)
+    trainer = Trainer(network, train, progress, teacher)
+    index = _table_index(package)
+    weights = {v: package.tensors[index[network.table_name[v]]] for v in network.params
+               if package.tensors[index[network.table_name[v]]].is_weight}
+    history = [{"phase": "original", "val_accuracy": trainer.validate()}]
+    masks = {}
+    for step in range(1, steps + 1):
+        for value, tensor in weights.items():
+            if config.threshold_std is not None:
+                keep, _ = magnitude_mask(network.params[value], threshold_std=config.threshold_std * step / steps)
+            else:
+                keep, _ = magnitude_mask(network.params[value], prune_schedule(config.sparsity.value(tensor), step, steps))
+            masks[value] = keep
+        history.append({"phase": f"prune {step}/{steps}", "val_accuracy_before": trainer.validate()})
+        history[-1].update(trainer.fit(masks=masks, desc=f"retrain {step}/{steps}"))
+        history[-1]["val_accuracy"] = trainer.validate()
+    rows = []
+    trained = set()
+    for value, tensor in weights.items():
+        i = index[tensor.name]
+        dense = network.params[value].astype(tensor.decode().dtype)
+        package.tensors[i], row = store_pruned(tensor, dense, masks[value], int(config.index_bits.value(tensor)))
+        row["threshold"] = float(np.abs(dense[masks[value]]).min(initial=0))  # smallest weight kept
+        rows.append(row)
+        trained.add(tensor.name)
+    _store_free_params(package, network, [v for v in network.params if v not in weights])
+    for i, tensor in enumerate(package.tensors):  # weights the network could not train
+        if tensor.is_weight and tensor.name not in trained:
+            sparsity = None if config.threshold_std is not None else config.sparsity.value(tensor)
+            package.tensors[i], row = prune_tensor(tensor, sparsity, int(config.index_bits.value(tensor)),
+                                                   config.threshold_std)
+            rows.append(row)
+    return rows, history
+
+
+def cluster_map(tensor: Tensor) -> Clusters | None:
+    """The dense cluster ids of a shared tensor (-1 where nothing is stored), or None."""
+    form = parse(tensor)
+    if not isinstance(form.values, Shared):
+        return None
+    indices = form.values.indices.astype(np.int32)
+    if form.is_sparse:
+        numel = int(np.prod(form.shape, dtype=np.int64))
+        ids = sparse.decode({"index_bits": form.index_bits}, Slot("int32", numel),
+                            {"gaps": form.gaps, "values": indices + 1}) - 1
+    else:
+        ids = indices
+    centroids = form.values.centroids.astype(np.float64)
+    return Clusters(ids.reshape(form.shape), centroids, centroids == 0)
+
+
+def share_retrain(package: Package, config: ShareConfig, train: TrainConfig,
+                  progress=no_progress, teacher=None) -> tuple[list[dict], list[dict]]:
+    """Share as `share` does, then train the centroids; (rows, history)."""
+    rows = share(package, config, progress)
+    network = Network(package)
+    trainer = Trainer(network, train, progress, teacher)
+    index = _table_index(package)
+    clusters, frozen = {}, set()
+    for value in network.params:
+        tensor = package.tensors[index[network.table_name[value]]]
+        if tensor.is_weight:
+            c = cluster_map(tensor)
+            if c is not None:
+                clusters[value] = c
+            else:
+                frozen.add(value)  # stored flat (a tiny layer): keep its shared values as they are
+    history = [{"phase": "share", "val_accuracy_before": trainer.validate()}]
+    history[-1].update(trainer.fit(clusters=clusters, frozen=frozen, desc="train centroids"))
+    history[-1]["val_accuracy"] = trainer.validate()
+    by_name = {r["name"]: r for r in rows}
+    for value, c in clusters.items():
+        i = index[network.table_name[value]]
+        tensor = package.tensors[i]
+        form = parse(tensor)
+        before = form.values.centroids
+        centroids = c.centroids.astype(before.dtype)
+        package.tensors[i] = build(tensor, form.with_(values=Shared(centroids, form.values.indices, form.values.bits)))
+        by_name[tensor.name]["centroid_shift"] = float(np.abs(centroids.astype(np.float64) - before).max(initial=0))
+    _store_free_params(package, network, [v for v in network.params if v not in clusters and v not in frozen])
+    return rows, history

@@ -1,0 +1,149 @@
+"""The training loops: masked SGD after pruning, and centroid training after sharing.
+
+Both run minibatch SGD with momentum on the model's parameters; what differs is the constraint:
+
+- a *mask* (pruned tensor): the gradient of pruned positions is dropped, so they stay exactly 0;
+- a *cluster map* (shared tensor): the gradients of all weights of a cluster are summed and the
+  centroid moves by lr x that sum (the paper's trained quantization); indices never change,
+  positions outside any cluster (pruned) and the reserved 0.0 centroid stay fixed.
+
+Data follows `bench --data`: arrays keyed by graph input name, optional `labels` (class ids).
+Without labels the loss is distillation to the original model's logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import DczError
+from .network import Network, cross_entropy, distillation
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    epochs: float = 1.0
+    lr: float = 0.01
+    batch_size: int = 64
+    seed: int = 0
+    momentum: float = 0.9
+    val: str | None = None
+
+
+@dataclass
+class Clusters:
+    """A shared tensor's trainable form: dense cluster ids (-1: not stored) and centroids."""
+    ids: np.ndarray  # int, the tensor's shape
+    centroids: np.ndarray  # float64 while training
+    fixed: np.ndarray  # bool per centroid: the reserved exact 0.0
+
+    def weights(self) -> np.ndarray:
+        table = np.append(self.centroids, 0.0)  # id -1 reads the appended 0
+        return table[self.ids].astype(np.float32)
+
+
+def load_data(path: str, network: Network) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    from ..bench import check_labels, load_npz
+
+    data = load_npz(path)
+    labels = data.pop("labels", None)
+    missing = [name for name in network.inputs if name not in data]
+    if missing:
+        raise DczError(f"{path}: no array named {missing[0]!r} (the model's input)")
+    feeds = {name: data[name].astype(np.float32, copy=False) for name in network.inputs}
+    labels = check_labels(labels, feeds)
+    if not len(next(iter(feeds.values()))):
+        raise DczError(f"{path}: no samples")
+    return feeds, labels
+
+
+def logits_of(network: Network, feeds: dict, batch: int = 256) -> np.ndarray:
+    n = len(next(iter(feeds.values())))
+    return np.concatenate([network.forward({k: v[i:i + batch] for k, v in feeds.items()})[0]
+                           for i in range(0, n, batch)])
+
+
+def accuracy(network: Network, feeds: dict, labels: np.ndarray) -> float:
+    logits = logits_of(network, feeds)
+    return float((logits.reshape(len(logits), -1).argmax(1) == labels).mean())
+
+
+class Trainer:
+    """Trains one Network on one data set, under per-tensor masks or cluster maps."""
+
+    def __init__(self, network: Network, config: TrainConfig, progress=None, teacher: np.ndarray | None = None):
+        self.network = network
+        self.config = config
+        self.progress = progress
+        self.feeds, self.labels = load_data(config.data, network)
+        self.teacher = None
+        if self.labels is None:  # distillation targets: the model as it was before compression
+            self.teacher = teacher if teacher is not None else logits_of(network, self.feeds)
+        self.val = load_data(config.val, network) if config.val else None
+        if self.val is not None and self.val[1] is None:
+            raise DczError(f"{config.val}: --val data needs `labels`")
+        self.rng = np.random.default_rng(config.seed)
+
+    def validate(self) -> float | None:
+        return accuracy(self.network, *self.val) if self.val is not None else None
+
+    def fit(self, masks: dict[str, np.ndarray] | None = None, clusters: dict[str, Clusters] | None = None,
+            frozen=(), epochs: float | None = None, desc: str = "retrain") -> dict:
+        """Train in place (parameters in `frozen` excepted); returns {"loss": mean loss over the
+        last epoch, "steps": n}."""
+        net, cfg = self.network, self.config
+        masks, clusters = masks or {}, clusters or {}
+        for name, mask in masks.items():
+            net.params[name] *= mask  # pruned positions are exactly 0 from the start
+        for name, c in clusters.items():
+            net.params[name] = c.weights()
+        velocity = {name: np.zeros_like(p, dtype=np.float32) for name, p in net.params.items() if name not in clusters}
+        centroid_velocity = {name: np.zeros_like(c.centroids) for name, c in clusters.items()}
+        n = len(next(iter(self.feeds.values())))
+        epochs = cfg.epochs if epochs is None else epochs
+        steps = max(1, int(round(epochs * n / cfg.batch_size)))
+        order = np.concatenate([self.rng.permutation(n) for _ in range(int(np.ceil(steps * cfg.batch_size / n)) + 1)])
+        losses = []
+        batches = range(steps)
+        if self.progress is not None:
+            batches = self.progress(batches, desc=desc, total=steps)
+        for step in batches:
+            index = np.sort(order[step * cfg.batch_size:(step + 1) * cfg.batch_size])
+            feeds = {k: v[index] for k, v in self.feeds.items()}
+            logits, values = net.forward(feeds)
+            if self.labels is not None:
+                loss, grad_logits = cross_entropy(logits, self.labels[index])
+            else:
+                loss, grad_logits = distillation(logits, self.teacher[index])
+            if not np.isfinite(loss):
+                raise DczError(f"retraining diverged at step {step + 1} (loss is not finite): lower --lr")
+            losses.append(loss)
+            grads = net.backward(values, grad_logits)
+            del values
+            for name, g in grads.items():
+                if name in frozen:
+                    continue
+                if name in clusters:
+                    c = clusters[name]
+                    valid = c.ids >= 0
+                    summed = np.bincount(c.ids[valid], weights=g[valid].astype(np.float64),
+                                         minlength=len(c.centroids))
+                    summed[c.fixed] = 0
+                    v = centroid_velocity[name]
+                    v *= cfg.momentum
+                    v -= cfg.lr * summed
+                    c.centroids += v
+                    net.params[name] = c.weights()
+                    continue
+                if name in masks:
+                    g = g * masks[name]
+                v = velocity[name]
+                v *= cfg.momentum
+                v -= cfg.lr * g
+                net.params[name] += v
+        if not all(np.isfinite(p).all() for p in net.params.values()):
+            raise DczError("retraining diverged (weights are not finite): lower --lr")
+        tail = losses[-max(1, steps // max(1, int(np.ceil(epochs)))):]
+        return {"loss": round(float(np.mean(tail)), 6), "steps": steps}
