@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SAMPLE := sample_models/lenet300.onnx
 OUT := build
 
-.PHONY: demo test install install-test samples bench clean
+.PHONY: demo test install install-test samples bench fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ demo: install
 
 test: install-test
 	$(BIN)/python -m pytest -q
+
+# 100,000 mutated .dcz files through the reader (about 5 minutes on 2 cores).
+fuzz: install
+	$(BIN)/python benchmarks/fuzz_reader.py --cases 100000
 
 samples: install-test
 	$(BIN)/python sample_models/make_samples.py

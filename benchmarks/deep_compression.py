@@ -96,12 +96,13 @@ def bench(name: str, workdir: str, distribution: str) -> dict:
     zlib6_s = time.perf_counter() - start
     del data
     layer_args = [f"--layer-sparsity={layer}_w_0={1 - keep:.2f}" for layer, keep in KEEP[name].items()]
-    out = {s: os.path.join(workdir, f"{name}.{s}.dcz") for s in ("p", "pq", "pqh", "all", "idx8", "iter3")}
+    out = {s: os.path.join(workdir, f"{name}.{s}.dcz") for s in ("p", "pq", "pqh", "all", "idx8", "iter3", "j1")}
     steps = {
         "prune": ["prune", src, "-o", out["p"], *layer_args],
         "share": ["share", out["p"], "-o", out["pq"]],
         "huffman": ["huffman", out["pq"], "-o", out["pqh"]],
-        "compress": ["--json", "compress", src, "-o", out["all"], *layer_args],
+        "compress": ["--json", "-j", "2", "compress", src, "-o", out["all"], *layer_args],
+        "compress -j 1": ["--json", "-j", "1", "compress", src, "-o", out["j1"], *layer_args],
         # The paper's 5-bit fc index suits fixed-width storage; under Huffman coding a wider gap
         # alphabet avoids filler entries (27% of VGG fc6's entries at 4% density).
         "compress --index-bits 8": ["--json", "compress", src, "-o", out["idx8"], *layer_args, "--index-bits", "8"],
@@ -114,6 +115,7 @@ def bench(name: str, workdir: str, distribution: str) -> dict:
         results[step] = run_measured(args, os.path.join(workdir, f"{name}.{step}.log"))
     report = json.loads(results["compress"][2])
     assert open(out["all"], "rb").read() == open(out["pqh"], "rb").read(), "compress != prune|share|huffman"
+    assert open(out["all"], "rb").read() == open(out["j1"], "rb").read(), "compress -j 2 != -j 1"
     # Decode throughput: every tensor back to float32, in this process.
     package = read_model(out["all"])
     start = time.perf_counter()
@@ -175,6 +177,8 @@ def main() -> None:
             for step in r["times"]:
                 print(f"{step:26}{r['times'][step]:>9.2f}{r['rss_mb'][step]:>9.0f} MB{r['rss_mb'][step] / onnx_mb:>10.2f}x")
             print(f"{'zlib -6':26}{r['zlib6_s']:>9.2f}")
+            print(f"compress -j 2 speed-up over -j 1: {r['times']['compress -j 1'] / r['times']['compress']:.2f}x "
+                  f"(same bytes)")
             print(f"compress / zlib -6 time: {r['times']['compress'] / r['zlib6_s']:.2f}x;  "
                   f"decode: {r['decode_mb_s']:.0f} MB/s of float32 weights")
 

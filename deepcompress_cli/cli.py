@@ -78,8 +78,22 @@ def _set_flag(name):
     return callback
 
 
+def _set_jobs(ctx, param, value):
+    if value is not None:
+        ctx.ensure_object(dict)["jobs"] = value
+
+
+JOBS_HELP = "Encode tensors on N threads [default: the CPU count]; the output does not depend on N."
+
+
+def jobs(ctx) -> int:
+    return (ctx.find_root().obj or {}).get("jobs") or os.cpu_count() or 1
+
+
 def json_option(f):
-    """`--json` and `-q` accepted after the subcommand too (`deepcompress info m.dcz --json`)."""
+    """`--json`, `-q` and `-j` accepted after the subcommand too (`deepcompress info m.dcz --json`)."""
+    f = click.option("-j", "--jobs", "jobs_", type=click.IntRange(1, 256), expose_value=False, callback=_set_jobs,
+                     metavar="N", help=JOBS_HELP)(f)
     f = click.option("-q", "--quiet", "quiet_", is_flag=True, expose_value=False, callback=_set_flag("quiet"),
                      help="No report and no progress bars.")(f)
     return click.option("--json", "json_", is_flag=True, expose_value=False, callback=_set_flag("json"),
@@ -304,6 +318,8 @@ def finite_or_null(value):
 @click.version_option(__version__, "-V", "--version", prog_name="deepcompress")
 @click.option("--json", "json_", is_flag=True, help="Print one JSON object on stdout instead of text.")
 @click.option("-q", "--quiet", is_flag=True, help="No report and no progress bars.")
+@click.option("-j", "--jobs", "jobs_", type=click.IntRange(1, 256), expose_value=False, callback=_set_jobs,
+              metavar="N", help=JOBS_HELP)
 @click.option("--debug", is_flag=True, help="Show the Python traceback of an error.")
 @click.pass_context
 def main(ctx, json_, quiet, debug):
@@ -418,7 +434,7 @@ def prune(ctx, model, output, sparsity, layer_sparsity, index_bits, threshold_st
     train = train_config(train_data, val, epochs, lr, batch_size, seed)
     config = prune_config(sparsity, layer_sparsity, index_bits, threshold_std, train is not None)
     if train is None:  # without retraining the steps' masks equal the final one's: nothing to repeat
-        apply = lambda p, bar: prune_stage(p, config, bar)  # noqa: E731
+        apply = lambda p, bar: prune_stage(p, config, bar, jobs(ctx))  # noqa: E731
     else:
         apply = lambda p, bar: prune_retrain(p, config, train, steps or DEFAULT_TRAIN_STEPS, bar)  # noqa: E731
     run_stage(ctx, model, output, include, exclude, apply, format_prune)
@@ -453,7 +469,7 @@ def share(ctx, model, output, bits, layer_bits, init, max_iter, tol, seed, train
     train = train_config(train_data, val, epochs, lr, batch_size, seed)
     config = share_config(bits, layer_bits, init, max_iter, tol, seed, train is not None)
     if train is None:
-        apply = lambda p, bar: share_stage(p, config, bar)  # noqa: E731
+        apply = lambda p, bar: share_stage(p, config, bar, jobs(ctx))  # noqa: E731
     else:
         apply = lambda p, bar: share_retrain(p, config, train, bar)  # noqa: E731
     run_stage(ctx, model, output, include, exclude, apply, format_share)
@@ -486,7 +502,8 @@ def quantize(ctx, model, output, bits, per_channel, symmetric, include, exclude)
     from .stages.quantize import quantize as quantize_stage
 
     config = QuantizeConfig(bits, per_channel, symmetric)
-    run_stage(ctx, model, output, include, exclude, lambda p, bar: quantize_stage(p, config, bar), format_quantize)
+    run_stage(ctx, model, output, include, exclude, lambda p, bar: quantize_stage(p, config, bar, jobs(ctx)),
+              format_quantize)
 
 
 @main.command()
@@ -542,7 +559,7 @@ def huffman(ctx, model, output):
     from .report import format_huffman
     from .stages.entropy import huffman as huffman_stage
 
-    run_stage(ctx, model, output, (), (), lambda p, bar: huffman_stage(p, bar), format_huffman)
+    run_stage(ctx, model, output, (), (), lambda p, bar: huffman_stage(p, bar, jobs(ctx)), format_huffman)
 
 
 @main.command()
@@ -590,7 +607,7 @@ def compress(ctx, model, output, sparsity, layer_sparsity, index_bits, threshold
         del original
     history = None
     if train is None:
-        rows = compress_stage(package, p_config, s_config, progress_bar(ctx))
+        rows = compress_stage(package, p_config, s_config, progress_bar(ctx), jobs(ctx))
     else:
         rows, history = compress_retrain(package, p_config, s_config, train, steps or DEFAULT_TRAIN_STEPS,
                                          progress_bar(ctx))

@@ -25,6 +25,7 @@ import struct
 import time
 import tracemalloc
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -1193,18 +1194,18 @@ FUZZ = settings(deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-def survives(data: bytes) -> None:
+def survives(data: bytes, record=event) -> None:
     limit = MEMORY_PER_BYTE * len(data) + MEMORY_BASE
     tracemalloc.start()
     start = time.perf_counter()
     try:
         try:
             read_all(data)
-            event("accepted")
+            record("accepted")
         except DczError as e:
             assert str(e), "empty error message"
             # which check caught it, for --hypothesis-show-statistics
-            event("DczError: " + ascii(re.sub(r"(?<!\w)'[^']*'|\d+|got .*", "_", str(e)))[1:50])
+            record("DczError: " + ascii(re.sub(r"(?<!\w)'[^']*'|\d+|got .*", "_", str(e)))[1:50])
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -1429,3 +1430,15 @@ def test_cli_rejects_corrupt_file(cli, tmp_path, kind):
     assert_one_line_error(result)
     assert not out.exists()
     assert sorted(os.listdir(tmp_path)) == ["BAD.dcz"], "export left files behind"
+
+
+# ----------------------------------------------------------------- the fuzzer's corpus, replayed
+
+CORPUS = sorted((Path(__file__).parent / "fuzz_corpus").glob("*.dcz"))
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=lambda p: p.name)
+def test_fuzz_corpus(path):
+    """Inputs kept by benchmarks/fuzz_reader.py (crashers once found, and one per distinct error):
+    each is rejected with a DczError (or read cleanly) within the time and memory bounds."""
+    survives(path.read_bytes(), record=lambda _: None)

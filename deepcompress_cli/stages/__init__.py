@@ -51,12 +51,27 @@ def no_progress(items: Iterable, desc: str = "", total: int | None = None) -> It
 
 
 def map_weights(package: Package, encode: Callable[[Tensor], tuple[Tensor, dict]],
-                progress=no_progress, desc: str = "") -> list[dict]:
-    """Replace every weight tensor by `encode(tensor)`'s new tensor; collect the report rows."""
-    rows = []
+                progress=no_progress, desc: str = "", jobs: int = 1) -> list[dict]:
+    """Replace every weight tensor by `encode(tensor)`'s new tensor; collect the report rows.
+
+    With `jobs` > 1 tensors are encoded on that many threads (numpy releases the GIL in its
+    heavy loops); results are placed by position, so the output does not depend on `jobs`.
+    """
     weights = [i for i, t in enumerate(package.tensors) if t.is_weight]
-    for i in progress(weights, desc=desc, total=len(weights)):
-        package.tensors[i], row = encode(package.tensors[i])
+    if jobs > 1 and len(weights) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(jobs, len(weights))) as pool:
+            results = pool.map(lambda i: encode(package.tensors[i]), weights)  # in order
+            return _collect(package, weights, progress(results, desc=desc, total=len(weights)))
+    return _collect(package, weights, (encode(package.tensors[i]) for i in progress(weights, desc=desc,
+                                                                                      total=len(weights))))
+
+
+def _collect(package: Package, positions: list[int], results: Iterable) -> list[dict]:
+    rows = []
+    for i, (new, row) in zip(positions, results):
+        package.tensors[i] = new
         rows.append(row)
     return rows
 

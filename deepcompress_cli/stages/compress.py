@@ -41,8 +41,8 @@ def stage_row(tensor: Tensor, bytes_p: int, bytes_pq: int, coded: Tensor, p: dic
 
 
 def compress(package: Package, prune_config: PruneConfig, share_config: ShareConfig,
-             progress=no_progress) -> list[dict]:
-    return map_weights(package, lambda t: compress_tensor(t, prune_config, share_config), progress, "compress")
+             progress=no_progress, jobs: int = 1) -> list[dict]:
+    return map_weights(package, lambda t: compress_tensor(t, prune_config, share_config), progress, "compress", jobs)
 
 
 def compress_retrain(package: Package, prune_config: PruneConfig, share_config: ShareConfig, train,

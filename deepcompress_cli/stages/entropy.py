@@ -38,5 +38,5 @@ def huffman_tensor(tensor: Tensor) -> tuple[Tensor, dict]:
     return new, row
 
 
-def huffman(package: Package, progress=no_progress) -> list[dict]:
-    return map_weights(package, huffman_tensor, progress, "huffman")
+def huffman(package: Package, progress=no_progress, jobs: int = 1) -> list[dict]:
+    return map_weights(package, huffman_tensor, progress, "huffman", jobs)

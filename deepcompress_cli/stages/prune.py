@@ -68,11 +68,11 @@ def store_pruned(tensor: Tensor, dense: np.ndarray, keep: np.ndarray, index_bits
     }
 
 
-def prune(package: Package, config: PruneConfig, progress=no_progress) -> list[dict]:
+def prune(package: Package, config: PruneConfig, progress=no_progress, jobs: int = 1) -> list[dict]:
     def encode(tensor):
         sparsity = None if config.threshold_std is not None else config.sparsity.value(tensor)
         if sparsity is not None and not 0 <= sparsity < 1:
             raise DczError(f"sparsity for {tensor.name!r} must be in [0, 1), got {sparsity}")
         return prune_tensor(tensor, sparsity, int(config.index_bits.value(tensor)), config.threshold_std)
 
-    return map_weights(package, encode, progress, "prune")
+    return map_weights(package, encode, progress, "prune", jobs)

@@ -54,7 +54,7 @@ def quantize_tensor(tensor: Tensor, config: QuantizeConfig, axis: int | None) ->
     }
 
 
-def quantize(package: Package, config: QuantizeConfig, progress=no_progress) -> list[dict]:
+def quantize(package: Package, config: QuantizeConfig, progress=no_progress, jobs: int = 1) -> list[dict]:
     consumers = weight_consumers(package.graph) if config.per_channel else {}
 
     def encode(tensor):
@@ -65,4 +65,4 @@ def quantize(package: Package, config: QuantizeConfig, progress=no_progress) -> 
             axis = output_channel_axis(node.op_type, attributes, index, len(tensor.shape))
         return quantize_tensor(tensor, config, axis)
 
-    return map_weights(package, encode, progress, "quantize")
+    return map_weights(package, encode, progress, "quantize", jobs)

@@ -61,5 +61,5 @@ def share_tensor(tensor: Tensor, bits: int, config: ShareConfig) -> tuple[Tensor
     }
 
 
-def share(package: Package, config: ShareConfig, progress=no_progress) -> list[dict]:
-    return map_weights(package, lambda t: share_tensor(t, int(config.bits.value(t)), config), progress, "share")
+def share(package: Package, config: ShareConfig, progress=no_progress, jobs: int = 1) -> list[dict]:
+    return map_weights(package, lambda t: share_tensor(t, int(config.bits.value(t)), config), progress, "share", jobs)
