@@ -26,10 +26,16 @@ class BenchConfig:
 
 
 def load_npz(path: str) -> dict[str, np.ndarray]:
+    import zipfile
+
     try:
         with np.load(path, allow_pickle=False) as data:
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ValueError("a single array (.npy), not named arrays")
             return {k: data[k] for k in data.files}
-    except (OSError, ValueError) as e:
+    except AttributeError:  # np.load returned a bare array, which is no context manager
+        raise DczError(f"{path}: not a readable .npz (a single array, not named arrays)") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
         raise DczError(f"{path}: not a readable .npz ({str(e)[:80]})") from None
 
 
@@ -171,15 +177,23 @@ def ort_latency(package, feeds, config) -> dict | None:
     return latency(lambda: session.run(None, feeds), config.runs, config.warmup)
 
 
-def check_labels(labels: np.ndarray | None, data: dict) -> np.ndarray | None:
-    """`labels` must be class ids, one per sample of the data."""
+def check_labels(labels: np.ndarray | None, data: dict, option: str = "--data") -> np.ndarray | None:
+    """`labels` must be class ids, one per sample of the data (and every array has samples)."""
+    counts = {name: (len(array) if array.ndim else None) for name, array in data.items()}
+    for name, count in counts.items():
+        if count is None:
+            raise DczError(f"{option} {name!r} is a scalar, not an array of samples")
+    if len(set(counts.values())) > 1:
+        raise DczError(f"{option} arrays have different sample counts: {counts}")
     if labels is None:
         return None
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
-        raise DczError(f"--data labels must be a 1-D array of integer class ids (got {labels.dtype} {labels.shape})")
-    for name, array in data.items():
-        if array.ndim == 0 or len(array) != len(labels):
-            raise DczError(f"--data {name!r} has {len(array) if array.ndim else 0} samples but labels has {len(labels)}")
+        raise DczError(f"{option} labels must be a 1-D array of integer class ids (got {labels.dtype} {labels.shape})")
+    if labels.size and labels.min() < 0:
+        raise DczError(f"{option} labels must be class ids >= 0 (found {labels.min()})")
+    for name, count in counts.items():
+        if count != len(labels):
+            raise DczError(f"{option} {name!r} has {count} samples but labels has {len(labels)}")
     return labels
 
 

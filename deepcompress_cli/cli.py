@@ -184,6 +184,9 @@ def share_options(f):
                         help="Index bits: 2^B shared weights per layer [default conv=8,fc=5].")(f)
 
 
+TRAIN_DEFAULTS = {"epochs": 2.0, "lr": 0.01, "batch_size": 64}
+
+
 def train_options(with_seed: bool, with_steps: bool):
     """Retraining (`--train`) options shared by prune, share and compress."""
     def decorate(f):
@@ -193,12 +196,15 @@ def train_options(with_seed: bool, with_steps: bool):
                                   "[default: 4 with --train, else 1].")(f)
         if with_seed:
             f = click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data order.")(f)
-        f = click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True,
-                         help="Minibatch size for --train.")(f)
-        f = click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.01, show_default=True,
-                         help="SGD learning rate (momentum 0.9); centroids move by lr x their summed gradients.")(f)
-        f = click.option("--epochs", type=click.FloatRange(0, min_open=True), default=2.0, show_default=True,
-                         help="Epochs of retraining per step (and for the centroids).")(f)
+        f = click.option("--logits", metavar="NAME",
+                         help="Value the loss is computed on [default: the first float output, before a Softmax].")(f)
+        f = click.option("--batch-size", type=click.IntRange(1, 1 << 20), metavar="N",
+                         help=f"Minibatch size for --train [default: {TRAIN_DEFAULTS['batch_size']}].")(f)
+        f = click.option("--lr", type=float, metavar="LR",
+                         help=f"SGD learning rate (momentum 0.9); a centroid moves by lr x its weights' summed "
+                              f"gradients [default: {TRAIN_DEFAULTS['lr']}].")(f)
+        f = click.option("--epochs", type=float, metavar="E",
+                         help=f"Epochs of retraining per step (and for the centroids) [default: {TRAIN_DEFAULTS['epochs']:g}].")(f)
         f = click.option("--val", metavar="DATA.npz", help="Report top-1 on this data after each step (needs labels).")(f)
         return click.option("--train", "train_data", metavar="DATA.npz",
                             help="Retrain on this data (inputs by graph input name, optional `labels`; "
@@ -206,14 +212,21 @@ def train_options(with_seed: bool, with_steps: bool):
     return decorate
 
 
-def train_config(train_data, val, epochs, lr, batch_size, seed):
+def train_config(train_data, val, epochs, lr, batch_size, seed, logits):
     from .train.retrain import TrainConfig
 
+    given = {"--val": val, "--epochs": epochs, "--lr": lr, "--batch-size": batch_size, "--logits": logits}
     if train_data is None:
-        if val is not None:
-            raise click.BadParameter("needs --train", param_hint="--val")
+        for option, value in given.items():
+            if value is not None:
+                raise click.BadParameter("needs --train", param_hint=option)
         return None
-    return TrainConfig(train_data, epochs, lr, batch_size, seed, val=val)
+    epochs = TRAIN_DEFAULTS["epochs"] if epochs is None else epochs
+    lr = TRAIN_DEFAULTS["lr"] if lr is None else lr
+    for option, value, high in (("--epochs", epochs, 10000), ("--lr", lr, 1e6)):
+        if not (math.isfinite(value) and 0 < value <= high):
+            raise click.BadParameter(f"must be a number in (0, {high:g}], got {value}", param_hint=option)
+    return TrainConfig(train_data, epochs, lr, batch_size or TRAIN_DEFAULTS["batch_size"], seed, val=val, logits=logits)
 
 
 def prune_config(sparsity, layer_sparsity, index_bits, threshold_std, train=False):
@@ -412,7 +425,7 @@ def info(ctx, model):
 @json_option
 @click.pass_context
 def prune(ctx, model, output, sparsity, layer_sparsity, index_bits, threshold_std, train_data, val, epochs, lr,
-          batch_size, seed, steps, include, exclude):
+          batch_size, logits, seed, steps, include, exclude):
     """Magnitude-prune each weight layer; store survivors with relative indices.
 
     Each kept weight is stored with the gap to the previous one in --index-bits bits; a longer
@@ -431,7 +444,7 @@ def prune(ctx, model, output, sparsity, layer_sparsity, index_bits, threshold_st
     from .stages.prune import prune as prune_stage
     from .stages.retraining import prune_retrain
 
-    train = train_config(train_data, val, epochs, lr, batch_size, seed)
+    train = train_config(train_data, val, epochs, lr, batch_size, seed, logits)
     config = prune_config(sparsity, layer_sparsity, index_bits, threshold_std, train is not None)
     if train is None:  # without retraining the steps' masks equal the final one's: nothing to repeat
         apply = lambda p, bar: prune_stage(p, config, bar, jobs(ctx))  # noqa: E731
@@ -449,7 +462,7 @@ def prune(ctx, model, output, sparsity, layer_sparsity, index_bits, threshold_st
 @json_option
 @click.pass_context
 def share(ctx, model, output, bits, layer_bits, init, max_iter, tol, seed, train_data, val, epochs, lr, batch_size,
-          include, exclude):
+          logits, include, exclude):
     """Weight sharing: k-means per layer, weights replaced by 2^bits centroid indices.
 
     Only the kept weights of a pruned layer are clustered; zeros stay exactly zero. With
@@ -466,7 +479,7 @@ def share(ctx, model, output, bits, layer_bits, init, max_iter, tol, seed, train
     from .stages.retraining import share_retrain
     from .stages.share import share as share_stage
 
-    train = train_config(train_data, val, epochs, lr, batch_size, seed)
+    train = train_config(train_data, val, epochs, lr, batch_size, seed, logits)
     config = share_config(bits, layer_bits, init, max_iter, tol, seed, train is not None)
     if train is None:
         apply = lambda p, bar: share_stage(p, config, bar, jobs(ctx))  # noqa: E731
@@ -573,7 +586,8 @@ def huffman(ctx, model, output):
 @json_option
 @click.pass_context
 def compress(ctx, model, output, sparsity, layer_sparsity, index_bits, threshold_std, bits, layer_bits,
-             init, max_iter, tol, seed, train_data, val, epochs, lr, batch_size, steps, report, include, exclude):
+             init, max_iter, tol, seed, train_data, val, epochs, lr, batch_size, logits, steps, report, include,
+             exclude):
     """The whole recipe: prune -> share -> huffman, with the same options as those commands.
 
     With --train: prune -> retrain in --steps steps, share -> train the centroids, huffman; the
@@ -596,7 +610,7 @@ def compress(ctx, model, output, sparsity, layer_sparsity, index_bits, threshold
     from .stages.compress import compress_retrain
     from .stages.prune import DEFAULT_TRAIN_STEPS
 
-    train = train_config(train_data, val, epochs, lr, batch_size, seed)
+    train = train_config(train_data, val, epochs, lr, batch_size, seed, logits)
     p_config = prune_config(sparsity, layer_sparsity, index_bits, threshold_std, train is not None)
     s_config = share_config(bits, layer_bits, init, max_iter, tol, seed, train is not None)
     package = read_model(model, include, exclude)

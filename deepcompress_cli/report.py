@@ -84,7 +84,7 @@ def _pct(x: float) -> str:
 
 
 def format_prune(rows: list[dict]) -> str:
-    table = [[r["name"], r["kind"], f"{r['weights']:,}", _pct(1 - r["sparsity"]), f"{r['threshold']:.4g}",
+    table = [[r["name"], r["kind"], f"{r['weights']:,}", _pct(1 - r["sparsity"]), "-" if r["threshold"] is None else f"{r['threshold']:.4g}",
               r["index_bits"], f"{r['fillers']:,}", human_bytes(r["bytes_before"]), human_bytes(r["bytes_after"])]
              for r in rows]
     return format_table(["layer", "kind", "weights", "kept", "threshold", "idx bits", "fillers", "before",

@@ -53,7 +53,7 @@ def small_cnn() -> onnx.ModelProto:
 def test_network_gradients_match_finite_differences():
     network = Network(from_onnx(small_cnn(), None))
     assert network.logits == "logits"  # the trailing Softmax is recognised
-    assert set(network.params) == {"cw", "cb", "fw", "fb", "mw", "shift", "gain"}  # BN statistics frozen
+    assert set(network.params) == {"cw", "cb", "fw", "fb", "mw", "shift"}  # not BN statistics, not the Mul gain
     rng = np.random.default_rng(1)
     x = rng.standard_normal((5, 1, 6, 6)).astype(np.float32)
     labels = rng.integers(0, 3, 5)
@@ -182,3 +182,129 @@ def test_mnist_cnn_past_nncodec_with_the_defaults(cli, tmp_path):
     assert report["totals"]["ratio_weights"] >= 70 and report["totals"]["ratio_all_tensors"] >= 70
     assert cli("export", out, "-o", exported).exit_code == 0
     assert mnist_accuracy(exported.read_bytes()) >= 0.9827
+
+
+# ------------------------------------------------------------- odd models and bad data (review)
+
+def lenet300_variant(tmp_path, edit) -> str:
+    model = onnx.load(str(SAMPLES / "lenet300.onnx"))
+    edit(model)
+    path = tmp_path / "variant.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_share_train_without_labels_distills_towards_the_unshared_model(cli, tmp_path):
+    np.savez(tmp_path / "unlabeled.npz", input=np.load(TRAIN)["input"])
+    result = cli("--json", "share", SAMPLES / "lenet300.onnx", "-o", tmp_path / "s.dcz", "--bits", 2,
+                 "--train", tmp_path / "unlabeled.npz", "--epochs", 2)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["training"][-1]["loss"] > 0 and all(r["centroid_shift"] > 0 for r in report["layers"])
+
+
+def test_dynamic_flatten_through_shape_trains(cli, tmp_path):
+    """PyTorch's x.view(x.size(0), -1): Shape -> Gather -> Unsqueeze -> Concat -> Reshape; the
+    Shape path carries no gradient and must not stop retraining."""
+    def edit(model):
+        graph = model.graph
+        flatten = graph.node[0]
+        nodes = [helper.make_node("Shape", ["input"], ["shape"]),
+                 helper.make_node("Gather", ["shape", "zero"], ["n"], axis=0),
+                 helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+                 helper.make_node("Concat", ["n1", "minus_one"], ["target"], axis=0),
+                 helper.make_node("Reshape", ["input", "target"], [flatten.output[0]])]
+        graph.initializer.extend([numpy_helper.from_array(np.array(0, np.int64), "zero"),
+                                  numpy_helper.from_array(np.array([0], np.int64), "axes"),
+                                  numpy_helper.from_array(np.array([-1], np.int64), "minus_one")])
+        graph.node.remove(flatten)
+        for i, node in enumerate(nodes):
+            graph.node.insert(i, node)
+        model.opset_import[0].version = max(model.opset_import[0].version, 13)
+    path = lenet300_variant(tmp_path, edit)
+    result = cli("prune", path, "-o", tmp_path / "p.dcz", "--train", TRAIN, "--epochs", 1, "--steps", 1)
+    assert result.exit_code == 0, result.stderr
+
+
+def test_logits_skip_non_float_outputs_and_softmax_behind_a_reshape(tmp_path):
+    def edit(model):
+        graph = model.graph
+        logits = graph.output[0].name
+        graph.node.extend([helper.make_node("ArgMax", [logits], ["label"], axis=1, keepdims=0),
+                           helper.make_node("Softmax", [logits], ["p"], axis=1),
+                           helper.make_node("Flatten", ["p"], ["probs"])])
+        del graph.output[:]
+        graph.output.extend([helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+                             helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 10])])
+    network = Network(read_model(str(lenet300_variant(tmp_path, edit))))
+    assert network.logits == "logits"
+    network = Network(read_model(str(tmp_path / "variant.onnx")), logits="relu2_out")
+    assert network.logits == "relu2_out"
+
+
+def test_prune_steps_report_the_pruned_model_before_retraining(cli, tmp_path):
+    result = cli("--json", "prune", SAMPLES / "lenet300.onnx", "-o", tmp_path / "p.dcz", "--train", TRAIN,
+                 "--val", TEST, "--sparsity", 0.97, "--steps", 1, "--lr", 1e-9, "--epochs", 0.1)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    original, step = report["training"]
+    assert step["val_accuracy_before"] < original["val_accuracy"] - 0.1  # 97 % pruned, not yet retrained
+    assert all(r["threshold"] > 0 for r in report["layers"])
+
+
+def test_integer_inputs_are_fed_as_declared(cli, tmp_path):
+    """An embedding model: int64 ids -> Gather -> Flatten -> Gemm; the ids must stay integers."""
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((50, 8)).astype(np.float32)
+    w = rng.standard_normal((32, 5)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["e"]), helper.make_node("Flatten", ["e"], ["f"]),
+         helper.make_node("Gemm", ["f", "w"], ["y"])], "emb",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+        initializer=[numpy_helper.from_array(table, "table"), numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(tmp_path / "emb.onnx"))
+    np.savez(tmp_path / "d.npz", ids=rng.integers(0, 50, (64, 4)), labels=rng.integers(0, 5, 64))
+    result = cli("prune", tmp_path / "emb.onnx", "-o", tmp_path / "p.dcz", "--train", tmp_path / "d.npz",
+                 "--epochs", 1, "--sparsity", 0.5)
+    assert result.exit_code == 0, result.stderr
+
+
+@pytest.mark.parametrize("case", ["labels_too_big", "negative_labels", "scalar", "sample_counts", "features",
+                                  "npy", "nan_data", "truncated"])
+def test_bad_training_data_is_one_line(cli, tmp_path, case):
+    data = dict(np.load(TRAIN))
+    path = tmp_path / "d.npz"
+    if case == "labels_too_big":
+        data["labels"] = data["labels"] + 5
+    elif case == "negative_labels":
+        data["labels"] = data["labels"] - 1
+    elif case == "scalar":
+        data = {"input": np.float32(1)}
+    elif case == "sample_counts":
+        data["labels"] = data["labels"][:-1]
+    elif case == "features":
+        data["input"] = data["input"][:, :, :4]
+    elif case == "nan_data":
+        data["input"] = data["input"].copy()
+        data["input"][3, 0, 0, 0] = np.nan
+    if case == "npy":
+        path = tmp_path / "d.npy"
+        np.save(path, data["input"])
+    elif case == "truncated":
+        np.savez(path, **data)
+        path.write_bytes(path.read_bytes()[:1000])
+    else:
+        np.savez(path, **data)
+    assert_one_line_error(cli("prune", SAMPLES / "lenet300.onnx", "-o", tmp_path / "p.dcz", "--train", path))
+
+
+@pytest.mark.parametrize("options", [("--epochs", "nan"), ("--epochs", "inf"), ("--epochs", "0"), ("--lr", "nan"),
+                                     ("--lr", "-1"), ("--batch-size", "0"), ("--logits", "nope")])
+def test_bad_training_options_are_one_line(cli, tmp_path, options):
+    assert_one_line_error(cli("prune", SAMPLES / "lenet300.onnx", "-o", tmp_path / "p.dcz", "--train", TRAIN, *options))
+
+
+@pytest.mark.parametrize("option", [("--epochs", "1"), ("--lr", "0.1"), ("--batch-size", "8"), ("--val", TEST)])
+def test_training_options_need_train(cli, tmp_path, option):
+    assert_one_line_error(cli("prune", SAMPLES / "lenet300.onnx", "-o", tmp_path / "p.dcz", *option))

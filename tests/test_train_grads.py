@@ -86,7 +86,7 @@ def test_gemm(attrs, bias_shape):
 
 
 @pytest.mark.parametrize("shapes", [((3, 4), (4, 5)), ((2, 3, 4), (4, 5)), ((2, 3, 4), (2, 4, 5)), ((4,), (4, 5)),
-                                    ((3, 4), (4,)), ((2, 1, 3, 4), (5, 4, 2))])
+                                    ((3, 4), (4,)), ((2, 1, 3, 4), (5, 4, 2)), ((4,), (4,))])
 def test_matmul(shapes):
     check_gradient("MatMul", [rand(*shapes[0]), rand(*shapes[1])])
 

@@ -36,7 +36,7 @@ def _store_free_params(package: Package, network: Network, names) -> None:
 def teacher_logits(package: Package, train: TrainConfig) -> np.ndarray | None:
     """The uncompressed model's logits on unlabeled training data (None when it has labels):
     every phase distills towards the original, not towards the previous phase's result."""
-    network = Network(package)
+    network = Network(package, train.logits)
     feeds, labels = load_data(train.data, network)
     return logits_of(network, feeds) if labels is None else None
 
@@ -50,20 +50,24 @@ def prune_retrain(package: Package, config: PruneConfig, train: TrainConfig, ste
                   progress=no_progress, teacher=None) -> tuple[list[dict], list[dict]]:
     """(per-layer rows as `prune` reports them, per-step history).  `teacher`: the original
     model's logits on the training data, for distillation when it has no labels."""
-    network = Network(package)
+    network = Network(package, train.logits)
     trainer = Trainer(network, train, progress, teacher)
     index = _table_index(package)
     weights = {v: package.tensors[index[network.table_name[v]]] for v in network.params
                if package.tensors[index[network.table_name[v]]].is_weight}
+    # the paper's rule measures each layer's spread once, on the weights before any pruning
+    stds = {v: float(network.params[v].std(dtype=np.float64)) for v in weights}
     history = [{"phase": "original", "val_accuracy": trainer.validate()}]
     masks = {}
     for step in range(1, steps + 1):
         for value, tensor in weights.items():
+            w = network.params[value]
             if config.threshold_std is not None:
-                keep, _ = magnitude_mask(network.params[value], threshold_std=config.threshold_std * step / steps)
+                keep = (np.abs(w) > config.threshold_std * stds[value] * step / steps) & (w != 0)
             else:
-                keep, _ = magnitude_mask(network.params[value], prune_schedule(config.sparsity.value(tensor), step, steps))
+                keep, _ = magnitude_mask(w, prune_schedule(config.sparsity.value(tensor), step, steps))
             masks[value] = keep
+            w *= keep  # pruned now: "before" below is the pruned, not yet retrained, model
         history.append({"phase": f"prune {step}/{steps}", "val_accuracy_before": trainer.validate()})
         history[-1].update(trainer.fit(masks=masks, desc=f"retrain {step}/{steps}"))
         history[-1]["val_accuracy"] = trainer.validate()
@@ -73,7 +77,7 @@ def prune_retrain(package: Package, config: PruneConfig, train: TrainConfig, ste
         i = index[tensor.name]
         dense = network.params[value].astype(tensor.decode().dtype)
         package.tensors[i], row = store_pruned(tensor, dense, masks[value], int(config.index_bits.value(tensor)))
-        row["threshold"] = float(np.abs(dense[masks[value]]).min(initial=0))  # smallest weight kept
+        row["threshold"] = float(np.abs(dense[masks[value]]).min()) if masks[value].any() else None  # smallest kept
         rows.append(row)
         trained.add(tensor.name)
     _store_free_params(package, network, [v for v in network.params if v not in weights])
@@ -105,8 +109,10 @@ def cluster_map(tensor: Tensor) -> Clusters | None:
 def share_retrain(package: Package, config: ShareConfig, train: TrainConfig,
                   progress=no_progress, teacher=None) -> tuple[list[dict], list[dict]]:
     """Share as `share` does, then train the centroids; (rows, history)."""
+    if teacher is None:  # distill towards the model as it was before sharing
+        teacher = teacher_logits(package, train)
     rows = share(package, config, progress)
-    network = Network(package)
+    network = Network(package, train.logits)
     trainer = Trainer(network, train, progress, teacher)
     index = _table_index(package)
     clusters, frozen = {}, set()

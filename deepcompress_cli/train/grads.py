@@ -144,6 +144,8 @@ def _gemm(inputs, y, attrs, g, needs, opset):
 @grad("MatMul")
 def _matmul(inputs, y, attrs, g, needs, opset):
     a, b = inputs
+    if a.ndim == 1 and b.ndim == 1:  # a dot product: y is a scalar
+        return [g * b if needs[0] else None, g * a if needs[1] else None]
     a2 = a[None, :] if a.ndim == 1 else a  # numpy's 1-D promotion rules, undone at the end
     b2 = b[:, None] if b.ndim == 1 else b
     g2 = g

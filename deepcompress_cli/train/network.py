@@ -9,7 +9,7 @@ and biases); BatchNormalization statistics stay frozen.
 from __future__ import annotations
 
 import numpy as np
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import DczError
 from ..interp.graph import Plan, attribute_values
@@ -21,8 +21,20 @@ from .grads import GRADS
 FROZEN_INPUTS = {"BatchNormalization": {1, 2, 3, 4}}  # inference statistics: not trained
 
 
+FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+# Ops whose outputs are integers, booleans or shapes: no gradient flows through them (the path
+# `x -> Shape -> ... -> Reshape` of a dynamic flatten only feeds Reshape its target shape).
+NON_DIFFERENTIABLE = {"Shape", "Size", "ArgMax", "ArgMin", "Equal", "Greater", "GreaterOrEqual", "Less",
+                      "LessOrEqual", "Not", "And", "Or", "Xor", "NonZero", "IsNaN", "IsInf", "ConstantOfShape",
+                      "Range", "Sign", "Round", "Floor", "Ceil"}
+# Ops a trailing Softmax may hide behind (Softmax -> Flatten -> output is still probabilities).
+PASS_THROUGH = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Dropout"}
+# Which constants are parameters: the weights of linear layers and the biases added to them.
+LINEAR_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+
+
 class Network:
-    def __init__(self, package: Package):
+    def __init__(self, package: Package, logits: str | None = None):
         load_all()
         model = package.graph
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
@@ -46,28 +58,49 @@ class Network:
         self.nodes = [n for n in self.nodes if n.output[0] not in self.constants]
         self.attrs = [attribute_values(n) for n in self.nodes]
         self.inputs = [i.name for i in graph.input if i.name not in self.constants]
-        self.output = graph.output[0].name
-        self.logits = self._logits_value()
+        self.input_types = {i.name: i.type.tensor_type for i in graph.input if i.name not in self.constants}
+        self.producer = {o: n for n in self.nodes for o in n.output}
+        self.logits = self._logits_value(graph, logits)
         self.params = self._trainable()
+        if not self.params:
+            raise DczError("retraining: no float weights feed a Conv, Gemm or MatMul on the way to the logits")
         self._needs_grad = self._grad_flow()
 
-    def _logits_value(self) -> str:
-        """The model's first output, or the input of a trailing Softmax (loss on logits)."""
-        producer = {o: n for n in self.nodes for o in n.output}
-        node = producer.get(self.output)
+    def _logits_value(self, graph, requested: str | None) -> str:
+        """What the loss is computed on: `requested`, else the first float graph output; a
+        Softmax/LogSoftmax before it (possibly behind reshapes) is skipped to reach the logits."""
+        if requested is not None:
+            if requested not in self.producer:
+                raise DczError(f"--logits {requested!r} is not a value computed by the model")
+            return requested
+        floats = [o.name for o in graph.output if o.type.tensor_type.elem_type in FLOAT_TYPES]
+        if not floats:
+            raise DczError("retraining: the model has no float output to train (name one with --logits)")
+        name = floats[0]
+        node = self.producer.get(name)
+        while node is not None and node.op_type in PASS_THROUGH:
+            node = self.producer.get(node.input[0])
         if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
             return node.input[0]
-        return self.output
+        return name
 
     def _trainable(self) -> dict[str, np.ndarray]:
-        """Float constants of the table feeding a differentiable op (weights, biases), as float32."""
+        """Float32 table tensors that are linear-layer weights, or biases added to a linear layer's
+        output (Conv/Gemm input 2, or an Add right after one).  Pre-processing constants (a Sub of
+        a mean, a Div by a std) and BatchNormalization statistics stay fixed."""
         params = {}
         for node in self.nodes:
-            frozen = FROZEN_INPUTS.get(node.op_type, set())
-            for i, name in enumerate(node.input):
+            candidates = []
+            if node.op_type in LINEAR_OPS:
+                candidates = list(node.input[1:]) if node.op_type != "MatMul" else list(node.input)
+                if node.op_type == "Gemm":
+                    candidates = list(node.input)
+            elif node.op_type == "Add":
+                if any(self.producer.get(n) is not None and self.producer[n].op_type in LINEAR_OPS for n in node.input):
+                    candidates = list(node.input)
+            for name in candidates:
                 value = self.constants.get(name)
-                if (name in self.table_name and node.op_type in GRADS and i not in frozen
-                        and value is not None and value.dtype == np.float32):
+                if name in self.table_name and value is not None and value.dtype == np.float32:
                     params[name] = value.copy()
         return params
 
@@ -76,19 +109,37 @@ class Network:
         flow = set(self.params)
         for node in self.nodes:
             if any(n in flow for n in node.input):
+                if node.op_type in NON_DIFFERENTIABLE:
+                    continue  # the gradient stops here
                 if node.op_type not in GRADS:
                     if self._reaches_logits(node):
                         raise DczError(f"retraining does not support op {node.op_type} (node {node.name!r})")
                     continue
                 flow.update(node.output)
+        if self.logits not in flow:
+            raise DczError(f"retraining: no trainable weight reaches the logits {self.logits!r}")
         return flow
 
     def _reaches_logits(self, start) -> bool:
         reached = set(start.output)
         for node in self.nodes[self.nodes.index(start) + 1:]:
-            if any(n in reached for n in node.input):
+            if node.op_type not in NON_DIFFERENTIABLE and any(n in reached for n in node.input):
                 reached.update(node.output)
         return self.logits in reached
+
+    def cast_inputs(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Data arrays in the dtype each graph input declares (float32 when it says nothing)."""
+        out = {}
+        for name, array in feeds.items():
+            elem = self.input_types[name].elem_type
+            dtype = helper.tensor_dtype_to_np_dtype(elem) if elem else np.float32
+            out[name] = array.astype(dtype, copy=False)
+        return out
+
+    def fixed_batch(self) -> int | None:
+        """The first input's batch size when the model fixes it (e.g. 1), else None."""
+        dims = self.input_types[self.inputs[0]].shape.dim if self.inputs else []
+        return dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
 
     # ------------------------------------------------------------------------------ passes
 
@@ -99,10 +150,15 @@ class Network:
         for node, attrs in zip(self.nodes, self.attrs):
             ctx.node_name, ctx.num_outputs = node.name, len(node.output)
             inputs = [values[n] if n else None for n in node.input]
+            kernel = KERNELS.get(node.op_type)
+            if kernel is None:
+                raise DczError(f"retraining does not support op {node.op_type}")
             try:
-                outputs = KERNELS[node.op_type](inputs, attrs, ctx)
-            except KeyError:
-                raise DczError(f"retraining does not support op {node.op_type}") from None
+                outputs = kernel(inputs, attrs, ctx)
+            except DczError:
+                raise
+            except Exception as e:  # the model's fault (or the data's), said like the interpreter says it
+                raise DczError(f"{node.op_type} node {node.name!r} failed: {type(e).__name__}: {e}") from None
             for name, value in zip(node.output, outputs):
                 if name:
                     values[name] = value

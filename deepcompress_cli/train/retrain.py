@@ -1,8 +1,9 @@
 """The training loops: masked SGD after pruning, and centroid training after sharing.
 
-Both run minibatch SGD with momentum on the model's parameters; what differs is the constraint:
+Both run minibatch SGD on the model's parameters; what differs is the constraint:
 
-- a *mask* (pruned tensor): the gradient of pruned positions is dropped, so they stay exactly 0;
+- a *mask* (pruned tensor): momentum SGD where the gradient of pruned positions is dropped, so
+  they stay exactly 0 (biases train freely);
 - a *cluster map* (shared tensor): the gradients of all weights of a cluster are summed and the
   centroid moves by lr x that sum (the paper's trained quantization); indices never change,
   positions outside any cluster (pruned) and the reserved 0.0 centroid stay fixed.
@@ -30,6 +31,7 @@ class TrainConfig:
     seed: int = 0
     momentum: float = 0.9
     val: str | None = None
+    logits: str | None = None  # the value the loss is on (default: the first float output)
 
 
 @dataclass
@@ -44,23 +46,30 @@ class Clusters:
         return table[self.ids].astype(np.float32)
 
 
-def load_data(path: str, network: Network) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+def load_data(path: str, network: Network, option: str = "--train") -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     from ..bench import check_labels, load_npz
 
     data = load_npz(path)
     labels = data.pop("labels", None)
     missing = [name for name in network.inputs if name not in data]
     if missing:
-        raise DczError(f"{path}: no array named {missing[0]!r} (the model's input)")
-    feeds = {name: data[name].astype(np.float32, copy=False) for name in network.inputs}
-    labels = check_labels(labels, feeds)
+        raise DczError(f"{option} {path}: no array named {missing[0]!r} (the model's input)")
+    feeds = {name: data[name] for name in network.inputs}
+    labels = check_labels(labels, feeds, option)
     if not len(next(iter(feeds.values()))):
-        raise DczError(f"{path}: no samples")
+        raise DczError(f"{option} {path}: no samples")
+    feeds = network.cast_inputs(feeds)
+    for name, array in feeds.items():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise DczError(f"{option} {path}: {name!r} holds NaN or infinite values")
     return feeds, labels
 
 
 def logits_of(network: Network, feeds: dict, batch: int = 256) -> np.ndarray:
     n = len(next(iter(feeds.values())))
+    batch = network.fixed_batch() or batch
+    if n % batch and network.fixed_batch():
+        raise DczError(f"the model takes batches of exactly {batch}; the data has {n} samples")
     return np.concatenate([network.forward({k: v[i:i + batch] for k, v in feeds.items()})[0]
                            for i in range(0, n, batch)])
 
@@ -68,6 +77,12 @@ def logits_of(network: Network, feeds: dict, batch: int = 256) -> np.ndarray:
 def accuracy(network: Network, feeds: dict, labels: np.ndarray) -> float:
     logits = logits_of(network, feeds)
     return float((logits.reshape(len(logits), -1).argmax(1) == labels).mean())
+
+
+def check_classes(logits: np.ndarray, labels: np.ndarray | None, option: str) -> None:
+    classes = int(np.prod(logits.shape[1:]))
+    if labels is not None and labels.size and labels.max() >= classes:
+        raise DczError(f"{option} labels go up to {labels.max()}, but the logits have {classes} classes")
 
 
 class Trainer:
@@ -78,12 +93,21 @@ class Trainer:
         self.config = config
         self.progress = progress
         self.feeds, self.labels = load_data(config.data, network)
+        self.samples = len(next(iter(self.feeds.values())))
+        fixed = network.fixed_batch()
+        self.batch = fixed or min(config.batch_size, self.samples)
+        if fixed and self.samples < fixed:
+            raise DczError(f"the model takes batches of exactly {fixed}; --train has {self.samples} samples")
+        first = network.forward({k: v[:self.batch] for k, v in self.feeds.items()})[0]
+        check_classes(first, self.labels, "--train")
         self.teacher = None
         if self.labels is None:  # distillation targets: the model as it was before compression
             self.teacher = teacher if teacher is not None else logits_of(network, self.feeds)
-        self.val = load_data(config.val, network) if config.val else None
-        if self.val is not None and self.val[1] is None:
-            raise DczError(f"{config.val}: --val data needs `labels`")
+        self.val = load_data(config.val, network, "--val") if config.val else None
+        if self.val is not None:
+            if self.val[1] is None:
+                raise DczError(f"--val {config.val}: needs `labels`")
+            check_classes(first, self.val[1], "--val")
         self.rng = np.random.default_rng(config.seed)
 
     def validate(self) -> float | None:
@@ -100,17 +124,18 @@ class Trainer:
         for name, c in clusters.items():
             net.params[name] = c.weights()
         velocity = {name: np.zeros_like(p, dtype=np.float32) for name, p in net.params.items() if name not in clusters}
-        centroid_velocity = {name: np.zeros_like(c.centroids) for name, c in clusters.items()}
-        n = len(next(iter(self.feeds.values())))
+        n, batch = self.samples, self.batch
         epochs = cfg.epochs if epochs is None else epochs
-        steps = max(1, int(round(epochs * n / cfg.batch_size)))
-        order = np.concatenate([self.rng.permutation(n) for _ in range(int(np.ceil(steps * cfg.batch_size / n)) + 1)])
+        steps = max(1, int(round(epochs * n / batch)))
         losses = []
         batches = range(steps)
         if self.progress is not None:
             batches = self.progress(batches, desc=desc, total=steps)
+        order = np.empty(0, dtype=np.int64)
         for step in batches:
-            index = np.sort(order[step * cfg.batch_size:(step + 1) * cfg.batch_size])
+            while len(order) < batch:  # a fresh shuffle of the data each epoch
+                order = np.concatenate([order, self.rng.permutation(n)])
+            index, order = np.sort(order[:batch]), order[batch:]
             feeds = {k: v[index] for k, v in self.feeds.items()}
             logits, values = net.forward(feeds)
             if self.labels is not None:
@@ -131,10 +156,7 @@ class Trainer:
                     summed = np.bincount(c.ids[valid], weights=g[valid].astype(np.float64),
                                          minlength=len(c.centroids))
                     summed[c.fixed] = 0
-                    v = centroid_velocity[name]
-                    v *= cfg.momentum
-                    v -= cfg.lr * summed
-                    c.centroids += v
+                    c.centroids -= cfg.lr * summed  # the paper's update: lr x the summed gradients
                     net.params[name] = c.weights()
                     continue
                 if name in masks:
@@ -145,5 +167,5 @@ class Trainer:
                 net.params[name] += v
         if not all(np.isfinite(p).all() for p in net.params.values()):
             raise DczError("retraining diverged (weights are not finite): lower --lr")
-        tail = losses[-max(1, steps // max(1, int(np.ceil(epochs)))):]
+        tail = losses[-max(1, min(steps, int(np.ceil(n / batch)))):]  # about the last epoch
         return {"loss": round(float(np.mean(tail)), 6), "steps": steps}
