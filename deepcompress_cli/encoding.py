@@ -84,6 +84,8 @@ def entropy_of(tensor: Tensor) -> str:
 
 def parse(tensor: Tensor) -> WeightForm:
     """Read a tensor's chain back into its logical form (decoding integer streams)."""
+    if tensor.form is not None:  # built by a stage in this run: the form it stored, as stored
+        return tensor.form
     first = tensor.chain[0]
     gaps, index_bits, values_slot = None, 0, "tensor"
     if first.codec == "sparse":
@@ -155,8 +157,23 @@ def build(tensor: Tensor, form: WeightForm) -> Tensor:
         store("data", np.ascontiguousarray(v.values, dtype=form.dtype).reshape(-1))
     for slot, array, bits in integer_streams:
         store_integers(slot, array, bits)
-    return Tensor(name=tensor.name, dtype=tensor.dtype, shape=tensor.shape, kind=tensor.kind,
-                  chain=steps, slots=slots, streams=streams, op=tensor.op)
+    new = Tensor(name=tensor.name, dtype=tensor.dtype, shape=tensor.shape, kind=tensor.kind,
+                 chain=steps, slots=slots, streams=streams, op=tensor.op)
+    new.form = _as_stored(form).with_(entropy=entropy_of(new))
+    return new
+
+
+def _as_stored(form: WeightForm) -> WeightForm:
+    """`form` with its arrays in the dtypes `build` stores them in: exactly what `parse` of the
+    built entry would decode, so using it instead cannot change any later stage's output."""
+    v = form.values
+    if isinstance(v, Shared):
+        v = Shared(v.centroids.astype(form.dtype, copy=False), v.indices, v.bits)
+    elif isinstance(v, Quantized):
+        v = replace(v, scales=v.scales.astype(np.float32, copy=False))
+    else:
+        v = Plain(np.ascontiguousarray(v.values, dtype=form.dtype).reshape(-1))
+    return form.with_(values=v)
 
 
 def sparse_form(tensor_values: np.ndarray, keep: np.ndarray, index_bits: int, dtype: str) -> WeightForm:

@@ -118,6 +118,9 @@ class Tensor:
     slots: dict[str, Slot]  # every slot except `tensor`
     streams: dict[str, Stream]  # leaf slots only
     op: str = ""  # op type of the first consumer; derived from the graph, not stored
+    # The logical form a stage built this entry from (encoding.WeightForm), kept so the next
+    # stage need not decode the streams again; None for entries read from a file.
+    form: object = field(default=None, repr=False, compare=False)
 
     @classmethod
     def raw(cls, name: str, array: np.ndarray, kind: str, op: str = "") -> "Tensor":

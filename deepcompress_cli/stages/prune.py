@@ -32,13 +32,18 @@ def magnitude_mask(values: np.ndarray, sparsity: float | None = None, threshold_
     By sparsity the threshold is the n·S-th smallest magnitude, so at least that fraction goes
     (ties at the threshold go too: the result never depends on element order).
     """
-    magnitude = np.abs(values)
     if threshold_std is not None:
         threshold = float(threshold_std * values.std(dtype=np.float64))
     else:
-        drop = int(round(sparsity * magnitude.size))
-        threshold = float(np.partition(magnitude.reshape(-1), drop - 1)[drop - 1]) if drop else -1.0
-    return (magnitude > threshold) & (magnitude > 0), threshold
+        drop = int(round(sparsity * values.size))
+        if not drop:
+            return values != 0, -1.0
+        magnitude = np.abs(values).reshape(-1)
+        magnitude.partition(drop - 1)  # in place: our own array, no second copy of a big layer
+        threshold = float(magnitude[drop - 1])
+        del magnitude
+    threshold_ = values.dtype.type(max(threshold, 0.0))  # |w| > t >= 0 also drops exact zeros
+    return (values > threshold_) | (values < -threshold_), threshold
 
 
 def prune_tensor(tensor: Tensor, sparsity: float | None, index_bits: int,
