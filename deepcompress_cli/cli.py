@@ -635,7 +635,7 @@ def compress(ctx, model, output, sparsity, layer_sparsity, index_bits, threshold
         text = format_compress(rows, sums, gzip_bytes, onnx_bytes) + f"\n{output}: {human_bytes(size)}"
     else:
         text = (f"{output}: {human_bytes(size)}; weights {human_bytes(sums['bytes_original'])} -> "
-                f"{human_bytes(sums['bytes_pqh'])} ({sums['ratio_weights']}x)")
+                f"{human_bytes(sums['bytes_pqh'])} ({sums['ratio_weights'] or '-'}x)")
     if history is not None:
         text = f"{format_training(history)}\n\n{text}"
     emit(ctx, data, text, stdout_taken=output == "-")

@@ -136,6 +136,13 @@ def test_batch_normalization_frozen():
     check_gradient("BatchNormalization", inputs, {"epsilon": 1e-3}, wrt=[0])
 
 
+def test_batch_normalization_not_spatial():
+    """Opset < 9, spatial=0: statistics per [C, H, W] element."""
+    shape = (3, 2, 2)
+    inputs = [rand(2, *shape), rand(*shape), rand(*shape), rand(*shape), np.abs(rand(*shape)) + 0.5]
+    check_gradient("BatchNormalization", inputs, {"epsilon": 1e-3, "spatial": 0}, wrt=[0], opset=7)
+
+
 @pytest.mark.parametrize("size", [3, 4, 5])
 def test_lrn(size):
     check_gradient("LRN", [rand(2, 6, 3, 3)], {"size": size, "alpha": 0.5, "beta": 0.75, "bias": 2.0})

@@ -276,7 +276,10 @@ def _batch_norm(inputs, y, attrs, g, needs, opset):
     """Inference statistics, frozen: a per-channel affine map, so dx = g · scale / sqrt(var + ε)."""
     x, scale, _, _, var = inputs[:5]
     factor = scale / np.sqrt(var + attrs.get("epsilon", 1e-5))
-    return [g * factor.reshape(1, -1, *[1] * (x.ndim - 2)).astype(np.float32)] + [None] * (len(inputs) - 1)
+    if factor.ndim == 1:  # per channel
+        factor = factor.reshape(1, -1, *[1] * (x.ndim - 2))
+    # else: opset < 9 with spatial=0, statistics per [C, H, W] element: they broadcast as they are
+    return [g * factor.astype(np.float32)] + [None] * (len(inputs) - 1)
 
 
 @grad("LRN")
