@@ -38,9 +38,19 @@ def read_model(path: str, include=(), exclude=()) -> Package:
                     package.file_bytes = len(data)
                     reselect(package, include, exclude)
                     return package
-                else:
-                    f.seek(0)
-                    data = f.read()
+                else:  # ONNX: parse straight from the mapped file, no copy of it in memory
+                    size = os.fstat(f.fileno()).st_size
+                    if size == 0:
+                        raise DczError(f"{path}: empty file")
+                    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                        view = memoryview(mapped)
+                        try:
+                            model = onnx_io.parse_model(view)  # protobuf copies what it keeps
+                        finally:
+                            view.release()
+                    package = onnx_io.from_onnx(model, base_dir, include, exclude)
+                    package.file_bytes = size
+                    return package
         except OSError as e:
             raise DczError(f"{path}: cannot read ({e.strerror})") from None
     if not data:

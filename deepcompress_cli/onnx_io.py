@@ -134,7 +134,8 @@ def _placeholder_name(t: TensorProto) -> str | None:
 
 # ------------------------------------------------------------------------------------ loading
 
-def parse_model(data: bytes) -> onnx.ModelProto:
+def parse_model(data) -> onnx.ModelProto:
+    """A ModelProto from bytes or any buffer (a memoryview of a mapped file)."""
     model = onnx.ModelProto()
     try:
         model.ParseFromString(data)
