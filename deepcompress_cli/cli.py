@@ -163,15 +163,16 @@ def prune_options(f):
     f = click.option("--threshold-std", type=float, metavar="Q",
                      help="Paper's rule: drop |w| <= Q x the layer's std (replaces --sparsity/--layer-sparsity).")(f)
     f = click.option("--index-bits", type=PerKindValue(int), metavar="B|conv=B,fc=B",
-                     help="Bits per relative index (gap) [default conv=8,fc=5].")(f)
+                     help="Bits per relative index (gap) [default conv=8,fc=5; with --train conv=5,fc=8].")(f)
     f = click.option("--layer-sparsity", type=LayerValue(float), multiple=True,
                      help="Per-layer sparsity override, NAME (or glob) = fraction pruned (repeatable).")(f)
     return click.option("--sparsity", type=PerKindValue(float), metavar="S|conv=S,fc=S",
-                        help="Fraction of weights pruned per layer [default conv=0.6,fc=0.9].")(f)
+                        help="Fraction of weights pruned per layer [default conv=0.6,fc=0.9; with --train "
+                             "a layer of n weights keeps 12/sqrt(n)].")(f)
 
 
 def share_options(f):
-    f = click.option("--seed", type=int, default=0, show_default=True, help="Seed for --init forgy.")(f)
+    f = click.option("--seed", type=int, default=0, show_default=True, help="Seed for --init forgy and for the data order of --train.")(f)
     f = click.option("--tol", type=float, default=1e-6, show_default=True,
                      help="Stop when no centroid moves more than TOL x the value range.")(f)
     f = click.option("--max-iter", type=click.IntRange(1, 10000), default=100, show_default=True,
@@ -181,7 +182,7 @@ def share_options(f):
     f = click.option("--layer-bits", type=LayerValue(int), multiple=True,
                      help="Per-layer index width override, NAME (or glob) = bits (repeatable).")(f)
     return click.option("--bits", type=PerKindValue(int), metavar="B|conv=B,fc=B",
-                        help="Index bits: 2^B shared weights per layer [default conv=8,fc=5].")(f)
+                        help="Index bits: 2^B shared weights per layer [default conv=8,fc=5; with --train 4].")(f)
 
 
 TRAIN_DEFAULTS = {"epochs": 2.0, "lr": 0.01, "batch_size": 64}
