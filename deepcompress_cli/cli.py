@@ -239,13 +239,15 @@ def prune_config(sparsity, layer_sparsity, index_bits, threshold_std, train=Fals
                                  param_hint="--threshold-std")
     if threshold_std is not None and not (threshold_std >= 0 and math.isfinite(threshold_std)):
         raise click.BadParameter("must be a finite number >= 0", param_hint="--threshold-std")
-    rule = per_kind(DEFAULT_SPARSITY, sparsity, layer_sparsity)
-    if train and not sparsity:  # retraining allows far more: sparsity by layer size
-        rule = SparsityBySize(0.0, 0.0, rule.layers)
+    if train:  # retraining allows far more: sparsity by layer size, for each kind not given
+        given = sparsity or {}
+        rule = SparsityBySize(given.get("conv"), given.get("fc"), list(layer_sparsity))
+    else:
+        rule = per_kind(DEFAULT_SPARSITY, sparsity, layer_sparsity)
     config = PruneConfig(rule, per_kind(DEFAULT_TRAIN_INDEX_BITS if train else DEFAULT_INDEX_BITS, index_bits, ()),
                          threshold_std)
     for value in (config.sparsity.conv, config.sparsity.fc, *(v for _, v in config.sparsity.layers)):
-        if not 0 <= value < 1:  # also rejects nan
+        if value is not None and not 0 <= value < 1:  # also rejects nan
             raise click.BadParameter(f"sparsity must be in [0, 1), got {value}", param_hint="--sparsity")
     for value in (config.index_bits.conv, config.index_bits.fc):
         if not 1 <= value <= 16:

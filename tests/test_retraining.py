@@ -308,3 +308,17 @@ def test_bad_training_options_are_one_line(cli, tmp_path, options):
 @pytest.mark.parametrize("option", [("--epochs", "1"), ("--lr", "0.1"), ("--batch-size", "8"), ("--val", TEST)])
 def test_training_options_need_train(cli, tmp_path, option):
     assert_one_line_error(cli("prune", SAMPLES / "lenet300.onnx", "-o", tmp_path / "p.dcz", *option))
+
+
+def test_train_sparsity_defaults_by_size_for_kinds_not_given():
+    from deepcompress_cli.cli import prune_config
+    from deepcompress_cli.tensors import Tensor
+
+    big = Tensor.raw("fc1", np.zeros((400, 1000), np.float32), "fc")
+    conv = Tensor.raw("c", np.zeros((16, 8, 3, 3), np.float32), "conv")
+    config = prune_config({"fc": 0.5}, [("c", 0.25)], None, None, train=True)
+    assert config.sparsity.value(big) == 0.5 and config.sparsity.value(conv) == 0.25
+    config = prune_config({"fc": 0.5}, [], None, None, train=True)
+    assert config.sparsity.value(conv) == pytest.approx(1 - 12 / np.sqrt(16 * 8 * 9))
+    config = prune_config(None, [], None, None, train=True)
+    assert config.sparsity.value(big) == pytest.approx(1 - 12 / np.sqrt(400_000))

@@ -35,7 +35,8 @@ class PerKind:
 
 @dataclass
 class SparsityBySize(PerKind):
-    """Sparsity from a layer's size: it keeps `scale / sqrt(n)` of its n weights (at most all).
+    """Sparsity from a layer's size: it keeps `scale / sqrt(n)` of its n weights (at most all),
+    unless a value is given for its kind (`conv`/`fc` not None).
 
     Big layers are the redundant ones (the paper prunes AlexNet's fc6 to 9 % but conv1 to 84 %);
     with retraining this one rule reaches the paper's kind of per-layer profile without a table.
@@ -43,6 +44,9 @@ class SparsityBySize(PerKind):
     scale: float = 12.0
 
     def default(self, tensor: Tensor):
+        given = super().default(tensor)
+        if given is not None:
+            return given
         return 1.0 - min(1.0, self.scale / max(tensor.numel, 1) ** 0.5)
 
 
