@@ -63,11 +63,21 @@ def map_weights(package: Package, encode: Callable[[Tensor], tuple[Tensor, dict]
     """
     weights = [i for i, t in enumerate(package.tensors) if t.is_weight]
     if jobs > 1 and len(weights) > 1:
-        from concurrent.futures import ThreadPoolExecutor
+        from concurrent.futures import ThreadPoolExecutor, as_completed
 
+        # biggest first, so the largest layer does not start last and leave the others idle
+        order = sorted(weights, key=lambda i: -package.tensors[i].numel)
+        results = {}
         with ThreadPoolExecutor(min(jobs, len(weights))) as pool:
-            results = pool.map(lambda i: encode(package.tensors[i]), weights)  # in order
-            return _collect(package, weights, progress(results, desc=desc, total=len(weights)))
+            futures = {pool.submit(encode, package.tensors[i]): i for i in order}
+            try:
+                for future in progress(as_completed(futures), desc=desc, total=len(weights)):
+                    results[futures[future]] = future.result()
+            except BaseException:  # an error or Ctrl-C: don't start the tensors still waiting
+                for future in futures:
+                    future.cancel()
+                raise
+        return _collect(package, weights, (results[i] for i in weights))
     return _collect(package, weights, (encode(package.tensors[i]) for i in progress(weights, desc=desc,
                                                                                       total=len(weights))))
 
