@@ -192,6 +192,8 @@ class Package:
     graph: object  # onnx.ModelProto; every extracted tensor is a placeholder naming its entry
     tensors: list[Tensor]
     file_bytes: int | None = None  # size of the file it was read from (stdin included)
+    # User notes (`--metadata KEY=VALUE`: source hash, recipe, version), kept by every stage.
+    metadata: dict[str, str] = field(default_factory=dict)
 
     def tensor(self, name: str) -> Tensor:
         for t in self.tensors:
