@@ -41,6 +41,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
 from deepcompress_cli import container  # noqa: E402
+from deepcompress_cli.files import read_dcz  # noqa: E402
 from deepcompress_cli.errors import DczError  # noqa: E402
 
 CORPUS = os.path.join(ROOT, "tests", "fuzz_corpus")
@@ -209,7 +210,7 @@ def mutate(files: list[bytes], rng) -> bytes:
 # --------------------------------------------------------------------------------------- running
 
 def read_all(data: bytes) -> None:
-    package = container.read(data)
+    package = read_dcz(data)
     for t in package.tensors:
         t.decode()
 

@@ -34,7 +34,7 @@ def read_model(path: str, include=(), exclude=()) -> Package:
                 elif f.read(len(container.MAGIC)) == container.MAGIC:
                     # mmap: streams are read lazily, tensor by tensor, instead of copied up front
                     data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-                    package = container.read(data)
+                    package = read_dcz(data)
                     package.file_bytes = len(data)
                     reselect(package, include, exclude)
                     return package
@@ -57,13 +57,23 @@ def read_model(path: str, include=(), exclude=()) -> Package:
         raise DczError(f"{path}: empty file")
     size = len(data)
     if data[:len(container.MAGIC)] == container.MAGIC:
-        package = container.read(data)
+        package = read_dcz(data)
         reselect(package, include, exclude)
     else:
         model = onnx_io.parse_model(data)
         del data  # the parsed model holds its own copy; don't keep two
         package = onnx_io.from_onnx(model, base_dir, include, exclude)
     package.file_bytes = size
+    return package
+
+
+def read_dcz(buf) -> Package:
+    """A `.dcz` held in `buf`: the container's tables, then its stored graph parsed and checked
+    against them (the container layer knows no ONNX)."""
+    from . import container, onnx_io
+
+    package, graph = container.read(buf)
+    onnx_io.attach_graph(package, graph)
     return package
 
 

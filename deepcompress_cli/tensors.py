@@ -15,58 +15,13 @@ from typing import Iterable
 
 import numpy as np
 
+from .codecs import decode_tensor, step_label
+from .codecs.slots import DTYPES, Slot, Step, numpy_dtype, uint_dtype  # noqa: F401 - re-exported
 from .errors import DczError
 
-# dtype name -> (numpy dtype, ONNX TensorProto.DataType).  Only these are extracted into the table;
-# any other tensor (strings, bfloat16, float8, int4 ...) stays inside the graph untouched.
-DTYPES = {
-    "float32": (np.dtype("<f4"), 1),
-    "uint8": (np.dtype("u1"), 2),
-    "int8": (np.dtype("i1"), 3),
-    "uint16": (np.dtype("<u2"), 4),
-    "int16": (np.dtype("<i2"), 5),
-    "int32": (np.dtype("<i4"), 6),
-    "int64": (np.dtype("<i8"), 7),
-    "bool": (np.dtype("?"), 9),
-    "float16": (np.dtype("<f2"), 10),
-    "float64": (np.dtype("<f8"), 11),
-    "uint32": (np.dtype("<u4"), 12),
-    "uint64": (np.dtype("<u8"), 13),
-}
 ONNX_TYPE_TO_DTYPE = {onnx_type: name for name, (_, onnx_type) in DTYPES.items()}
 FLOAT_DTYPES = ("float32", "float16", "float64")
 KINDS = ("conv", "fc", "other")  # other = not a compressible weight: stages leave it alone
-
-
-def uint_dtype(bits: int) -> str:
-    """The unsigned stream dtype that holds `bits`-bit integers (codes, indices, gaps)."""
-    return "uint8" if bits <= 8 else "uint16"
-
-
-def numpy_dtype(name: str) -> np.dtype:
-    return DTYPES[name][0]
-
-
-@dataclass(frozen=True)
-class Slot:
-    """Declared element type and count of one array in an encoding chain."""
-
-    dtype: str
-    count: int
-
-    @property
-    def nbytes(self) -> int:
-        return self.count * numpy_dtype(self.dtype).itemsize
-
-
-@dataclass
-class Step:
-    """One codec application: `input` slot -> `outputs` (role -> slot name), with JSON params."""
-
-    codec: str
-    input: str
-    outputs: dict[str, str]
-    params: dict = field(default_factory=dict)
 
 
 class Stream:
@@ -83,7 +38,9 @@ class Stream:
 
     @classmethod
     def of(cls, array: np.ndarray) -> "Stream":
-        return cls(np.ascontiguousarray(array))
+        """A stream of `array`'s elements, little-endian as the format says, whatever the input's order."""
+        array = np.ascontiguousarray(array)
+        return cls(array.astype(array.dtype.newbyteorder("<"), copy=False))
 
     @property
     def length(self) -> int:
@@ -153,14 +110,10 @@ class Tensor:
 
     @property
     def chain_label(self) -> str:
-        from .codecs import step_label
-
         return "+".join(step_label(step) for step in self.chain)
 
     def decode(self) -> np.ndarray:
-        from .codecs import decode_chain
-
-        return decode_chain(self).reshape(self.shape)
+        return decode_tensor(self)  # the codecs decode; the data model only holds the table
 
 
 def select_kind(name: str, dtype: str, shape: tuple[int, ...], consumer_kind: str | None,

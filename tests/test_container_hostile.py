@@ -58,8 +58,10 @@ def package(name: str = "lenet5"):
 
 
 def dcz_bytes(pkg) -> bytes:
+    """The 1.0 layout (the old writer's path), which these tests edit as plain JSON and bytes;
+    the 1.1 compact layout has its own section below."""
     out = io.BytesIO()
-    n = container.write(pkg, out)
+    n = container.write(pkg, out, compact=False)
     assert n == len(out.getvalue())
     return out.getvalue()
 
@@ -74,7 +76,7 @@ def valid(name: str = "lenet5") -> bytes:
         model = MODELS[name[:-len(COMPRESSED)]]
         result = CliRunner().invoke(main, ["-q", "compress", str(model), "-o", "-"], catch_exceptions=False)
         assert result.exit_code == 0, result.stderr
-        return result.stdout_bytes
+        return dcz_bytes(files.read_dcz(result.stdout_bytes))  # same tables, in the 1.0 layout
     return dcz_bytes(package(name))
 
 
@@ -100,7 +102,7 @@ def encode_header(header) -> bytes:
 
 
 def preamble(header_len: int, header_crc: int, *, magic=MAGIC, major=container.MAJOR,
-             minor=container.MINOR, flags=0, preamble_crc=None) -> bytes:
+             minor=0, flags=0, preamble_crc=None) -> bytes:
     head = container.PREAMBLE.pack(magic, major, minor, flags, header_len, header_crc, 0)[:-4]
     crc = zlib.crc32(head) if preamble_crc is None else preamble_crc
     return head + struct.pack("<I", crc)
@@ -154,7 +156,7 @@ def edited(name: str = "lenet5", edit=None, data: bytes | None = None) -> bytes:
 
 def read_all(data):
     """What every consumer does: read, then decode every tensor."""
-    pkg = container.read(data)
+    pkg = files.read_dcz(data)
     for t in pkg.tensors:
         t.decode()
     return pkg
@@ -252,10 +254,18 @@ def test_version_change_without_crc_is_corruption():
     assert_rejected(bytes(data), r"corrupt .dcz preamble \(CRC mismatch\)")
 
 
-@pytest.mark.parametrize("flags", [1, 0x80000000, 0xFFFFFFFF])
-def test_reserved_flags(flags):
+@pytest.mark.parametrize("flags", [8, 0x80000000, 0xFFFFFFFF])
+@pytest.mark.parametrize("minor", [0, 1, 2])
+def test_reserved_flags(flags, minor):
     header, section = split(valid())
-    assert_rejected(rebuild(header, section, flags=flags), "unsupported .dcz flags")
+    assert_rejected(rebuild(header, section, flags=flags, minor=minor), "unsupported .dcz flags")
+
+
+@pytest.mark.parametrize("flags", [1, 2, 4, 7])
+def test_flags_in_a_1_0_file(flags):
+    """The 1.1 flag bits do not exist in a file that says 1.0."""
+    header, section = split(valid())
+    assert_rejected(rebuild(header, section, flags=flags, minor=0), "in a version 1.0 file")
 
 
 @pytest.mark.parametrize("offset", range(8, PREAMBLE_SIZE))
@@ -695,7 +705,7 @@ def test_crc_mismatch_in_one_tensor_stream_is_reported_on_decode():
     header, _ = split(bytes(data))
     start = container.align(PREAMBLE_SIZE + header_len_of(data))
     data[start + header["streams"][3]["offset"] + 100] ^= 0x04  # conv2.weight
-    pkg = container.read(bytes(data))  # lazy: the streams are checked when first used
+    pkg = files.read_dcz(bytes(data))  # lazy: the streams are checked when first used
     by_stream = {header["tensors"][i]["streams"]["data"]: t for i, t in enumerate(pkg.tensors)}
     for index, tensor in by_stream.items():
         if index == 3:
@@ -708,7 +718,7 @@ def test_crc_mismatch_in_one_tensor_stream_is_reported_on_decode():
 
 
 def test_crc_field_mismatch_is_reported_on_decode():
-    pkg = container.read(edited(edit=set_stream(3, "crc32", lambda c: c ^ 1)))
+    pkg = files.read_dcz(edited(edit=set_stream(3, "crc32", lambda c: c ^ 1)))
     with pytest.raises(DczError, match="CRC-32 mismatch"):
         pkg.tensor("conv2.weight").decode()
 
@@ -718,7 +728,7 @@ def test_crc_mismatch_in_graph_stream_is_reported_on_read():
     start = container.align(PREAMBLE_SIZE + header_len_of(data))
     data[start + 10] ^= 0x01
     with pytest.raises(DczError, match="CRC-32 mismatch in a data stream"):
-        container.read(bytes(data))
+        files.read_dcz(bytes(data))
 
 
 def test_crc_mismatch_in_last_byte():
@@ -731,7 +741,7 @@ def test_crc_mismatch_in_last_byte():
     header, _ = split(bytes(data))
     last = header["streams"][-1]
     data[container.align(PREAMBLE_SIZE + header_len_of(data)) + last["offset"] + last["length"] - 1] ^= 0x01
-    pkg = container.read(bytes(data))
+    pkg = files.read_dcz(bytes(data))
     with pytest.raises(DczError, match="CRC-32 mismatch"):
         pkg.tensors[-1].decode()
 
@@ -747,7 +757,7 @@ def test_crc_mismatch_in_last_byte():
     read_all(good)
     bad = bytearray(good)
     bad[-1] ^= 0x80
-    pkg = container.read(bytes(bad))
+    pkg = files.read_dcz(bytes(bad))
     with pytest.raises(DczError, match="CRC-32 mismatch"):
         pkg.tensors[6].decode()
 
@@ -845,7 +855,7 @@ def shift_bits(a):
     (huffman_edit("code", lambda a: a[:-1]), "do not add up|too short"),                    # ends mid-symbol
     (huffman_edit("code", lambda a: a[:0]), "too short for its symbol count"),
     (huffman_edit("code", np.zeros_like), "corrupt huffman stream|do not add up"),
-    (huffman_edit("code", lambda a: a ^ 0xFF), "corrupt huffman stream|do not add up"),
+    (huffman_edit("code", lambda a: a ^ 0xFF), "corrupt huffman stream|do not add up|pad bits are not zero"),
 ], ids=["length-17", "length-255", "over-subscribed", "incomplete", "all-zero", "no-lengths", "alphabet-over-256",
         "blocks-sum", "blocks-shifted", "blocks-short", "code-short", "code-empty", "code-zeros", "code-inverted"])
 def test_hostile_huffman(make, match):
@@ -948,7 +958,10 @@ def test_huffman_file_is_valid():
 def test_huffman_block_cannot_multiply_decode_time():
     """Decoding takes `block` numpy steps whatever the symbol count: a block far larger than the
     stream (2048 for 1 symbol; the writer uses 16) would make a small file slow to read."""
-    assert_rejected(huffman_file(50, 2048), "too large")
+    header, section = split(huffman_file(50, 16))
+    for t in header["tensors"]:  # (the writer refuses to write such a file: edit a valid one)
+        t["chain"][0]["params"]["block"] = 2048
+    assert_rejected(rebuild(header, section), "too large")
 
 
 def test_chain_expansion_budget():
@@ -1143,7 +1156,7 @@ def test_header_rejected_in_linear_time(raw, match):
     data = rebuild(None, raw=raw)
     start = time.perf_counter()
     with pytest.raises(DczError, match=match):
-        container.read(data)
+        files.read_dcz(data)
     elapsed = time.perf_counter() - start
     assert elapsed < 1.0, f"{len(data)}-byte file took {elapsed:.2f} s to reject"
 

@@ -4,13 +4,16 @@ A codec module defines `NAME`, `ROLES` (the output roles it produces), and
 `check(params, target, parts)` (validate declared slots before anything is allocated) and
 `decode(params, target, arrays)`; `label(params)` is the short text `info` shows.
 Adding a codec is adding a module and one line to `CODECS`; the reader's structure never changes.
+
+This package does not import the data model (tensors.py): the chain functions take any object
+with `name`, `dtype`, `shape`, `numel`, `chain`, `slots`, `streams` and `stored_bytes` (a Tensor).
 """
 
 from __future__ import annotations
 
 from ..errors import DczError
-from ..tensors import Slot, Step, Tensor
 from . import bitpack, codebook, huffman, linear, raw, sparse
+from .slots import Slot, Step
 
 CODECS = {module.NAME: module for module in (raw, sparse, codebook, linear, bitpack, huffman)}
 
@@ -34,11 +37,11 @@ def step_label(step: Step) -> str:
     return module.label(step.params) if hasattr(module, "label") else module.NAME
 
 
-def slot_of(tensor: Tensor, name: str) -> Slot:
+def slot_of(tensor, name: str) -> Slot:
     return Slot(tensor.dtype, tensor.numel) if name == "tensor" else tensor.slots[name]
 
 
-def validate_chain(tensor: Tensor) -> None:
+def validate_chain(tensor) -> None:
     """Structural and size checks of a tensor's chain, before any of its data is touched."""
     where = f"tensor {tensor.name!r}"
     if not 1 <= len(tensor.chain) <= MAX_STEPS:
@@ -79,7 +82,7 @@ def validate_chain(tensor: Tensor) -> None:
             raise DczError(f"{where}: {e}") from None
 
 
-def decode_slot(tensor: Tensor, slot: str):
+def decode_slot(tensor, slot: str):
     """The flat array of any slot: a stream as stored, or the decoded input of a step."""
     if slot in tensor.streams:
         return tensor.streams[slot].array(tensor.slots[slot].dtype)
@@ -93,6 +96,11 @@ def decode_slot(tensor: Tensor, slot: str):
     return out
 
 
-def decode_chain(tensor: Tensor):
+def decode_chain(tensor):
     """Run the chain backwards from the streams to the flat tensor (a 1-D numpy array)."""
     return decode_slot(tensor, "tensor")
+
+
+def decode_tensor(tensor):
+    """The tensor's values in its shape."""
+    return decode_chain(tensor).reshape(tensor.shape)

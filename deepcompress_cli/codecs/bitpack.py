@@ -36,6 +36,9 @@ def decode(params: dict, target, arrays: dict) -> np.ndarray:
     # Unpack to one bit per byte, widen each value to its dtype's full width, pack again:
     # all in C loops (np.unpackbits/packbits), no per-value Python work.
     bits, width = params["bits"], np.dtype(target.dtype).itemsize * 8
+    pad = len(arrays["packed"]) * 8 - target.count * bits  # 0..7 unused high bits of the last byte
+    if pad and int(arrays["packed"][-1]) >> (8 - pad):
+        raise DczError("bitpack pad bits are not zero")
     planes = np.unpackbits(arrays["packed"], bitorder="little")[:target.count * bits].reshape(target.count, bits)
     full = np.zeros((target.count, width), dtype=np.uint8)
     full[:, :bits] = planes

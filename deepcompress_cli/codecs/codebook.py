@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DczError
-from ..tensors import uint_dtype
+from .slots import uint_dtype
 
 NAME = "codebook"
 ROLES = ("codebook", "indices")

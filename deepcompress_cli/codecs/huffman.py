@@ -142,9 +142,14 @@ def decode(params: dict, target, arrays: dict) -> np.ndarray:
     if n == 0:
         return np.zeros(0, dtype=target.dtype)
     table_sym, table_len, top = _decode_table(lengths)
+    if np.count_nonzero(lengths) == 1 and code.any():  # the only code is `0`: a 1 bit is no code
+        raise DczError("huffman code of a one-symbol alphabet must be all zero bits")
     ends = np.cumsum(blocks)
     if (int(ends[-1]) + 7) // 8 != len(code):
         raise DczError("huffman block lengths do not add up to the stream length")
+    pad = 8 * len(code) - int(ends[-1])  # 0..7 unused low bits of the last byte (MSB first)
+    if pad and int(code[-1]) & ((1 << pad) - 1):
+        raise DczError("huffman pad bits are not zero")
     starts = ends - blocks
     # Zero padding lets every lane read 24 bits anywhere it can reach, even in a corrupt stream
     # (at most `block` codes of <= 16 bits past its start), so reads never leave the buffer.

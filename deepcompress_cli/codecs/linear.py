@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from ..errors import DczError
-from ..tensors import uint_dtype
+from .slots import uint_dtype
 
 NAME = "linear"
 ROLES = ("codes", "scales", "zero_points")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DczError
-from ..tensors import uint_dtype
+from .slots import uint_dtype
 
 NAME = "sparse"
 ROLES = ("gaps", "values")
