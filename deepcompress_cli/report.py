@@ -34,6 +34,7 @@ def summary(package: Package, file_size: int) -> dict:
     weights = [r for r in rows if r["kind"] != "other"]
     return {
         "file_bytes": file_size,
+        "metadata": dict(package.metadata),
         "tensors": rows,
         "totals": {
             "tensors": len(rows),
@@ -74,9 +75,20 @@ def format_summary(info: dict) -> str:
                           "ratio"], rows, right={5, 6, 7, 8})
     tot = info["totals"]
     ratio = f"{tot['ratio']:.2f}x" if tot["ratio"] else "-"
-    return (f"{table}\n\n{tot['tensors']} tensors ({tot['weights']} weights, {tot['weight_elements']:,} "
+    return (f"{table}\n\n{_format_metadata(info.get('metadata') or {})}{tot['tensors']} tensors ({tot['weights']} weights, {tot['weight_elements']:,} "
             f"weight elements): {human_bytes(tot['original_bytes'])} -> {human_bytes(tot['stored_bytes'])} "
             f"stored ({ratio}); file {human_bytes(info['file_bytes'])}")
+
+
+def printable(text: str) -> str:
+    """`text` with control characters escaped, so a file cannot forge lines or styles in a log."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def _format_metadata(metadata: dict) -> str:
+    if not metadata:
+        return ""
+    return "metadata:\n" + "".join(f"  {printable(k)} = {printable(v)}\n" for k, v in sorted(metadata.items())) + "\n"
 
 
 def _pct(x: float) -> str:
