@@ -3,7 +3,8 @@
     python benchmarks/fuzz_reader.py [--cases 100000] [--seed 0] [--jobs 2] [--save-corpus]
     make fuzz
 
-Bases: real `.dcz` files of the sample models made in memory by the real stages (pack, prune,
+Bases: real `.dcz` files (1.1 layout, and each again in the 1.0 layout) of the sample models made
+in memory by the real stages (pack, prune,
 share, quantize per channel, compress, quantize + huffman, svd), so every codec is reached.  Each
 case is read and every tensor decoded, as `export` and `bench` do.  Mutations:
 
@@ -74,8 +75,13 @@ def bases() -> dict[str, bytes]:
         container.write(package, out)
         return out.getvalue()
 
+    def in_1_0(data):  # the same file in the 1.0 layout (plain header, every stream aligned)
+        out = io.BytesIO()
+        container.write(read_dcz(data), out, compact=False)
+        return out.getvalue()
+
     half = PruneConfig(PerKind(0.5, 0.8))
-    return {
+    files = {
         "lenet5-pack": build("lenet5.onnx"),
         "lenet300-prune": build("lenet300.onnx", lambda p: prune(p, half)),
         "lenet5-share": build("lenet5.onnx", lambda p: share(p, ShareConfig(PerKind(3, 5)))),
@@ -86,6 +92,7 @@ def bases() -> dict[str, bytes]:
                                            lambda p: huffman(p)),
         "lenet300-svd": build("lenet300.onnx", lambda p: svd(p, SvdConfig(rank=8))),
     }
+    return {**files, **{f"{name}-1.0": in_1_0(data) for name, data in files.items()}}
 
 
 # -------------------------------------------------------------------------------------- mutations
@@ -99,14 +106,21 @@ def fix_crcs(buf: bytearray) -> bytearray:
     return buf
 
 
-def split(data: bytes) -> tuple[dict, bytes]:
-    hl = struct.unpack_from("<Q", data, 16)[0]
-    return json.loads(data[PRE:PRE + hl]), data[container.align(PRE + hl):]
+def split(data: bytes) -> tuple[dict, bytes, tuple[int, int]]:
+    """(header, data section, (minor, flags)) of a valid file of either layout."""
+    _, _, minor, flags, hl, _, _ = container.PREAMBLE.unpack_from(data)
+    raw = data[PRE:PRE + hl]
+    if flags & container.FLAG_HEADER_ZLIB:
+        raw = zlib.decompress(raw)
+    return json.loads(raw), data[container.align(PRE + hl):], (minor, flags)
 
 
-def rebuild(header: dict, section: bytes) -> bytearray:
+def rebuild(header: dict, section: bytes, version: tuple[int, int]) -> bytearray:
+    minor, flags = version
     raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    head = container.PREAMBLE.pack(container.MAGIC, container.MAJOR, container.MINOR, 0, len(raw), zlib.crc32(raw), 0)
+    if flags & container.FLAG_HEADER_ZLIB:
+        raw = zlib.compress(raw, container.ZLIB_LEVEL)
+    head = container.PREAMBLE.pack(container.MAGIC, container.MAJOR, minor, flags, len(raw), zlib.crc32(raw), 0)
     pad = bytes(container.align(PRE + len(raw)) - PRE - len(raw))
     return fix_crcs(bytearray(head + raw + pad + section))
 
@@ -123,7 +137,7 @@ def _paths(node, path=()):
 
 
 def header_edit(data: bytes, rng) -> bytearray:
-    header, section = split(data)
+    header, section, version = split(data)
     leaves = list(_paths(header))[1:]
     path, value = leaves[rng.integers(len(leaves))]
     parent = header
@@ -143,21 +157,21 @@ def header_edit(data: bytes, rng) -> bytearray:
             del parent[path[-1]]
         else:
             parent.insert(path[-1], json.loads(json.dumps(value)))
-        return rebuild(header, section)
+        return rebuild(header, section, version)
     elif choice == 5 and isinstance(parent, dict):  # remove or rename a key
         del parent[path[-1]]
         if rng.random() < 0.5:
             parent[str(path[-1]) + "_"] = value
-        return rebuild(header, section)
+        return rebuild(header, section, version)
     else:
         new = None
     parent[path[-1]] = new
-    return rebuild(header, section)
+    return rebuild(header, section, version)
 
 
 def payload_edit(data: bytes, rng) -> bytearray:
     """Corrupt bytes inside one stream and fix that stream's CRC: the codecs must cope."""
-    header, section = split(data)
+    header, section, version = split(data)
     streams = header["streams"]
     i = int(rng.integers(len(streams)))
     s = streams[i]
@@ -167,7 +181,7 @@ def payload_edit(data: bytes, rng) -> bytearray:
             pos = s["offset"] + int(rng.integers(s["length"]))
             body[pos] = int(rng.integers(256)) if rng.random() < 0.5 else body[pos] ^ (1 << int(rng.integers(8)))
         s["crc32"] = zlib.crc32(body[s["offset"]:s["offset"] + s["length"]])
-    return rebuild(header, bytes(body))
+    return rebuild(header, bytes(body), version)
 
 
 def byte_edits(data: bytes, rng) -> bytearray:

@@ -542,7 +542,7 @@ def damaged_compact_files(draw) -> bytes:
     return bytes(data)
 
 
-@settings(deadline=None, derandomize=True, database=None, max_examples=400,
+@settings(deadline=None, derandomize=True, database=None, max_examples=300,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(damaged_compact_files())
 def test_fuzz_compact_files(data):
