@@ -559,3 +559,36 @@ def test_fuzz_compact_files(data):
         tracemalloc.stop()
     assert peak < 64 * len(data) + 16 * MiB
     assert time.perf_counter() - start < 10
+
+
+# ------------------------------------------------------------------------- info decodes little
+
+def test_info_does_not_expand_sparse_fillers():
+    """21 KB of 16-bit all-zero fillers may declare a 1 GB tensor within the expansion bound;
+    `info` counts the stored entries instead of allocating it (regression: 3 GB RSS)."""
+    from deepcompress_cli.report import summary
+
+    entries = 1024
+    pkg = package()
+    t = pkg.tensors[4]  # fc1.weight
+    t.shape = (entries << 16,)  # 2^26 floats: 256 MiB decoded from 6 KiB
+    t.chain = [Step("sparse", "tensor", {"gaps": "gaps", "values": "values"}, {"index_bits": 16})]
+    t.slots = {"gaps": Slot("uint16", entries), "values": Slot("float32", entries)}
+    values = np.zeros(entries, np.float32)
+    values[0] = 1.5
+    t.streams = {"gaps": Stream.of(np.full(entries, 0xFFFF, np.uint16)), "values": Stream.of(values)}
+    t.streams["gaps"].array("uint16")[0] = 0  # the 1.5 at position 0
+    placeholder = next(i for i in pkg.graph.graph.initializer if i.name == "fc1.weight")
+    del placeholder.dims[:]
+    placeholder.dims.extend(t.shape)
+    data = write(pkg)
+    assert len(data) < 20_000
+    read = files.read_dcz(data)
+    tracemalloc.start()
+    try:
+        row = next(r for r in summary(read, len(data))["tensors"] if r["name"] == "fc1.weight")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert row["sparsity"] == round(1 - 1 / (entries << 16), 4)
+    assert peak < 16 * MiB, peak

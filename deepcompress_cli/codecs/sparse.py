@@ -35,18 +35,24 @@ def check(params: dict, target, parts: dict) -> None:
         raise DczError(f"sparse: {gaps.count} entries cannot cover {target.count} positions")
 
 
-def decode(params: dict, target, arrays: dict) -> np.ndarray:
+def positions(params: dict, target, gaps: np.ndarray) -> np.ndarray:
+    """Checked positions of the entries (int64, one per gap), without allocating the tensor."""
     bits = params["index_bits"]
-    gaps, values = arrays["gaps"], arrays["values"]
-    positions = np.cumsum(gaps, dtype=np.int64)
-    positions += np.arange(1, len(gaps) + 1, dtype=np.int64) - 1
-    end = int(positions[-1]) + 1 if len(positions) else 0
     if len(gaps) and int(gaps.max()) >= 1 << bits:
         raise DczError(f"sparse gap over {bits} bits")
+    at = np.cumsum(gaps, dtype=np.int64)
+    at += np.arange(len(gaps), dtype=np.int64)
+    end = int(at[-1]) + 1 if len(at) else 0
     if not 0 <= target.count - end < 1 << bits:
         raise DczError(f"sparse entries end at {end}, tensor has {target.count} positions")
+    return at
+
+
+def decode(params: dict, target, arrays: dict) -> np.ndarray:
+    at = positions(params, target, arrays["gaps"])
+    values = arrays["values"]
     out = np.zeros(target.count, dtype=values.dtype)
-    out[positions] = values
+    out[at] = values
     return out
 
 
