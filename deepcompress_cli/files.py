@@ -77,6 +77,19 @@ def read_dcz(buf) -> Package:
     return package
 
 
+def check_graph(package: Package) -> None:
+    """The reader's graph rules (placeholders match the table) on a package about to be written."""
+    import copy
+
+    from . import onnx_io
+
+    probe = Package(graph=None, tensors=[copy.copy(t) for t in package.tensors])  # attach sets .op
+    try:
+        onnx_io.attach_graph(probe, package.graph.SerializeToString(deterministic=True))
+    except DczError as e:
+        raise DczError(f"refusing to write an unreadable file: {e}") from None
+
+
 def reselect(package: Package, include=(), exclude=()) -> None:
     """Apply `--include`/`--exclude` to an already-packed model (only tensors still stored raw)."""
     for t in package.tensors:
@@ -158,6 +171,7 @@ def atomic_outputs(paths: list[str], inputs=()):
 def write_dcz(package: Package, path: str, inputs=()) -> int:
     from . import container
 
+    check_graph(package)  # container.write checks the tables; the graph is ONNX, checked here
     with atomic_output(path, inputs) as f:
         return container.write(package, f)
 

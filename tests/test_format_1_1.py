@@ -592,3 +592,13 @@ def test_info_does_not_expand_sparse_fillers():
         tracemalloc.stop()
     assert row["sparsity"] == round(1 - 1 / (entries << 16), 4)
     assert peak < 16 * MiB, peak
+
+
+def test_write_dcz_checks_the_graph_too(tmp_path):
+    """files.write_dcz adds the reader's graph rules (ONNX, outside the container layer)."""
+    pkg = package()
+    pkg.graph.graph.initializer.pop()  # fc2.bias's placeholder gone: the table has a tensor too many
+    out = tmp_path / "g.dcz"
+    with pytest.raises(DczError, match="refusing to write an unreadable file: 1 table tensors are not used"):
+        files.write_dcz(pkg, str(out))
+    assert list(tmp_path.iterdir()) == []
