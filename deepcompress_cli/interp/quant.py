@@ -20,7 +20,7 @@ import numpy as np
 
 from ..codecs import linear
 from ..encoding import Quantized, dense_codes, parse
-from ..onnx_io import _placeholder_name
+from ..graphs import output_channel_axis, table_names
 from ..tensors import Package
 from .graph import Interpreter
 from .ops import KERNELS
@@ -121,10 +121,7 @@ class Int8Interpreter(Interpreter):
                 form = parse(t)
                 stored[t.name] = Quantized(dense_codes(form), *(getattr(form.values, f) for f in
                                            ("scales", "zero_points", "bits", "channels", "inner", "symmetric")))
-        names = {}  # graph value name -> table name, for the main graph's stored weights
-        for init in package.graph.graph.initializer:
-            if _placeholder_name(init) is not None:
-                names[init.name] = _placeholder_name(init)
+        names = table_names(package.graph.graph)  # graph value -> table name, for stored codes
         self.layers: dict[int, QWeight] = {}  # id(node) -> prepared weight, cached per model
         for node, attrs in zip(self.plan.nodes, self.plan.attrs):
             prepared = self._prepare(node, attrs, stored, names)
@@ -139,13 +136,12 @@ class Int8Interpreter(Interpreter):
             return None  # grouped and 1-D/3-D convolutions run in float
         if node.op_type in ("Gemm", "MatMul") and values.ndim != 2:
             return None
-        trans_b = node.op_type == "Gemm" and attrs.get("transB", 0)
-        out_axis = 0 if node.op_type == "Conv" or trans_b else 1
+        out_axis = output_channel_axis(node.op_type, attrs, 1, values.ndim)
         centered, scales = prepare_weight(values, stored.get(names.get(node.input[1])), out_axis)
         if node.op_type == "Conv":
             matrix = centered.reshape(centered.shape[0], -1)
         else:
-            matrix = centered.T if trans_b else centered
+            matrix = centered.T if out_axis == 0 else centered  # Gemm transB: [N, K] -> [K, N]
         return QWeight(np.ascontiguousarray(matrix, dtype=np.float32), scales,
                        int(np.abs(centered).max(initial=0)), values.shape)
 
