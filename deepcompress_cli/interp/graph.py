@@ -17,7 +17,7 @@ from ..errors import DczError
 from ..graphs import graph_constants, implicit_inputs, node_subgraphs, opset_version, stored_constant, \
     topological_order
 from ..tensors import Package
-from .ops import KERNELS, OpContext, load_all
+from .ops import KERNELS, MAX_VALUE_BYTES, OpContext, load_all
 from .ops.conv import FUSED_RELU
 
 
@@ -134,8 +134,9 @@ class Interpreter:
 
     observe = None  # observe(value name, array) after every node, e.g. for calibration
 
-    def __init__(self, package: Package):
+    def __init__(self, package: Package, max_bytes: int = MAX_VALUE_BYTES):
         load_all()
+        self.max_bytes = max_bytes  # cap on one value that an op sizes from tensor values (ops/__init__.py)
         self.opset = opset_version(package.graph)
         self.weights = {t.name: t.decode() for t in package.tensors}
         self.model = package.graph
@@ -158,11 +159,13 @@ class Interpreter:
         if self.observe is not None:  # calibration needs the inputs' ranges too
             for name in self.plan.inputs:
                 self.observe(name, feeds[name])
-        return self.run_plan(self.plan, feeds)
+        with np.errstate(all="ignore"):  # NaN and Inf propagate as IEEE says, without a warning per op
+            return self.run_plan(self.plan, feeds)
 
     def run_plan(self, plan: Plan, feeds: dict) -> list:
         values = {**plan.constants, **feeds}
-        ctx = OpContext(self.opset, run_graph=lambda g, outer: self._run_subgraph(g, outer, values))
+        ctx = OpContext(self.opset, run_graph=lambda g, outer: self._run_subgraph(g, outer, values),
+                        max_bytes=self.max_bytes)
         run_nodes(plan.nodes, plan.attrs, values, ctx, self.kernel_for, plan.dead_after, self.observe)
         return [values[name] for name in plan.outputs]
 
