@@ -154,13 +154,13 @@ def topological_order(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     producer = {}
     for i, node in enumerate(nodes):
         for name in node.output:
-            if name:
-                producer.setdefault(name, i)
+            producer.setdefault(name, i)
+    producer.pop("", None)  # an omitted optional output is no value
     waiting_on = [0] * len(nodes)  # producers each node still waits for
     readers = [[] for _ in nodes]  # node index -> nodes that read one of its outputs
     for i, node in enumerate(nodes):
         sources = {producer[n] for n in node.input if n in producer}
-        if node.attribute:
+        if len(node.attribute):
             sources.update(producer[n] for n in implicit_inputs(node) if n in producer)
         waiting_on[i] = len(sources)
         for j in sources:
