@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -9,6 +10,11 @@ import numpy as np
 
 from .errors import DczError, GateFailed
 from .files import read_model
+from .interp.ops import MAX_VALUE_BYTES
+
+# Random inputs are sized by the shapes a model declares, which can be anything: all of them
+# together stay below this (fewer samples then), so a few bytes of model cannot take gigabytes.
+MAX_RANDOM_INPUT_BYTES = 64 << 20
 
 
 @dataclass
@@ -23,6 +29,7 @@ class BenchConfig:
     calibrate: str | None = None
     baseline: str | None = None
     gates: dict = field(default_factory=dict)  # min_ratio, max_accuracy_drop (points), min_cosine
+    max_value_bytes: int = MAX_VALUE_BYTES  # one array an op sizes from tensor values (interp/ops)
 
 
 def load_npz(path: str) -> dict[str, np.ndarray]:
@@ -53,17 +60,34 @@ def input_specs(interp) -> list[tuple[str, list, np.dtype]]:
     return specs
 
 
-def make_inputs(interp, data: dict | None, count: int, seed: int) -> dict[str, np.ndarray]:
-    """`count` samples per input: the first ones of `data`, or seeded random numbers."""
-    feeds = {}
+def make_inputs(interp, data: dict | None, count: int, seed: int,
+                max_bytes: int = MAX_RANDOM_INPUT_BYTES) -> dict[str, np.ndarray]:
+    """`count` samples per input: the first ones of `data`, or seeded random numbers (as many of
+    `count` as fit in `max_bytes`; not even one is a one-line error)."""
+    specs = input_specs(interp)
+    if data is not None:
+        missing = next((name for name, _, _ in specs if name not in data), None)
+        if missing is not None:
+            raise DczError(f"--data has no array named {missing!r} (the model's input)")
+        return {name: data[name].astype(dtype, copy=False) for name, _, dtype in specs}
+    shapes = {name: [d if d and d > 0 else 1 for d in dims[1:]] for name, dims, _ in specs}
+    sample_bytes = sum(math.prod(shapes[name]) * dtype.itemsize for name, _, dtype in specs)  # exact ints
+    if sample_bytes * count > max_bytes:
+        count = max_bytes // sample_bytes
+        if count == 0:
+            name, _, dtype = max(specs, key=lambda s: math.prod(shapes[s[0]]) * s[2].itemsize)
+            raise DczError(f"random inputs: one sample takes {sample_bytes:,} bytes (input {name!r} is "
+                           f"{shapes[name]} {dtype}), over the {max_bytes:,}-byte limit: give --data")
+    text = next((name for name, _, dtype in specs if dtype.kind not in "biuf"), None)
+    if text is not None:
+        raise DczError(f"random inputs: input {text!r} is not numeric; give --data")
     rng = np.random.default_rng(seed)
-    for name, dims, dtype in input_specs(interp):
-        if data is not None:
-            if name not in data:
-                raise DczError(f"--data has no array named {name!r} (the model's input)")
-            feeds[name] = data[name].astype(dtype, copy=False)
+    feeds = {}
+    for name, _, dtype in specs:
+        shape = [count, *shapes[name]]
+        if dtype == np.float32:  # drawn in float32 directly: no float64 copy twice the size
+            feeds[name] = rng.standard_normal(shape, dtype=np.float32)
         else:
-            shape = [count] + [d if d else 1 for d in dims[1:]]
             feeds[name] = rng.standard_normal(shape).astype(dtype)
     return feeds
 
@@ -74,10 +98,19 @@ def fixed_batch(interp) -> int | None:
 
 
 def run_batched(interp, feeds: dict, batch: int) -> np.ndarray:
-    """The first output over all samples, `batch` at a time."""
+    """The first numeric output over all samples, `batch` at a time."""
     n = len(next(iter(feeds.values())))
-    outs = [interp.run({k: v[i:i + batch] for k, v in feeds.items()})[0] for i in range(0, n, batch)]
+    outs = [first_numeric(interp.run({k: v[i:i + batch] for k, v in feeds.items()})) for i in range(0, n, batch)]
     return np.concatenate(outs)
+
+
+def first_numeric(outputs: list) -> np.ndarray:
+    """The output bench compares: the first numeric one (string outputs pass through unused)."""
+    for value in outputs:
+        value = np.asarray(value)
+        if value.dtype.kind in "biuf":
+            return value
+    raise DczError("bench: the model has no numeric output to compare")
 
 
 def latency(fn, runs: int, warmup: int) -> dict:
@@ -91,6 +124,7 @@ def latency(fn, runs: int, warmup: int) -> dict:
     return {"median_ms": round(float(np.median(times)), 3), "p90_ms": round(float(np.percentile(times, 90)), 3)}
 
 
+@np.errstate(all="ignore")  # Inf - Inf is NaN: the figures say so, without a warning
 def fidelity(out: np.ndarray, reference: np.ndarray) -> dict:
     a, b = out.astype(np.float64).reshape(len(out), -1), reference.astype(np.float64).reshape(len(reference), -1)
     denominator = np.linalg.norm(a) * np.linalg.norm(b)
@@ -99,7 +133,7 @@ def fidelity(out: np.ndarray, reference: np.ndarray) -> dict:
             "top1_agreement": round(float((a.argmax(1) == b.argmax(1)).mean()), 6)}
 
 
-def calibrate(package, data: dict, batch: int) -> dict[str, tuple[float, float]]:
+def calibrate(package, data: dict, batch: int, max_bytes: int = MAX_VALUE_BYTES) -> dict[str, tuple[float, float]]:
     """min/max of every value over `data`, from a float run (the ranges int8 mode then uses)."""
     from .interp.graph import Interpreter
 
@@ -111,7 +145,7 @@ def calibrate(package, data: dict, batch: int) -> dict[str, tuple[float, float]]
             r = ranges.setdefault(name, [low, high])
             r[0], r[1] = min(r[0], low), max(r[1], high)
 
-    interp = Interpreter(package)
+    interp = Interpreter(package, max_bytes)
     interp.observe = observe
     run_batched(interp, make_inputs(interp, data, 0, 0), batch)
     return {k: (v[0], v[1]) for k, v in ranges.items()}
@@ -129,7 +163,7 @@ def bench(paths: list[str], config: BenchConfig, progress=lambda items, **kw: it
     results, reference = [], None
     for path in progress(models, desc="bench"):
         package = read_model(path)
-        fp32 = Interpreter(package)
+        fp32 = Interpreter(package, config.max_value_bytes)
         batch = fixed_batch(fp32) or config.batch
         count = len(labels) if labels is not None else (len(next(iter(data.values()))) if data else 64)
         feeds = make_inputs(fp32, data, count, config.seed)
@@ -144,8 +178,8 @@ def bench(paths: list[str], config: BenchConfig, progress=lambda items, **kw: it
             if config.calibrate:
                 calibration = load_npz(config.calibrate)
                 calibration.pop("labels", None)
-                ranges = calibrate(package, calibration, batch)
-            interpreters["int8"] = Int8Interpreter(package, ranges)
+                ranges = calibrate(package, calibration, batch, config.max_value_bytes)
+            interpreters["int8"] = Int8Interpreter(package, ranges, config.max_value_bytes)
         for mode, interp in interpreters.items():
             out = run_batched(interp, feeds, batch)
             stats = {"latency": latency(lambda: interp.run(one_batch), config.runs, config.warmup)}

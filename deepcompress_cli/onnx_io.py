@@ -10,7 +10,6 @@ stripped graph keeps its exact structure and `export` only has to fill the place
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 
 import numpy as np
 import onnx
@@ -18,30 +17,18 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto, numpy_helper
 
 from .errors import DczError
+from .graphs import all_graphs as _graphs, consumers as _consumers, make_placeholder as _make_placeholder
+from .graphs import placeholder_name as _placeholder_name, unique_name as _unique
 from .tensors import DTYPES, ONNX_TYPE_TO_DTYPE, Package, Tensor, numpy_dtype, select_kind
 
-PLACEHOLDER_LOCATION = "dcz:tensor"
 # Which inputs of which ops are weights, and the kind of weight they are.
 WEIGHT_INPUTS = {"Conv": ({1}, "conv"), "ConvTranspose": ({1}, "conv"),
                  "Gemm": ({0, 1}, "fc"), "MatMul": ({0, 1}, "fc")}
 # Above this many weight bytes, `export` writes ONNX external data (protobuf's 2 GiB limit).
 EXTERNAL_DATA_THRESHOLD = 1 << 30
-_DATA_FIELDS = ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data")
 
 
 # ------------------------------------------------------------------------------ graph walking
-
-def _graphs(graph):
-    """The graph and every subgraph below it (If/Loop/Scan bodies), depth first."""
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _graphs(g)
-
 
 def _tensor_sites(model):
     """Every TensorProto that can hold a weight: (proto, value name in the graph, is initializer)."""
@@ -86,16 +73,6 @@ def _every_tensor_proto(model):
         yield from in_nodes(function.node, True)
 
 
-def _consumers(model) -> dict[str, list[tuple[str, int]]]:
-    """value name -> [(op_type, input index)] over the whole model, subgraphs included."""
-    uses = defaultdict(list)
-    for graph in _graphs(model.graph):
-        for node in graph.node:
-            for i, name in enumerate(node.input):
-                uses[name].append((node.op_type, i))
-    return uses
-
-
 def weight_consumers(model) -> dict:
     """table name -> (first consuming node, input index), for tensors stored as placeholders."""
     by_value = {}
@@ -123,13 +100,6 @@ def _consumer_info(uses: list[tuple[str, int]]) -> tuple[str, str | None]:
         if i in inputs:
             return op, kind
     return (uses[0][0] if uses else ""), None
-
-
-def _placeholder_name(t: TensorProto) -> str | None:
-    info = {e.key: e.value for e in t.external_data}
-    if t.data_location == TensorProto.EXTERNAL and info.get("location") == PLACEHOLDER_LOCATION:
-        return info.get("dcz_tensor")
-    return None
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -173,15 +143,6 @@ def from_onnx(model: onnx.ModelProto, base_dir: str | None, include=(), exclude=
     stripped = onnx.ModelProto()
     stripped.CopyFrom(model)
     return Package(graph=stripped, tensors=tensors)
-
-
-def _unique(name: str, taken: set) -> str:
-    unique, k = name, 1
-    while unique in taken:
-        k += 1
-        unique = f"{name}#{k}"
-    taken.add(unique)
-    return unique
 
 
 def _tensor_array(t: TensorProto, base_dir: str | None, name: str) -> np.ndarray:
@@ -260,16 +221,6 @@ def _inline_external(t: TensorProto, base_dir: str | None) -> None:
     del t.external_data[:]
     t.ClearField("data_location")
     t.raw_data = data
-
-
-def _make_placeholder(t: TensorProto, name: str) -> None:
-    for f in _DATA_FIELDS:
-        t.ClearField(f)
-    del t.external_data[:]
-    t.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", PLACEHOLDER_LOCATION), ("dcz_tensor", name)):
-        entry = t.external_data.add()
-        entry.key, entry.value = key, value
 
 
 def attach_graph(package: Package, graph_bytes) -> None:

@@ -13,7 +13,8 @@ from onnx import helper, numpy_helper
 from .codecs.linear import channel_axis
 from .encoding import Quantized, dense_codes, parse
 from .errors import DczError
-from .onnx_io import _placeholder_name, to_onnx
+from .graphs import opset_version, placeholder_name
+from .onnx_io import to_onnx
 from .tensors import Package
 
 
@@ -46,13 +47,13 @@ def to_qdq_onnx(package: Package) -> onnx.ModelProto:
     by_name = {t.name: t for t in package.tensors}
     quantized, need = {}, 0
     for t in package.graph.graph.initializer:
-        name = _placeholder_name(t)
+        name = placeholder_name(t)
         if name is not None and any(s.codec == "linear" for s in by_name[name].chain):
             form = parse(by_name[name])
             need = max(need, 13 if form.values.channels > 1 else 10)
             quantized[t.name] = qdq_initializers(t.name, tuple(t.dims), form, form.values)
     model = to_onnx(package)
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = opset_version(model)
     if opset < need:
         from onnx import version_converter
 

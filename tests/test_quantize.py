@@ -13,7 +13,8 @@ from conftest import SAMPLES, mnist_accuracy, ort_outputs, shared_path
 from deepcompress_cli.codecs import linear
 from deepcompress_cli.errors import DczError
 from deepcompress_cli.files import read_model, write_dcz, write_onnx
-from deepcompress_cli.stages.quantize import QuantizeConfig, output_channel_axis, quantize
+from deepcompress_cli.graphs import output_channel_axis
+from deepcompress_cli.stages.quantize import QuantizeConfig, quantize
 from deepcompress_cli.tensors import Slot
 
 RNG = np.random.default_rng(0)

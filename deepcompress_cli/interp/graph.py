@@ -14,9 +14,10 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import DczError
-from ..onnx_io import _placeholder_name
+from ..graphs import graph_constants, implicit_inputs, node_subgraphs, opset_version, stored_constant, \
+    topological_order
 from ..tensors import Package
-from .ops import KERNELS, OpContext, load_all
+from .ops import KERNELS, MAX_VALUE_BYTES, OpContext, load_all
 from .ops.conv import FUSED_RELU
 
 
@@ -33,19 +34,6 @@ def attribute_values(node: onnx.NodeProto) -> dict:
     return values
 
 
-def outer_names(graph: onnx.GraphProto) -> set[str]:
-    """Values a (sub)graph reads from enclosing scopes: used but not defined inside it."""
-    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
-    used = set()
-    for node in graph.node:
-        used.update(n for n in node.input if n)
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                used |= outer_names(sub)
-        defined.update(node.output)
-    return used - defined
-
-
 class Plan:
     """One graph prepared to run: sorted nodes, their attributes, and when each value dies."""
 
@@ -55,13 +43,15 @@ class Plan:
         self.inputs = [i.name for i in graph.input if i.name not in constants]
         self.outputs = [o.name for o in graph.output]
         self.constants = dict(constants)
-        self.nodes = fold_batch_norms(self._sorted(graph), self.constants, set(self.outputs))
+        # Constant nodes whose tensor is in the table are constants already: no node to run.
+        nodes = [n for n in topological_order(graph) if stored_constant(n) is None]
+        self.nodes = fold_batch_norms(nodes, self.constants, set(self.outputs))
         self.nodes, relu_fused = fuse_conv_relu(self.nodes, set(self.outputs))
         self.attrs = [attribute_values(n) for n in self.nodes]
         for node, attrs in zip(self.nodes, self.attrs):
             if id(node) in relu_fused:
                 attrs[FUSED_RELU] = True
-        self.reads = [[*[n for n in node.input], *sorted(self._implicit(node))] for node in self.nodes]
+        self.reads = [[*node.input, *sorted(implicit_inputs(node))] for node in self.nodes]
         last_use = {}
         for i, names in enumerate(self.reads):
             for name in names:
@@ -71,37 +61,6 @@ class Plan:
         for name, i in last_use.items():
             if name not in keep:
                 self.dead_after[i].append(name)
-
-    @staticmethod
-    def _implicit(node: onnx.NodeProto) -> set[str]:
-        names = set()
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                names |= outer_names(sub)
-        return names
-
-    @staticmethod
-    def _sorted(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-        """Kahn's order, stable with respect to the file's node order.
-
-        Only values produced inside this graph constrain the order; anything else is a graph
-        input, a constant or (in a subgraph) a value of the enclosing scope.
-        """
-        produced = {o for node in graph.node for o in node.output}
-        ready, order, pending = set(), [], list(graph.node)
-        while pending:
-            waiting = []
-            for node in pending:
-                needs = (set(node.input) | Plan._implicit(node)) & produced
-                if needs <= ready:
-                    order.append(node)
-                    ready.update(node.output)
-                else:
-                    waiting.append(node)
-            if len(waiting) == len(pending):
-                raise DczError(f"the graph has a cycle (at node {waiting[0].name or waiting[0].op_type!r})")
-            pending = waiting
-        return order
 
 
 def fold_batch_norms(nodes: list, constants: dict, outputs: set) -> list:
@@ -175,9 +134,10 @@ class Interpreter:
 
     observe = None  # observe(value name, array) after every node, e.g. for calibration
 
-    def __init__(self, package: Package):
+    def __init__(self, package: Package, max_bytes: int = MAX_VALUE_BYTES):
         load_all()
-        self.opset = next((o.version for o in package.graph.opset_import if o.domain in ("", "ai.onnx")), 1)
+        self.max_bytes = max_bytes  # cap on one value that an op sizes from tensor values (ops/__init__.py)
+        self.opset = opset_version(package.graph)
         self.weights = {t.name: t.decode() for t in package.tensors}
         self.model = package.graph
         unsupported = sorted(unsupported_ops(self.model))
@@ -186,15 +146,8 @@ class Interpreter:
         self.plan = self._plan(self.model.graph)
         self._subplans: dict[int, Plan] = {}
 
-    def _constants(self, graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-        constants = {}
-        for t in graph.initializer:
-            name = _placeholder_name(t)
-            constants[t.name] = self.weights[name] if name is not None else numpy_helper.to_array(t)
-        return constants
-
     def _plan(self, graph: onnx.GraphProto) -> Plan:
-        return Plan(graph, self._constants(graph), self.opset)
+        return Plan(graph, graph_constants(graph, self.weights.__getitem__), self.opset)
 
     def kernel_for(self, node: onnx.NodeProto):
         return KERNELS[node.op_type]
@@ -206,30 +159,14 @@ class Interpreter:
         if self.observe is not None:  # calibration needs the inputs' ranges too
             for name in self.plan.inputs:
                 self.observe(name, feeds[name])
-        return self.run_plan(self.plan, feeds)
+        with np.errstate(all="ignore"):  # NaN and Inf propagate as IEEE says, without a warning per op
+            return self.run_plan(self.plan, feeds)
 
     def run_plan(self, plan: Plan, feeds: dict) -> list:
         values = {**plan.constants, **feeds}
-        ctx = OpContext(self.opset, run_graph=lambda g, outer: self._run_subgraph(g, outer, values))
-        for i, node in enumerate(plan.nodes):
-            inputs = [values[n] if n else None for n in node.input]
-            ctx.node_name, ctx.num_outputs = node.name, len(node.output)
-            attrs = plan.attrs[i]
-            if node.op_type == "Constant" and _placeholder_name(node.attribute[0].t) is not None:
-                attrs = {"value": self.weights[_placeholder_name(node.attribute[0].t)]}
-            try:
-                outputs = self.kernel_for(node)(inputs, attrs, ctx)
-            except DczError:
-                raise
-            except Exception as e:  # a kernel failing on these inputs is the model's fault, not a crash
-                raise DczError(f"{node.op_type} node {node.name!r} failed: {type(e).__name__}: {e}") from None
-            for name, value in zip(node.output, outputs):
-                if name:
-                    values[name] = value
-                    if self.observe is not None:
-                        self.observe(name, value)
-            for name in plan.dead_after.get(i, ()):
-                values.pop(name, None)
+        ctx = OpContext(self.opset, run_graph=lambda g, outer: self._run_subgraph(g, outer, values),
+                        max_bytes=self.max_bytes)
+        run_nodes(plan.nodes, plan.attrs, values, ctx, self.kernel_for, plan.dead_after, self.observe)
         return [values[name] for name in plan.outputs]
 
     def _run_subgraph(self, graph: onnx.GraphProto, extra: dict, scope: dict) -> list:
@@ -237,6 +174,35 @@ class Interpreter:
         if plan is None:
             plan = self._subplans[id(graph)] = self._plan(graph)
         return self.run_plan(plan, {**scope, **extra})
+
+
+def run_nodes(nodes: list, attrs: list, values: dict, ctx: OpContext, kernel_for, dead_after: dict | None = None,
+              observe=None, stop_at: str | None = None) -> None:
+    """Run `nodes` (in order, with their `attrs`) on `values` (name -> array, updated in place).
+
+    The one execution loop of the interpreter and the trainer.  `kernel_for(node)` picks the kernel;
+    `dead_after[i]` names values to drop after node i (the trainer passes None: backward needs
+    them all); `observe(name, value)` sees every output; the run stops once `stop_at` is computed.
+    """
+    for i, node in enumerate(nodes):
+        inputs = [values[n] if n else None for n in node.input]
+        ctx.node_name, ctx.num_outputs = node.name, len(node.output)
+        try:
+            outputs = kernel_for(node)(inputs, attrs[i], ctx)
+        except DczError:
+            raise
+        except Exception as e:  # a kernel failing on these inputs is the model's fault, not a crash
+            raise DczError(f"{node.op_type} node {node.name!r} failed: {type(e).__name__}: {e}") from None
+        for name, value in zip(node.output, outputs):
+            if name:
+                values[name] = value
+                if observe is not None:
+                    observe(name, value)
+        if dead_after is not None:
+            for name in dead_after.get(i, ()):
+                values.pop(name, None)
+        if stop_at is not None and stop_at in values:
+            break
 
 
 def unsupported_ops(model: onnx.ModelProto) -> set[str]:
@@ -248,8 +214,7 @@ def unsupported_ops(model: onnx.ModelProto) -> set[str]:
         for node in graph.node:
             if node.domain not in ("", "ai.onnx") or node.op_type not in KERNELS:
                 ops.add(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}")
-            for attr in node.attribute:
-                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                    walk(sub)
+            for sub in node_subgraphs(node):
+                walk(sub)
     walk(model.graph)
     return ops

@@ -14,16 +14,18 @@ added in float64, which is exact far beyond int32.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..codecs import linear
 from ..encoding import Quantized, dense_codes, parse
-from ..onnx_io import _placeholder_name
+from ..errors import DczError
+from ..graphs import output_channel_axis, table_names
 from ..tensors import Package
 from .graph import Interpreter
-from .ops import KERNELS
+from .ops import KERNELS, MAX_VALUE_BYTES
 from .ops.conv import FUSED_RELU
 
 EXACT_FLOAT32 = 1 << 24
@@ -45,10 +47,21 @@ class QTensor:
         return self.q.astype(np.float32) - np.float32(self.zero_point)
 
 
-def quantize_activation(x: np.ndarray, low: float | None = None, high: float | None = None) -> QTensor:
-    """uint8 over [low, high] (measured from `x` when not given), widened to include 0."""
-    low = min(float(x.min()) if low is None else low, 0.0) if x.size else 0.0
-    high = max(float(x.max()) if high is None else high, 0.0) if x.size else 0.0
+def quantize_activation(x: np.ndarray, low: float | None = None, high: float | None = None,
+                        name: str = "activation") -> QTensor:
+    """uint8 over [low, high] (measured from `x` when not given), widened to include 0.
+
+    NaN and Inf have no 8-bit code (they would become arbitrary codes): a one-line error instead.
+    """
+    if x.size:
+        x_low, x_high = float(x.min()), float(x.max())  # NaN anywhere makes both NaN
+        low = min(x_low if low is None else low, 0.0)
+        high = max(x_high if high is None else high, 0.0)
+        if not (math.isfinite(x_low) and math.isfinite(x_high) and math.isfinite(low) and math.isfinite(high)):
+            raise DczError(f"int8: {name!r} holds NaN or Inf (range {x_low}..{x_high}), which 8-bit codes "
+                           "cannot represent; the fp32 mode propagates them")
+    else:
+        low = high = 0.0
     scale = (high - low) / 255 or 1.0
     zero_point = int(np.clip(round(-low / scale), 0, 255))
     q = np.clip(np.rint(x / np.float32(scale)) + zero_point, 0, 255).astype(np.uint8)
@@ -112,8 +125,9 @@ INT8_LAYERS = {"Conv", "Gemm", "MatMul"}
 class Int8Interpreter(Interpreter):
     """The interpreter with 8-bit Conv/Gemm/MatMul and uint8 activations between them."""
 
-    def __init__(self, package: Package, ranges: dict[str, tuple[float, float]] | None = None):
-        super().__init__(package)
+    def __init__(self, package: Package, ranges: dict[str, tuple[float, float]] | None = None,
+                 max_bytes: int = MAX_VALUE_BYTES):
+        super().__init__(package, max_bytes)
         self.ranges = ranges or {}  # calibrated activation ranges; otherwise measured per run
         stored = {}
         for t in package.tensors:
@@ -121,10 +135,7 @@ class Int8Interpreter(Interpreter):
                 form = parse(t)
                 stored[t.name] = Quantized(dense_codes(form), *(getattr(form.values, f) for f in
                                            ("scales", "zero_points", "bits", "channels", "inner", "symmetric")))
-        names = {}  # graph value name -> table name, for the main graph's stored weights
-        for init in package.graph.graph.initializer:
-            if _placeholder_name(init) is not None:
-                names[init.name] = _placeholder_name(init)
+        names = table_names(package.graph.graph)  # graph value -> table name, for stored codes
         self.layers: dict[int, QWeight] = {}  # id(node) -> prepared weight, cached per model
         for node, attrs in zip(self.plan.nodes, self.plan.attrs):
             prepared = self._prepare(node, attrs, stored, names)
@@ -139,13 +150,12 @@ class Int8Interpreter(Interpreter):
             return None  # grouped and 1-D/3-D convolutions run in float
         if node.op_type in ("Gemm", "MatMul") and values.ndim != 2:
             return None
-        trans_b = node.op_type == "Gemm" and attrs.get("transB", 0)
-        out_axis = 0 if node.op_type == "Conv" or trans_b else 1
+        out_axis = output_channel_axis(node.op_type, attrs, 1, values.ndim)
         centered, scales = prepare_weight(values, stored.get(names.get(node.input[1])), out_axis)
         if node.op_type == "Conv":
             matrix = centered.reshape(centered.shape[0], -1)
         else:
-            matrix = centered.T if trans_b else centered
+            matrix = centered.T if out_axis == 0 else centered  # Gemm transB: [N, K] -> [K, N]
         return QWeight(np.ascontiguousarray(matrix, dtype=np.float32), scales,
                        int(np.abs(centered).max(initial=0)), values.shape)
 
@@ -174,11 +184,11 @@ class Int8Interpreter(Interpreter):
     def _activation(self, value, name: str) -> QTensor:
         if isinstance(value, QTensor):
             return value
-        return quantize_activation(value, *self.ranges.get(name, (None, None)))
+        return quantize_activation(value, *self.ranges.get(name, (None, None)), name=name)
 
     def _requantize(self, y: np.ndarray, name: str) -> QTensor:
         """QuantizeDownAndShrinkRange: 8 bits over the range the output actually uses."""
-        return quantize_activation(y.astype(np.float32), *self.ranges.get(name, (None, None)))
+        return quantize_activation(y.astype(np.float32), *self.ranges.get(name, (None, None)), name=name)
 
     def _layer(self, node, inputs, attrs) -> list:
         weight = self.layers[id(node)]

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..codecs import linear
 from ..encoding import Quantized, build, parse
+from ..graphs import output_channel_axis
 from ..onnx_io import weight_consumers
 from ..tensors import Package, Tensor
 from . import map_weights, no_progress, require_finite
@@ -18,19 +19,6 @@ class QuantizeConfig:
     bits: int = 8
     per_channel: bool = False
     symmetric: bool = False
-
-
-def output_channel_axis(op: str, attributes: dict, input_index: int, ndim: int) -> int | None:
-    """The weight axis that indexes output channels, or None when there is none to use."""
-    if op == "Conv" and input_index == 1:
-        return 0
-    if op == "ConvTranspose" and input_index == 1:
-        return 1  # [C_in, C_out / group, ...]
-    if op == "Gemm" and input_index == 1 and ndim == 2:
-        return 0 if attributes.get("transB", 0) else 1
-    if op == "MatMul" and input_index == 1 and ndim >= 2:
-        return ndim - 1
-    return None
 
 
 def quantize_tensor(tensor: Tensor, config: QuantizeConfig, axis: int | None) -> tuple[Tensor, dict]:

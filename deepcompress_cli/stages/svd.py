@@ -18,7 +18,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..errors import DczError
-from ..onnx_io import _consumers, _graphs, _make_placeholder, _placeholder_name, _unique
+from ..graphs import all_graphs, consumers, make_placeholder, opset_version, placeholder_name, unique_name
 from ..tensors import DTYPES, FLOAT_DTYPES, Package, Tensor, numpy_dtype
 from . import no_progress, require_finite
 
@@ -85,16 +85,12 @@ def _check_config(config: SvdConfig) -> None:
             raise DczError(f"--layer-rank {pattern}={t}: the rank must be at least 1")
 
 
-def _opset(model) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-
-
 def _find_layers(package: Package, config: SvdConfig) -> list[_Layer]:
     """Every Gemm/MatMul of the main graph, with a skip reason when it cannot or must not be split."""
     graph = package.graph.graph
-    constants = {t.name: _placeholder_name(t) for t in graph.initializer if _placeholder_name(t)}
+    constants = {t.name: placeholder_name(t) for t in graph.initializer if placeholder_name(t)}
     table = {t.name: t for t in package.tensors}
-    opset = _opset(package.graph)
+    opset = opset_version(package.graph)
     layers = []
     for position, node in enumerate(graph.node):
         if node.op_type not in ("Gemm", "MatMul") or node.domain not in ("", "ai.onnx"):
@@ -175,7 +171,7 @@ def _split(layer: _Layer, p: np.ndarray, q: np.ndarray, names: tuple[str, str, s
 
 def _names_in_use(package: Package) -> set:
     taken = {t.name for t in package.tensors}
-    for g in _graphs(package.graph.graph):
+    for g in all_graphs(package.graph.graph):
         taken.update(v.name for v in (*g.input, *g.output, *g.value_info, *g.initializer))
         for n in g.node:
             taken.update((*n.input, *n.output, n.name))
@@ -184,7 +180,7 @@ def _names_in_use(package: Package) -> set:
 
 def _placeholder(name: str, array: np.ndarray, dtype: str) -> TensorProto:
     proto = TensorProto(name=name, dims=array.shape, data_type=DTYPES[dtype][1])
-    _make_placeholder(proto, name)
+    make_placeholder(proto, name)
     return proto
 
 
@@ -213,7 +209,7 @@ def _factor(layer: _Layer, package: Package, config: SvdConfig, taken: set, opse
     if t * (u + v) >= u * v:
         return {**row, "skipped": f"rank {t} would not shrink it ({t}*({u}+{v}) >= {u}*{v})"}, None, []
     base = layer.node.name or layer.weight
-    names = tuple(_unique(f"{base}.svd_{s}", taken) for s in ("u", "v", "mid"))
+    names = tuple(unique_name(f"{base}.svd_{s}", taken) for s in ("u", "v", "mid"))
     dtype = numpy_dtype(tensor.dtype)
     p, q = (left[:, :t] * sigma[:t]).astype(dtype), right[:t].astype(dtype)
     nodes, *stored = _split(layer, p, q, names, opset)
@@ -250,10 +246,10 @@ def _install(package: Package, replacements: dict, added: dict) -> None:
     """
     graph = package.graph.graph
     _replace(graph.node, [n for i, node in enumerate(graph.node) for n in replacements.get(i, [node])])
-    uses = _consumers(package.graph)
+    uses = consumers(package.graph)
     dropped = {w for w in added if w not in uses and w not in {o.name for o in graph.output}}
     inputs = {i.name for i in graph.input}
-    entry_of = {t.name: _placeholder_name(t) for t in graph.initializer}
+    entry_of = {t.name: placeholder_name(t) for t in graph.initializer}
     _replace(graph.initializer, _splice(graph.initializer, lambda t: t.name,
                                         {w: [p for p, _ in new] for w, new in added.items()}, dropped))
     graph_inputs = {w: [helper.make_tensor_value_info(p.name, p.data_type, p.dims) for p, _ in new]
@@ -273,7 +269,7 @@ def svd(package: Package, config: SvdConfig, progress=no_progress) -> list[dict]
     if not has_method and (not config.layer_ranks or any(
             layer.skipped is None and layer.layer_rank(config) is None for layer in layers)):
         raise DczError("give one of --rank, --energy or --ratio (or a --layer-rank for every selected layer)")
-    taken, opset = _names_in_use(package), _opset(package.graph)
+    taken, opset = _names_in_use(package), opset_version(package.graph)
     rows, replacements, added = [], {}, defaultdict(list)
     for layer in progress(layers, desc="svd", total=len(layers)):
         if layer.skipped is not None:

@@ -9,12 +9,12 @@ and biases); BatchNormalization statistics stay frozen.
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from ..errors import DczError
-from ..interp.graph import Plan, attribute_values
+from ..graphs import graph_constants, opset_version, stored_constant, table_names, topological_order
+from ..interp.graph import attribute_values, run_nodes
 from ..interp.ops import KERNELS, OpContext, load_all
-from ..onnx_io import _placeholder_name
 from ..tensors import Package
 from .grads import GRADS
 
@@ -37,25 +37,15 @@ class Network:
     def __init__(self, package: Package, logits: str | None = None):
         load_all()
         model = package.graph
-        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+        self.opset = opset_version(model)
         graph = model.graph
         by_name = {t.name: t for t in package.tensors}
-        self.constants: dict[str, np.ndarray] = {}
-        self.table_name: dict[str, str] = {}  # graph value -> tensor table name
-        for t in graph.initializer:
-            name = _placeholder_name(t)
-            if name is not None:
-                self.constants[t.name] = np.asarray(by_name[name].decode())
-                self.table_name[t.name] = name
-            else:
-                self.constants[t.name] = numpy_helper.to_array(t)
-        self.nodes = Plan._sorted(graph)
-        for node in self.nodes:
-            if node.op_type == "Constant" and node.attribute and _placeholder_name(node.attribute[0].t):
-                name = _placeholder_name(node.attribute[0].t)
-                self.constants[node.output[0]] = np.asarray(by_name[name].decode())
-                self.table_name[node.output[0]] = name
-        self.nodes = [n for n in self.nodes if n.output[0] not in self.constants]
+        self.constants = graph_constants(graph, lambda name: np.asarray(by_name[name].decode()))
+        self.table_name = table_names(graph)  # graph value -> tensor table name
+        self.nodes = [n for n in topological_order(graph) if stored_constant(n) is None]
+        missing = next((n for n in self.nodes if n.op_type not in KERNELS), None)
+        if missing is not None:
+            raise DczError(f"retraining does not support op {missing.op_type}")
         self.attrs = [attribute_values(n) for n in self.nodes]
         self.inputs = [i.name for i in graph.input if i.name not in self.constants]
         self.input_types = {i.name: i.type.tensor_type for i in graph.input if i.name not in self.constants}
@@ -146,24 +136,9 @@ class Network:
     def forward(self, feeds: dict[str, np.ndarray], upto_logits: bool = True) -> tuple[np.ndarray, dict]:
         """(logits, every value computed), with the current parameters."""
         values = {**self.constants, **self.params, **feeds}
-        ctx = OpContext(self.opset)
-        for node, attrs in zip(self.nodes, self.attrs):
-            ctx.node_name, ctx.num_outputs = node.name, len(node.output)
-            inputs = [values[n] if n else None for n in node.input]
-            kernel = KERNELS.get(node.op_type)
-            if kernel is None:
-                raise DczError(f"retraining does not support op {node.op_type}")
-            try:
-                outputs = kernel(inputs, attrs, ctx)
-            except DczError:
-                raise
-            except Exception as e:  # the model's fault (or the data's), said like the interpreter says it
-                raise DczError(f"{node.op_type} node {node.name!r} failed: {type(e).__name__}: {e}") from None
-            for name, value in zip(node.output, outputs):
-                if name:
-                    values[name] = value
-            if upto_logits and self.logits in values:
-                break
+        # Every value stays (no dead_after): backward reads the inputs and outputs of each node.
+        run_nodes(self.nodes, self.attrs, values, OpContext(self.opset), lambda node: KERNELS[node.op_type],
+                  stop_at=self.logits if upto_logits else None)
         return values[self.logits], values
 
     def backward(self, values: dict, grad_logits: np.ndarray) -> dict[str, np.ndarray]:

@@ -17,10 +17,18 @@ Kernels register with `@op("Name")`.  An op missing from `KERNELS` is a DczError
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
+from ...errors import DczError
+
 KERNELS: dict[str, Callable] = {}
+# The largest array an op may create when its size comes from tensor *values* (a shape, repeats, a
+# range, pads, scales) or from broadcasting that grows past both inputs: a model of a few bytes
+# could otherwise ask for terabytes.  What such ops make in real models (shapes, masks, tiled
+# biases, upsampled maps) is far smaller; Interpreter(max_bytes=...) raises it.
+MAX_VALUE_BYTES = 1 << 30
 
 
 @dataclass
@@ -29,6 +37,17 @@ class OpContext:
     node_name: str = ""
     num_outputs: int = 1  # outputs the node declares (Split without sizes needs it)
     run_graph: Callable | None = None  # run_graph(graph_proto, outer_values: dict) -> list[outputs], for If
+    max_bytes: int = MAX_VALUE_BYTES
+
+    def check_size(self, op_name: str, shape, itemsize: int) -> None:
+        """Refuse, before allocating it, an output of `shape` that would pass `max_bytes`."""
+        dims = [int(d) for d in shape]
+        if any(d < 0 for d in dims):
+            raise DczError(f"{op_name} node {self.node_name!r}: negative dimension in output shape {dims}")
+        nbytes = math.prod(dims) * itemsize  # exact: no int64 wrap for hostile shapes
+        if nbytes > self.max_bytes:
+            raise DczError(f"{op_name} node {self.node_name!r} would create a {nbytes:,}-byte array "
+                           f"(shape {dims[:8]}{'...' if len(dims) > 8 else ''}); the limit is {self.max_bytes:,} bytes")
 
 
 def op(*names: str):

@@ -62,14 +62,19 @@ _BINARY = {
 }
 
 
-def _binary(fn):
+def _binary(fn, name):
     def kernel(inputs, attrs, ctx):
-        return [np.asarray(fn(inputs[0], inputs[1]))]
+        a, b = inputs
+        if np.shape(a) != np.shape(b):  # broadcasting [N, 1] with [1, N] may grow past both inputs
+            shape = np.broadcast_shapes(np.shape(a), np.shape(b))
+            if math.prod(shape) > max(np.size(a), np.size(b)):
+                ctx.check_size(name, shape, np.result_type(a, b).itemsize)
+        return [np.asarray(fn(a, b))]
     return kernel
 
 
 for _name, _fn in _BINARY.items():
-    op(_name)(_binary(_fn))
+    op(_name)(_binary(_fn, _name))
 
 
 # ------------------------------------------------------------------------------ unary math

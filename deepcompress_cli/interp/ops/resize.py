@@ -39,8 +39,9 @@ def _present(value):
 def resize(inputs, attrs, ctx):
     x = inputs[0]
     if ctx.opset < 11:
-        return [_resample(x, _scales_shape(x, inputs[1], "Resize"), str_attr(attrs, "mode", "nearest"),
-                          "asymmetric", "simple", "Resize")]
+        plan = _scales_shape(x, inputs[1], "Resize")
+        ctx.check_size("Resize", plan[1], x.itemsize)
+        return [_resample(x, plan, str_attr(attrs, "mode", "nearest"), "asymmetric", "simple", "Resize")]
     roi, scales, sizes = input_at(inputs, 1), input_at(inputs, 2), input_at(inputs, 3)
     axes = list(range(x.ndim))
     if ctx.opset >= 18 and attrs.get("axes") is not None:
@@ -53,6 +54,7 @@ def resize(inputs, attrs, ctx):
         plan = _scales_shape(x, full, "Resize")
     else:
         raise DczError("Resize: one of the scales and sizes inputs must be given.")
+    ctx.check_size("Resize", plan[1], max(x.itemsize, 4))  # linear mode blends in float32
     coord = str_attr(attrs, "coordinate_transformation_mode", "half_pixel")
     crop = None
     if coord == "tf_crop_and_resize":
@@ -70,7 +72,9 @@ def upsample(inputs, attrs, ctx):
     scales = attrs.get("scales") if ctx.opset < 9 else inputs[1]
     mode = str_attr(attrs, "mode", "nearest")
     mode = "linear" if mode == "bilinear" else mode  # Upsample-7's old spelling
-    return [_resample(x, _scales_shape(x, scales, "Upsample"), mode, "asymmetric", "simple", "Upsample")]
+    plan = _scales_shape(x, scales, "Upsample")
+    ctx.check_size("Upsample", plan[1], max(x.itemsize, 4))
+    return [_resample(x, plan, mode, "asymmetric", "simple", "Upsample")]
 
 
 # ------------------------------------------------------------------------------ output shape

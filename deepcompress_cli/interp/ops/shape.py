@@ -184,12 +184,17 @@ def expand(inputs, attrs, ctx):
     x = inputs[0]
     # Bidirectional broadcast: a 1 in `shape` keeps the input's larger dimension.
     shape = np.broadcast_shapes(x.shape, tuple(ints(inputs[1])))
+    ctx.check_size("Expand", shape, x.itemsize)
     return [np.broadcast_to(x, shape).copy()]  # a copy: broadcast views are read-only, 0-stride
 
 
 @op("Tile")
 def tile(inputs, attrs, ctx):
-    return [np.tile(inputs[0], ints(inputs[1]))]
+    x, repeats = inputs[0], ints(inputs[1])
+    if len(repeats) != x.ndim:
+        raise DczError(f"Tile: {len(repeats)} repeats for a rank-{x.ndim} input.")
+    ctx.check_size("Tile", [d * r for d, r in zip(x.shape, repeats)], x.itemsize)
+    return [np.tile(x, repeats)]
 
 
 # ------------------------------------------------------------------------------ indexing
@@ -266,10 +271,8 @@ def constant(inputs, attrs, ctx):
 @op("ConstantOfShape")
 def constant_of_shape(inputs, attrs, ctx):
     shape = ints(inputs[0])  # an empty shape gives a scalar
-    value = attrs.get("value")
-    if value is None:
-        return [np.zeros(shape, dtype=np.float32)]
-    value = np.asarray(value)
+    value = np.asarray(attrs.get("value", np.zeros(1, np.float32)))
+    ctx.check_size("ConstantOfShape", shape, value.itemsize)
     return [np.full(shape, value.reshape(-1)[0], dtype=value.dtype)]
 
 
@@ -283,6 +286,7 @@ def range_(inputs, attrs, ctx):
         n = -(-(int(limit) - int(start)) // int(delta))
     else:
         n = math.ceil((float(limit) - float(start)) / float(delta))
+    ctx.check_size("Range", [max(n, 0)], dtype.itemsize)
     # output[i] = start + i * delta, as the spec writes it (no accumulated rounding).
     return [(np.arange(max(n, 0), dtype=dtype) * delta + start).astype(dtype, copy=False)]
 
@@ -310,6 +314,7 @@ def pad(inputs, attrs, ctx):
     # Negative pads crop; np.pad then adds the positive ones.
     x = x[tuple(slice(max(-b, 0), d - max(-e, 0)) for b, e, d in zip(begin, end, x.shape))]
     widths = [(max(b, 0), max(e, 0)) for b, e in zip(begin, end)]
+    ctx.check_size("Pad", [d + b + e for d, (b, e) in zip(x.shape, widths)], x.itemsize)
     if mode == "constant":
         fill = 0 if value is None else np.asarray(value).reshape(-1)[0]
         return [np.pad(x, widths, mode="constant", constant_values=np.asarray(fill, x.dtype))]
