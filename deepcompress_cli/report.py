@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .tensors import Package
+from .text import printable
 
 
 def tensor_rows(package: Package) -> list[dict]:
@@ -56,7 +57,7 @@ def human_bytes(n: int | float) -> str:
 
 def format_table(headers: list[str], rows: list[list], right: set[int] = frozenset()) -> str:
     """Plain aligned columns; `right` holds the indices of numeric (right-aligned) columns."""
-    cells = [headers] + [[str(c) for c in row] for row in rows]
+    cells = [headers] + [[printable(str(c)) for c in row] for row in rows]  # names come from files
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = []
     for row in cells:
@@ -168,6 +169,6 @@ def format_bench(report: dict) -> str:
     text = format_table(["model", "size", "ratio", "mode", "median ms", "p90 ms", "quality"], rows, right={1, 2, 4, 5})
     for gate in report["gates"]:
         status = "ok" if gate["passed"] else "FAILED"
-        text += (f"\ngate {gate['gate']} {gate['model']}" + (f" ({gate['mode']})" if gate["mode"] else "")
-                 + f": {gate['value']} vs {gate['limit']}: {status}")
+        text += "\n" + printable(f"gate {gate['gate']} {gate['model']}" + (f" ({gate['mode']})" if gate["mode"] else "")
+                                  + f": {gate['value']} vs {gate['limit']}: {status}")
     return text

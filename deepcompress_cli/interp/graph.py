@@ -11,10 +11,9 @@ from collections import defaultdict
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from ..errors import DczError
-from ..onnx_io import _placeholder_name
+from ..onnx_io import _placeholder_name, to_array
 from ..tensors import Package
 from .ops import KERNELS, OpContext, load_all
 from .ops.conv import FUSED_RELU
@@ -25,9 +24,9 @@ def attribute_values(node: onnx.NodeProto) -> dict:
     values = {}
     for attr in node.attribute:
         if attr.type == onnx.AttributeProto.TENSOR:
-            values[attr.name] = numpy_helper.to_array(attr.t)
+            values[attr.name] = to_array(attr.t)
         elif attr.type == onnx.AttributeProto.TENSORS:
-            values[attr.name] = [numpy_helper.to_array(t) for t in attr.tensors]
+            values[attr.name] = [to_array(t) for t in attr.tensors]
         else:
             values[attr.name] = onnx.helper.get_attribute_value(attr)
     return values
@@ -190,7 +189,7 @@ class Interpreter:
         constants = {}
         for t in graph.initializer:
             name = _placeholder_name(t)
-            constants[t.name] = self.weights[name] if name is not None else numpy_helper.to_array(t)
+            constants[t.name] = self.weights[name] if name is not None else to_array(t)
         return constants
 
     def _plan(self, graph: onnx.GraphProto) -> Plan:
