@@ -11,6 +11,7 @@ from collections import defaultdict
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from ..errors import DczError
 from ..onnx_io import _placeholder_name, to_array
@@ -23,10 +24,10 @@ def attribute_values(node: onnx.NodeProto) -> dict:
     """A node's attributes as Python values (tensors as numpy arrays, graphs as GraphProto)."""
     values = {}
     for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.TENSOR:
-            values[attr.name] = to_array(attr.t)
+        if attr.type == onnx.AttributeProto.TENSOR:  # a placeholder: None, the caller has its weight
+            values[attr.name] = None if _placeholder_name(attr.t) is not None else to_array(attr.t)
         elif attr.type == onnx.AttributeProto.TENSORS:
-            values[attr.name] = [to_array(t) for t in attr.tensors]
+            values[attr.name] = [to_array(t) for t in attr.tensors]  # never opens a file
         else:
             values[attr.name] = onnx.helper.get_attribute_value(attr)
     return values
@@ -189,7 +190,7 @@ class Interpreter:
         constants = {}
         for t in graph.initializer:
             name = _placeholder_name(t)
-            constants[t.name] = self.weights[name] if name is not None else to_array(t)
+            constants[t.name] = self.weights[name] if name is not None else numpy_helper.to_array(t)
         return constants
 
     def _plan(self, graph: onnx.GraphProto) -> Plan:

@@ -9,12 +9,12 @@ and biases); BatchNormalization statistics stay frozen.
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import DczError
 from ..interp.graph import Plan, attribute_values
 from ..interp.ops import KERNELS, OpContext, load_all
-from ..onnx_io import _placeholder_name, to_array
+from ..onnx_io import _placeholder_name
 from ..tensors import Package
 from .grads import GRADS
 
@@ -48,7 +48,7 @@ class Network:
                 self.constants[t.name] = np.asarray(by_name[name].decode())
                 self.table_name[t.name] = name
             else:
-                self.constants[t.name] = to_array(t)
+                self.constants[t.name] = numpy_helper.to_array(t)
         self.nodes = Plan._sorted(graph)
         for node in self.nodes:
             if node.op_type == "Constant" and node.attribute and _placeholder_name(node.attribute[0].t):
