@@ -254,13 +254,26 @@ def test_a_file_truncated_while_read_is_an_error(tmp_path, cli, monkeypatch):
     """Between the size check and the read another process (`cp new.dcz model.dcz`) truncates
     the file: a one-line error, not a crash."""
     model = packed(tmp_path)
-    real = files.read_range
+    real_open = files.open_regular
 
-    def truncate_first(f, offset, length, path, into=None):
-        os.truncate(model, 100)
-        return real(f, offset, length, path, into)
+    class TruncatedMeanwhile:
+        def __init__(self, f):
+            self.f = f
 
-    monkeypatch.setattr(files, "read_range", truncate_first)
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def fileno(self):
+            return self.f.fileno()
+
+        def readall(self):
+            os.truncate(model, 100)
+            return self.f.readall()
+
+    monkeypatch.setattr(files, "open_regular", lambda path, **kw: TruncatedMeanwhile(real_open(path, **kw)))
     result = cli("info", model)
     assert_one_line_error(result)
     assert "changed while being read" in result.stderr
