@@ -489,5 +489,5 @@ def test_printable():
     from deepcompress_cli.text import printable
 
     assert printable("plain name/with: punctuation") == "plain name/with: punctuation"
-    assert printable("a\nb\tc\x1b\x7f\x9b\u202e\u2028") == "a\\x0ab\\x09c\\x1b\\x7f\\x9b\\u202e\\u2028"
-    assert printable("line 1\nline\r2", keep_newlines=True) == "line 1\nline\\x0d2"
+    assert printable("a\nb\tc\x1b\x7f\x9b\u202e\u2028") == "a\\nb\\tc\\x1b\\x7f\\x9b\\u202e\\u2028"
+    assert printable("line 1\nline\r2", keep_newlines=True) == "line 1\nline\\r2"
