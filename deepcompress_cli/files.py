@@ -336,6 +336,9 @@ def write_onnx(package: Package, path: str, inputs=(), qdq: bool = False) -> int
         return len(data)
     if path == STDIO:
         raise DczError("a model over 1 GiB is written with external data and needs -o FILE, not stdout")
+    if os.path.islink(path):  # readers look for the data beside the name they open: which one?
+        raise DczError(f"{path}: is a symlink; a model over 1 GiB gets its data file beside it, "
+                       "so give -o the real path")
     location = os.path.basename(path) + ".data"
     data_path = os.path.join(os.path.dirname(os.path.abspath(path)), location)
     with atomic_outputs([data_path, path], inputs, package.source_files) as (data_file, model_file):

@@ -131,6 +131,17 @@ def test_a_symlinked_output_is_written_through(tmp_path, cli):
     assert link.is_symlink() and target.read_bytes()[:8] == container.MAGIC
 
 
+def test_a_symlinked_export_with_external_data_is_refused(tmp_path, monkeypatch):
+    """Readers look for `X.data` beside the name they open, the link's or the real file's."""
+    monkeypatch.setattr(onnx_io, "EXTERNAL_DATA_THRESHOLD", 1000)
+    package = read_model(str(packed(tmp_path)))
+    (tmp_path / "real").mkdir()
+    (tmp_path / "out.onnx").symlink_to(tmp_path / "real" / "model.onnx")
+    with pytest.raises(DczError, match="symlink"):
+        write_onnx(package, str(tmp_path / "out.onnx"))
+    assert list((tmp_path / "real").iterdir()) == []
+
+
 def test_output_onto_the_inputs_external_data_is_refused(tmp_path, cli):
     model = external_mlp(tmp_path / "m")
     weights = (tmp_path / "m" / "w.bin").read_bytes()
