@@ -16,6 +16,7 @@ import click
 
 from . import __version__, blas
 from .errors import DczError
+from .text import printable
 
 blas.tune()  # before anything imports numpy
 
@@ -26,8 +27,7 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of our stdout went away (`| 
 
 def error_line(message: str) -> None:
     """One stderr line; nothing from a hostile file may drive the terminal."""
-    message = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in message)
-    click.echo(f"deepcompress: error: {message}", err=True)
+    click.echo(f"deepcompress: error: {printable(message)}", err=True)
 
 
 class DczGroup(click.Group):
@@ -317,7 +317,7 @@ def emit(ctx, data: dict, text: str, stdout_taken: bool = False) -> None:
     if options.get("json"):  # strict JSON: NaN/Infinity (not JSON) become null
         click.echo(json.dumps(finite_or_null(data), sort_keys=True, allow_nan=False), err=err)
     elif not options.get("quiet"):
-        click.echo(text, err=err)
+        click.echo(printable(text, keep_newlines=True), err=err)
 
 
 def finite_or_null(value):
@@ -680,7 +680,7 @@ def bench(ctx, models, baseline, data, calibrate, runs, warmup, batch, seed, int
         from .interp.graph import unsupported_ops
 
         missing = {m: sorted(unsupported_ops(read_model(m).graph)) for m in models}
-        emit(ctx, {"unsupported": missing}, "\n".join(f"{m}: {', '.join(ops) or 'all ops supported'}"
+        emit(ctx, {"unsupported": missing}, "\n".join(printable(f"{m}: {', '.join(ops) or 'all ops supported'}")
                                                      for m, ops in missing.items()))
         if any(missing.values()):
             raise DczError("unsupported ops: " + ", ".join(sorted({o for ops in missing.values() for o in ops})))

@@ -46,6 +46,17 @@ def make_placeholder(t: TensorProto, name: str) -> None:
         entry.key, entry.value = key, value
 
 
+def to_array(t: TensorProto) -> np.ndarray:
+    """numpy_helper.to_array, except that it never opens a file: an external tensor (a `.dcz`
+    placeholder the caller did not resolve, or foreign external data) is an error."""
+    if t.data_location == TensorProto.EXTERNAL:
+        raise DczError(f"tensor {t.name!r}: its data is not in the graph (external or placeholder)")
+    try:
+        return numpy_helper.to_array(t)
+    except Exception as e:  # onnx raises assorted types for inconsistent protos
+        raise DczError(f"tensor {t.name!r}: cannot read its data ({str(e)[:80]})") from None
+
+
 def stored_constant(node: onnx.NodeProto) -> str | None:
     """The table name of a Constant node's value when that value is a placeholder."""
     if node.op_type != "Constant" or node.domain not in DEFAULT_DOMAINS or not node.output:
@@ -69,7 +80,7 @@ def graph_constants(graph: onnx.GraphProto, weight: Callable[[str], np.ndarray])
     constants = {}
     for t in graph.initializer:
         name = placeholder_name(t)
-        constants[t.name] = weight(name) if name is not None else numpy_helper.to_array(t)
+        constants[t.name] = weight(name) if name is not None else to_array(t)
     for node in graph.node:
         name = stored_constant(node)
         if name is not None:

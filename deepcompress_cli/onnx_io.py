@@ -9,6 +9,7 @@ stripped graph keeps its exact structure and `export` only has to fill the place
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -18,7 +19,7 @@ from onnx import TensorProto, numpy_helper
 
 from .errors import DczError
 from .graphs import all_graphs as _graphs, consumers as _consumers, make_placeholder as _make_placeholder
-from .graphs import placeholder_name as _placeholder_name, unique_name as _unique
+from .graphs import PLACEHOLDER_LOCATION, placeholder_name as _placeholder_name, unique_name as _unique
 from .tensors import DTYPES, ONNX_TYPE_TO_DTYPE, Package, Tensor, numpy_dtype, select_kind
 
 # Which inputs of which ops are weights, and the kind of weight they are.
@@ -42,35 +43,52 @@ def _tensor_sites(model):
                         yield attr.t, node.output[0], False
 
 
-def _every_tensor_proto(model):
-    """(TensorProto, may be a placeholder) for every tensor anywhere in the model: initializers,
-    sparse initializers, attributes of every node, subgraphs, and model-local functions.  Only
-    the places `from_onnx` extracts from (initializers and Constant `value`s) may be placeholders."""
-    def sparse_parts(sparse_tensors):
-        for sparse in sparse_tensors:
-            yield sparse.values, False
-            yield sparse.indices, False
+_TENSOR_FIELDS: dict = {}  # message type -> its message fields that can (transitively) hold a TensorProto
 
-    def in_nodes(nodes, in_function):
-        for node in nodes:
-            is_constant = node.op_type == "Constant" and node.domain in ("", "ai.onnx") and not in_function
-            for attr in node.attribute:
-                if attr.HasField("t"):
-                    yield attr.t, is_constant and attr.name == "value"
-                yield from ((t, False) for t in attr.tensors)
-                yield from sparse_parts(([attr.sparse_tensor] if attr.HasField("sparse_tensor") else [])
-                                        + list(attr.sparse_tensors))
-                for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                    yield from in_graph(g, in_function)
 
-    def in_graph(graph, in_function):
-        yield from ((t, not in_function) for t in graph.initializer)
-        yield from sparse_parts(graph.sparse_initializer)
-        yield from in_nodes(graph.node, in_function)
+def _tensor_fields(descriptor) -> list:
+    if descriptor.full_name not in _TENSOR_FIELDS:
+        reachable, todo = {}, [descriptor]
+        while todo:
+            d = todo.pop()
+            if d.full_name not in reachable:
+                reachable[d.full_name] = d
+                todo.extend(f.message_type for f in d.fields if f.message_type is not None)
+        holders, grew = {TensorProto.DESCRIPTOR.full_name}, True
+        while grew:  # fixpoint: the schema is recursive (graphs in attributes in graphs)
+            grew = False
+            for name, d in reachable.items():
+                if name not in holders and any(f.message_type is not None and f.message_type.full_name in holders
+                                               for f in d.fields):
+                    holders.add(name)
+                    grew = True
+        for name, d in reachable.items():
+            _TENSOR_FIELDS.setdefault(name, [f for f in d.fields if f.message_type is not None
+                                             and f.message_type.full_name in holders])
+    return _TENSOR_FIELDS[descriptor.full_name]
 
-    yield from in_graph(model.graph, False)
-    for function in model.functions:
-        yield from in_nodes(function.node, True)
+
+def all_tensor_protos(message):
+    """Every TensorProto anywhere in `message`, found through the protobuf schema so that no place
+    is missed (training_info, function attribute defaults, sparse tensors, any future field)."""
+    stack = [message]
+    while stack:
+        m = stack.pop()
+        if isinstance(m, TensorProto):
+            yield m
+            continue
+        for f in _tensor_fields(m.DESCRIPTOR):
+            if f.is_repeated if hasattr(f, "is_repeated") else f.label == f.LABEL_REPEATED:
+                stack.extend(getattr(m, f.name))
+            elif m.HasField(f.name):
+                stack.append(getattr(m, f.name))
+
+
+def _external_location(t: TensorProto) -> str | None:
+    """The `location` of a tensor stored as external data ("" if it names none), else None."""
+    if t.data_location != TensorProto.EXTERNAL:
+        return None
+    return next((e.value for e in t.external_data if e.key == "location"), "")
 
 
 def weight_consumers(model) -> dict:
@@ -118,119 +136,165 @@ def parse_model(data) -> onnx.ModelProto:
 
 
 def from_onnx(model: onnx.ModelProto, base_dir: str | None, include=(), exclude=()) -> Package:
-    """Extract the model's tensors into a Package (all `raw`); `model` is modified in place."""
+    """Extract the model's tensors into a Package (all `raw`); `model` is modified in place.
+
+    `package.source_files` holds the (device, inode) of every external data file read.
+    """
+    for t in all_tensor_protos(model):
+        if _external_location(t) == PLACEHOLDER_LOCATION:  # never looked up as a file
+            raise DczError(f"tensor {t.name!r}: external data location {PLACEHOLDER_LOCATION!r} is "
+                           "reserved for .dcz placeholders")
     uses = _consumers(model)
     tensors, names = [], set()
-    for t, value_name, is_initializer in _tensor_sites(model):
-        dtype = ONNX_TYPE_TO_DTYPE.get(t.data_type)
-        if dtype is None:
-            continue  # strings, bfloat16, float8 ...: left inside the graph untouched
-        op, consumer_kind = _consumer_info(uses.get(value_name, []))
-        kind = select_kind(value_name, dtype, tuple(t.dims), consumer_kind, include, exclude)
-        if not is_initializer and kind == "other":
-            continue  # small Constant values (shapes, scalars) stay in the graph
-        name = _unique(value_name or "constant", names)
-        array = _tensor_array(t, base_dir, name)
-        tensors.append(Tensor.raw(name, array, kind, op))
-        _make_placeholder(t, name)
-    # What stays in the graph (bfloat16/float8 initializers, small Constants, attributes) must
-    # not keep pointing to external files: the .dcz holds the whole model.
-    for t, _ in _every_tensor_proto(model):
-        if t.data_location == TensorProto.EXTERNAL and _placeholder_name(t) not in names:
-            _inline_external(t, base_dir)
+    with _ExternalData(base_dir) as external:
+        for t, value_name, is_initializer in _tensor_sites(model):
+            dtype = ONNX_TYPE_TO_DTYPE.get(t.data_type)
+            if dtype is None:
+                continue  # strings, bfloat16, float8 ...: left inside the graph untouched
+            op, consumer_kind = _consumer_info(uses.get(value_name, []))
+            kind = select_kind(value_name, dtype, tuple(t.dims), consumer_kind, include, exclude)
+            if not is_initializer and kind == "other":
+                continue  # small Constant values (shapes, scalars) stay in the graph
+            name = _unique(value_name or "constant", names)
+            array = external.array(t, name) if t.data_location == TensorProto.EXTERNAL else _tensor_array(t, name)
+            tensors.append(Tensor.raw(name, array, kind, op))
+            _make_placeholder(t, name)
+        # What stays in the graph (bfloat16/float8 initializers, small Constants, attributes,
+        # training_info, functions) must not keep pointing to external files: the .dcz holds
+        # the whole model, and the only external references in it are its own placeholders.
+        for t in all_tensor_protos(model):
+            if t.data_location == TensorProto.EXTERNAL and _external_location(t) != PLACEHOLDER_LOCATION:
+                external.inline(t)
     # A fresh copy of the stripped graph lets the caller free the full protobuf (its arena keeps
     # every cleared tensor's bytes until the message itself goes).
     stripped = onnx.ModelProto()
     stripped.CopyFrom(model)
-    return Package(graph=stripped, tensors=tensors)
+    return Package(graph=stripped, tensors=tensors, source_files=external.ids)
 
 
-def _tensor_array(t: TensorProto, base_dir: str | None, name: str) -> np.ndarray:
-    if t.data_location == TensorProto.EXTERNAL:
-        return _read_external(t, base_dir, name)
+def _tensor_array(t: TensorProto, name: str) -> np.ndarray:
     try:
         return numpy_helper.to_array(t)
     except Exception as e:  # onnx raises assorted types for inconsistent protos
         raise DczError(f"tensor {name!r}: cannot read its data ({str(e)[:80]})") from None
 
 
-def _external_file(t: TensorProto, base_dir: str | None, name: str) -> tuple[str, dict]:
-    """The checked path of a tensor's external data file, and its external_data entries.
+class _ExternalData:
+    """The external data files of one model, each checked and opened once.
 
-    Follows onnx's docs/ExternalDataSecurity.md: no absolute paths, no `..`, no symlink in any
-    component, resolved path contained in the model folder.
+    Follows onnx's docs/ExternalDataSecurity.md and checker: no absolute paths, no `..`, no
+    symlink in any component, resolved path contained in the model folder, a regular file, and
+    only one link to it (a hard link inside the folder can name any file on the same disk, and
+    no name tells which folder the file "really" is in).  Reads are checked reads of the open
+    file, so a file truncated meanwhile is an error, not garbage.
     """
-    info = {e.key: e.value for e in t.external_data}
-    location = info.get("location", "")
-    if base_dir is None:
-        raise DczError(f"tensor {name!r}: external data cannot be read from standard input")
-    parts = location.replace("\\", "/").split("/")
-    if (not location or os.path.isabs(location) or location.startswith(("/", "\\"))
-            or (len(location) > 1 and location[1] == ":") or ".." in parts):
-        raise DczError(f"tensor {name!r}: external data location {location!r} escapes the model folder")
-    root = os.path.realpath(base_dir)
-    path = root
-    for part in parts:
-        path = os.path.join(path, part)
-        if os.path.islink(path):
-            raise DczError(f"tensor {name!r}: external data path {location!r} goes through a symlink")
-    if not os.path.realpath(path).startswith(root + os.sep) or not os.path.isfile(path):
-        raise DczError(f"tensor {name!r}: external data file {location!r} not found in the model folder")
-    return path, info
 
+    def __init__(self, base_dir: str | None):
+        self.base_dir = base_dir
+        self.files: dict[str, tuple[object, int]] = {}  # location -> (open file, size)
+        self.ids: set[tuple[int, int]] = set()  # (device, inode) of every file read
 
-def _external_range(t: TensorProto, path: str, info: dict, name: str, expected: int | None) -> tuple[int, int]:
-    """(offset, length) of the tensor's bytes, checked against the file and the expected size."""
-    try:
-        offset = int(info.get("offset", "0"))
-        length = int(info["length"]) if "length" in info else expected
-    except ValueError:
-        raise DczError(f"tensor {name!r}: bad external data offset/length") from None
-    if length is None:
-        raise DczError(f"tensor {name!r}: external data of this type needs an explicit length")
-    size = os.path.getsize(path)
-    if (min(d for d in [*t.dims, 0]) < 0 or offset < 0 or length < 0 or offset + length > size
-            or (expected is not None and length != expected)):
-        raise DczError(f"tensor {name!r}: external data range [{offset}, +{length}) does not fit "
-                       f"{os.path.basename(path)!r} ({size} bytes) or the tensor's shape")
-    return offset, length
+    def __enter__(self):
+        return self
 
+    def __exit__(self, *exc):
+        for f, _ in self.files.values():
+            f.close()
 
-def _read_external(t: TensorProto, base_dir: str | None, name: str) -> np.ndarray:
-    """Read a weight's ONNX external data, refusing anything outside the model's own folder."""
-    path, info = _external_file(t, base_dir, name)
-    dtype = numpy_dtype(ONNX_TYPE_TO_DTYPE[t.data_type])
-    count = 1
-    for d in t.dims:
-        count *= d
-    offset, _ = _external_range(t, path, info, name, count * dtype.itemsize)
-    return np.fromfile(path, dtype=dtype, count=count, offset=offset).reshape(tuple(t.dims))
+    def _open(self, t: TensorProto, name: str) -> tuple[object, int, str, dict]:
+        from .files import file_id, open_regular
 
+        info = {e.key: e.value for e in t.external_data}
+        location = info.get("location", "")
+        if self.base_dir is None:
+            raise DczError(f"tensor {name!r}: external data cannot be read from standard input")
+        if location not in self.files:
+            parts = location.replace("\\", "/").split("/")
+            if (not location or os.path.isabs(location) or location.startswith(("/", "\\"))
+                    or (len(location) > 1 and location[1] == ":") or ".." in parts):
+                raise DczError(f"tensor {name!r}: external data location {location!r} escapes the model folder")
+            root = os.path.realpath(self.base_dir)
+            path = root
+            for part in parts:
+                path = os.path.join(path, part)
+                if os.path.islink(path):
+                    raise DczError(f"tensor {name!r}: external data path {location!r} goes through a symlink")
+            if not os.path.realpath(path).startswith(root + os.sep) or not os.path.isfile(path):
+                raise DczError(f"tensor {name!r}: external data file {location!r} not found in the model folder")
+            f = open_regular(path, follow_symlinks=False)
+            st = os.fstat(f.fileno())
+            if st.st_nlink > 1:
+                f.close()
+                raise DczError(f"tensor {name!r}: external data file {location!r} has {st.st_nlink} hard links "
+                               "(it may be a file from outside the model folder; copy it to break the link)")
+            self.files[location] = (f, st.st_size)
+            self.ids.add(file_id(f))
+        f, size = self.files[location]
+        return f, size, location, info
 
-def _inline_external(t: TensorProto, base_dir: str | None) -> None:
-    """Move a tensor that is not extracted (any type) from its external file into `raw_data`."""
-    name = t.name or "constant"
-    path, info = _external_file(t, base_dir, name)
-    expected = None
-    if t.data_type in ONNX_TYPE_TO_DTYPE:
-        expected = numpy_dtype(ONNX_TYPE_TO_DTYPE[t.data_type]).itemsize * int(np.prod(t.dims, dtype=np.int64))
-    offset, length = _external_range(t, path, info, name, expected)
-    with open(path, "rb") as f:
-        f.seek(offset)
-        data = f.read(length)
-    del t.external_data[:]
-    t.ClearField("data_location")
-    t.raw_data = data
+    def _range(self, t: TensorProto, name: str, expected: int | None) -> tuple[object, int, int, str]:
+        """(file, offset, length, location) of the tensor's bytes, checked against the file and the
+        expected size."""
+        f, size, location, info = self._open(t, name)
+        try:
+            offset = int(info.get("offset", "0"))
+            length = int(info["length"]) if "length" in info else expected
+        except ValueError:
+            raise DczError(f"tensor {name!r}: bad external data offset/length") from None
+        if length is None:
+            raise DczError(f"tensor {name!r}: external data of this type needs an explicit length")
+        if (offset < 0 or length < 0 or offset + length > size
+                or (expected is not None and length != expected)):
+            raise DczError(f"tensor {name!r}: external data range [{offset}, +{length}) does not fit "
+                           f"{location!r} ({size} bytes) or the tensor's shape")
+        return f, offset, length, location
+
+    @staticmethod
+    def _count(t: TensorProto, name: str) -> int:
+        if any(d < 0 for d in t.dims):
+            raise DczError(f"tensor {name!r}: negative dimension in {list(t.dims)}")
+        return math.prod(t.dims)  # exact: numpy's int64 product wraps for dims such as (2**62 + 1, 4)
+
+    def array(self, t: TensorProto, name: str) -> np.ndarray:
+        """A weight's external data as an array of its shape."""
+        from .files import read_range
+
+        dtype = numpy_dtype(ONNX_TYPE_TO_DTYPE[t.data_type])
+        count = self._count(t, name)
+        f, offset, length, location = self._range(t, name, count * dtype.itemsize)
+        array = np.empty(count, dtype=dtype)  # no larger than the bytes present in the file
+        if length:
+            read_range(f, offset, length, location, into=array)
+        return array.reshape(tuple(t.dims))
+
+    def inline(self, t: TensorProto) -> None:
+        """Move a tensor that is not extracted (any type) from its external file into `raw_data`."""
+        from .files import read_range
+
+        name = t.name or "constant"
+        expected = None
+        if t.data_type in ONNX_TYPE_TO_DTYPE:
+            expected = numpy_dtype(ONNX_TYPE_TO_DTYPE[t.data_type]).itemsize * self._count(t, name)
+        f, offset, length, location = self._range(t, name, expected)
+        data = bytes(read_range(f, offset, length, location))
+        del t.external_data[:]
+        t.ClearField("data_location")
+        t.raw_data = data
 
 
 def attach_graph(package: Package, graph_bytes) -> None:
-    """Parse a `.dcz` file's stored graph and check it against the tensor table."""
+    """Parse a `.dcz` file's stored graph and check it against the tensor table.
+
+    The only external references allowed are placeholders, and only where `from_onnx` puts them
+    (initializers and Constant values, see `_tensor_sites`): anywhere else nothing fills them in,
+    and a reader of the exported model would go looking for a file.
+    """
     model = parse_model(bytes(graph_bytes))
     by_name = {t.name: t for t in package.tensors}
     uses = _consumers(model)
-    for t, may_be_placeholder in _every_tensor_proto(model):
-        if t.data_location == TensorProto.EXTERNAL and not (may_be_placeholder and _placeholder_name(t)):
-            raise DczError("the stored graph refers to external data (not allowed inside .dcz)")
+    external = [t for t in all_tensor_protos(model) if t.data_location == TensorProto.EXTERNAL]
+    if any(_placeholder_name(t) is None for t in external):
+        raise DczError("the stored graph refers to external data (not allowed inside .dcz)")
     seen = set()
     for t, value_name, _ in _tensor_sites(model):
         if t.data_location != TensorProto.EXTERNAL:
@@ -243,6 +307,9 @@ def attach_graph(package: Package, graph_bytes) -> None:
             raise DczError(f"tensor {name!r}: graph and tensor table disagree on shape or type")
         seen.add(name)
         entry.op = _consumer_info(uses.get(value_name, []))[0]
+    if len(external) != len(seen):  # the sites above are a subset of all tensors: equal counts, same set
+        raise DczError("the stored graph has a placeholder where no weight can be (not an initializer "
+                       "or Constant value)")
     if seen != set(by_name):
         raise DczError(f"{len(set(by_name) - seen)} table tensors are not used by the stored graph")
     package.graph = model
@@ -258,6 +325,7 @@ def to_onnx(package: Package, external: callable | None = None) -> onnx.ModelPro
     model = onnx.ModelProto()
     model.CopyFrom(package.graph)
     by_name = {t.name: t for t in package.tensors}
+    written = 0
     for t, _, _ in _tensor_sites(model):
         name = _placeholder_name(t)
         if name is None:
@@ -270,7 +338,12 @@ def to_onnx(package: Package, external: callable | None = None) -> onnx.ModelPro
             for key, value in (("location", location), ("offset", str(offset)), ("length", str(array.nbytes))):
                 entry = t.external_data.add()
                 entry.key, entry.value = key, value
+            written += 1
         else:
             t.ClearField("data_location")
             t.raw_data = array.tobytes()
+    # The exported model refers to no file but the data file written with it (the reader keeps
+    # this already; checked again because a reader of this ONNX would open whatever it names).
+    if sum(t.data_location == TensorProto.EXTERNAL for t in all_tensor_protos(model)) != written:
+        raise DczError("the graph holds external references that export did not write")
     return model

@@ -6,6 +6,7 @@ import numpy as np
 
 from .codecs import decode_slot, slot_of, sparse
 from .tensors import Package, Tensor
+from .text import printable
 
 
 def sparsity(t: Tensor) -> float:
@@ -72,7 +73,7 @@ def human_bytes(n: int | float) -> str:
 
 def format_table(headers: list[str], rows: list[list], right: set[int] = frozenset()) -> str:
     """Plain aligned columns; `right` holds the indices of numeric (right-aligned) columns."""
-    cells = [headers] + [[str(c) for c in row] for row in rows]
+    cells = [headers] + [[printable(str(c)) for c in row] for row in rows]  # names come from files
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = []
     for row in cells:
@@ -93,11 +94,6 @@ def format_summary(info: dict) -> str:
     return (f"{table}\n\n{_format_metadata(info.get('metadata') or {})}{tot['tensors']} tensors ({tot['weights']} weights, {tot['weight_elements']:,} "
             f"weight elements): {human_bytes(tot['original_bytes'])} -> {human_bytes(tot['stored_bytes'])} "
             f"stored ({ratio}); file {human_bytes(info['file_bytes'])}")
-
-
-def printable(text: str) -> str:
-    """`text` with control characters escaped, so a file cannot forge lines or styles in a log."""
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def _format_metadata(metadata: dict) -> str:
@@ -195,6 +191,6 @@ def format_bench(report: dict) -> str:
     text = format_table(["model", "size", "ratio", "mode", "median ms", "p90 ms", "quality"], rows, right={1, 2, 4, 5})
     for gate in report["gates"]:
         status = "ok" if gate["passed"] else "FAILED"
-        text += (f"\ngate {gate['gate']} {gate['model']}" + (f" ({gate['mode']})" if gate["mode"] else "")
-                 + f": {gate['value']} vs {gate['limit']}: {status}")
+        text += "\n" + printable(f"gate {gate['gate']} {gate['model']}" + (f" ({gate['mode']})" if gate["mode"] else "")
+                                  + f": {gate['value']} vs {gate['limit']}: {status}")
     return text

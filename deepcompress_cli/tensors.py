@@ -147,6 +147,9 @@ class Package:
     file_bytes: int | None = None  # size of the file it was read from (stdin included)
     # User notes (`--metadata KEY=VALUE`: source hash, recipe, version), kept by every stage.
     metadata: dict[str, str] = field(default_factory=dict)
+    # (device, inode) of every file it was read from (the model, its external data): no output
+    # may replace one of them, whatever name it is given.
+    source_files: set[tuple[int, int]] = field(default_factory=set)
 
     def tensor(self, name: str) -> Tensor:
         for t in self.tensors:

@@ -11,11 +11,10 @@ from collections import defaultdict
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from ..errors import DczError
-from ..graphs import graph_constants, implicit_inputs, node_subgraphs, opset_version, stored_constant, \
-    topological_order
+from ..graphs import graph_constants, implicit_inputs, node_subgraphs, opset_version, placeholder_name, \
+    stored_constant, to_array, topological_order
 from ..tensors import Package
 from .ops import KERNELS, MAX_VALUE_BYTES, OpContext, load_all
 from .ops.conv import FUSED_RELU
@@ -25,10 +24,10 @@ def attribute_values(node: onnx.NodeProto) -> dict:
     """A node's attributes as Python values (tensors as numpy arrays, graphs as GraphProto)."""
     values = {}
     for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.TENSOR:
-            values[attr.name] = numpy_helper.to_array(attr.t)
+        if attr.type == onnx.AttributeProto.TENSOR:  # a placeholder: None, the caller has its weight
+            values[attr.name] = None if placeholder_name(attr.t) is not None else to_array(attr.t)
         elif attr.type == onnx.AttributeProto.TENSORS:
-            values[attr.name] = [numpy_helper.to_array(t) for t in attr.tensors]
+            values[attr.name] = [to_array(t) for t in attr.tensors]  # never opens a file
         else:
             values[attr.name] = onnx.helper.get_attribute_value(attr)
     return values
