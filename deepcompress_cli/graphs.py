@@ -22,6 +22,7 @@ from onnx import TensorProto, numpy_helper
 from .errors import DczError
 
 PLACEHOLDER_LOCATION = "dcz:tensor"
+DATA_FIELDS = ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data")  # a tensor's data
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
@@ -37,7 +38,7 @@ def placeholder_name(t: TensorProto) -> str | None:
 
 def make_placeholder(t: TensorProto, name: str) -> None:
     """Turn `t` into a placeholder for table tensor `name` (its data is dropped, dims and type kept)."""
-    for f in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+    for f in DATA_FIELDS:
         t.ClearField(f)
     del t.external_data[:]
     t.data_location = TensorProto.EXTERNAL

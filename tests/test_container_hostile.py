@@ -39,7 +39,8 @@ from conftest import SAMPLES, assert_one_line_error
 from deepcompress_cli import container, files
 from deepcompress_cli.codecs import MAX_STEPS
 from deepcompress_cli.errors import DczError
-from deepcompress_cli.onnx_io import _placeholder_name, _tensor_sites
+from deepcompress_cli.graphs import placeholder_name as _placeholder_name
+from deepcompress_cli.onnx_io import _tensor_sites
 from deepcompress_cli.tensors import Slot, Stream, numpy_dtype
 
 MAGIC = container.MAGIC

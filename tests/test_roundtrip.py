@@ -8,7 +8,8 @@ import pytest
 
 from conftest import SAMPLE_MODELS, SHARED_MODELS, onnx_weights, ort_outputs, random_feeds, shared_path
 from deepcompress_cli import zoo
-from deepcompress_cli.onnx_io import _DATA_FIELDS, _tensor_sites
+from deepcompress_cli.graphs import DATA_FIELDS as _DATA_FIELDS
+from deepcompress_cli.onnx_io import _tensor_sites
 
 
 def without_data(model: onnx.ModelProto) -> onnx.ModelProto:

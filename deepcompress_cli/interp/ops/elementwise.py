@@ -65,7 +65,9 @@ _BINARY = {
 def _binary(fn, name):
     def kernel(inputs, attrs, ctx):
         a, b = inputs
-        if np.shape(a) != np.shape(b):  # broadcasting [N, 1] with [1, N] may grow past both inputs
+        # Broadcasting [N, 1] with [1, N] grows past both inputs.  The output never holds more than
+        # size(a) * size(b) values, so the exact check runs only when that product could pass the cap.
+        if np.size(a) * np.size(b) * 8 > ctx.max_bytes:
             shape = np.broadcast_shapes(np.shape(a), np.shape(b))
             if math.prod(shape) > max(np.size(a), np.size(b)):
                 ctx.check_size(name, shape, np.result_type(a, b).itemsize)
