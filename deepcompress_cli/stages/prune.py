@@ -55,7 +55,6 @@ def magnitude_mask(values: np.ndarray, sparsity: float | None = None, threshold_
     ties = np.flatnonzero((flat == t) | (flat == -t))
     below = flat.size - int(np.count_nonzero(keep)) - len(ties)  # all of these go
     keep[ties[drop - below:]] = True  # of the ties, the first (drop - below) go, the rest stay
-    keep &= flat != 0
     return keep.reshape(values.shape), float(t)
 
 

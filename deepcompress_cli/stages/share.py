@@ -40,10 +40,13 @@ def cluster(values: np.ndarray, bits: int, config: ShareConfig) -> tuple[np.ndar
     indices = np.zeros(len(values), dtype=np.int64)
     indices[~zero] = labels + reserve
     table = np.concatenate(([0], centroids)).astype(values.dtype) if reserve or not len(centroids) else centroids
-    used, compact = np.unique(indices, return_inverse=True)  # drop centroids no weight uses
+    # drop centroids no weight uses (counting, not sorting: indices are < 2^bits)
+    used = np.flatnonzero(np.bincount(indices, minlength=len(table)))
     if not len(used):  # nothing to cluster (a layer pruned to nothing): a codebook holds >= 1 value
         used = np.zeros(1, dtype=np.int64)
-    return table[used], compact.astype(uint_dtype(bits)), iterations
+    renumber = np.zeros(len(table), dtype=uint_dtype(bits))
+    renumber[used] = np.arange(len(used))
+    return table[used], renumber[indices], iterations
 
 
 def share_tensor(tensor: Tensor, bits: int, config: ShareConfig) -> tuple[Tensor, dict]:
