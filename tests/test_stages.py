@@ -77,7 +77,9 @@ def test_share_is_deterministic_for_a_seed(init, tmp_path, cli):
 
 def test_huffman_is_lossless_and_smaller():
     package = read_model(str(MLP))
-    prune(package, PruneConfig())
+    # half the weights kept: streams long enough for Huffman to pay for its tables (at 90 % pruned
+    # this small model's streams are too short, and huffman rightly keeps them packed)
+    prune(package, PruneConfig(sparsity=PerKind(0.5, 0.5)))
     share(package, ShareConfig())
     before, size_before = dense(package), sum(t.stored_bytes for t in package.tensors)
     rows = huffman(package)

@@ -8,6 +8,8 @@ from ..encoding import build, file_cost, parse, readable
 from ..tensors import Package, Tensor
 from . import map_weights, no_progress, require_compressible
 
+HEADER_ALIGN = 64  # the container pads the header to this
+
 
 def entropy_bits(symbols: np.ndarray) -> float:
     """Zeroth-order entropy of the stream, in bits (the bound a symbol-by-symbol code approaches)."""
@@ -26,8 +28,9 @@ def huffman_tensor(tensor: Tensor) -> tuple[Tensor, dict]:
     streams = {k: v for k, v in streams.items() if v is not None}
     new = build(tensor, form.with_(entropy="huffman")) if streams else tensor
     # Lossless, so never worth a bigger file: keep the input's encoding unless the new one costs
-    # fewer file bytes (header text and padding included), or if the reader would refuse it.
-    if new is not tensor and (file_cost(new) >= file_cost(tensor) or not readable(new)):
+    # fewer file bytes (header text and padding included; by a margin of the header's own 64-byte
+    # padding, which more header text can push one step), or if the reader would refuse it.
+    if new is not tensor and (file_cost(new) + HEADER_ALIGN > file_cost(tensor) or not readable(new)):
         new = tensor
     row = {"name": tensor.name, "kind": tensor.kind, "bytes_before": tensor.stored_bytes,
            "bytes_after": new.stored_bytes, "streams": {}}
