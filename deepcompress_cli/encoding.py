@@ -13,12 +13,15 @@ how integer streams are stored (fixed width or Huffman).  Only this module knows
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .codecs import bitpack, decode_slot, huffman, linear, sparse
+from .codecs import bitpack, decode_slot, huffman, linear, sparse, validate_chain
+from .errors import DczError
 from .tensors import Slot, Step, Stream, Tensor
+
 
 @dataclass
 class Plain:
@@ -82,6 +85,16 @@ def entropy_of(tensor: Tensor) -> str:
     return "huffman" if any(s.codec == "huffman" for s in tensor.chain) else "packed"
 
 
+def quantized_form(tensor: Tensor) -> WeightForm | None:
+    """The tensor's form when its values are linear codes (what `export --qdq` and the int8
+    interpreter can use as they are), else None: a `linear` step elsewhere in the chain (say on a
+    codebook's values) does not make the weight's own values codes."""
+    if not any(s.codec == "linear" for s in tensor.chain):
+        return None
+    form = parse(tensor)
+    return form if isinstance(form.values, Quantized) else None
+
+
 def parse(tensor: Tensor) -> WeightForm:
     """Read a tensor's chain back into its logical form (decoding integer streams)."""
     if tensor.form is not None:  # built by a stage in this run: the form it stored, as stored
@@ -116,18 +129,27 @@ def build(tensor: Tensor, form: WeightForm) -> Tensor:
         streams[slot] = Stream.of(array)
 
     def store_integers(slot: str, array: np.ndarray, bits: int) -> None:
-        # Huffman only where it is smaller than the fixed-width form (tiny streams lose to tables).
+        # Huffman only where it is smaller than the fixed-width form, counting what each adds to
+        # the file (padding, header): tiny streams lose to their code tables.
         slots[slot] = Slot(str(array.dtype), len(array))
         packed = bitpack.encode(array, bits) if bits % 8 else array  # whole bytes need no packing
+        fixed = Step("bitpack", slot, {"packed": f"{slot}.packed"}, {"bits": bits}) if bits % 8 else None
         if form.entropy == "huffman":
             parts, params = huffman.encode(array)
-            if sum(p.nbytes for p in parts.values()) + 2 * 63 < packed.nbytes:  # + alignment padding
-                steps.append(Step("huffman", slot, {role: f"{slot}.{role}" for role in parts}, params))
+            coded = Step("huffman", slot, {role: f"{slot}.{role}" for role in parts}, params)
+            as_slots = {f"{slot}.{role}": Slot(str(part.dtype), part.size) for role, part in parts.items()}
+            whole = {slot: slots[slot]}
+            if fixed:
+                plain = _cost([fixed], {f"{slot}.packed": Slot("uint8", packed.size)}, whole)
+            else:
+                plain = _cost([], whole, {})
+            if _cost([coded], as_slots, whole) < plain:
+                steps.append(coded)
                 for role, part in parts.items():
                     store(f"{slot}.{role}", part)
                 return
-        if bits % 8:
-            steps.append(Step("bitpack", slot, {"packed": f"{slot}.packed"}, {"bits": bits}))
+        if fixed:
+            steps.append(fixed)
             store(f"{slot}.packed", packed)
         else:
             streams[slot] = Stream.of(array)
@@ -161,6 +183,47 @@ def build(tensor: Tensor, form: WeightForm) -> Tensor:
                  chain=steps, slots=slots, streams=streams, op=tensor.op)
     new.form = _as_stored(form).with_(entropy=entropy_of(new))
     return new
+
+
+def readable(tensor: Tensor) -> bool:
+    """Whether the reader accepts this entry, by its own rules (structure, sizes, the expansion
+    bound): a stage tries another form instead of writing a file that `info` refuses."""
+    try:
+        validate_chain(tensor)
+    except DczError:
+        return False
+    return True
+
+
+# What each stream costs in the file beyond its bytes, as container.write lays it out (update
+# together): padding to 64 bytes, its row in the stream table (crc32, length and offset: up to
+# 10 digits each) and its slot and stream entries in the tensor's header entry.
+_ALIGN = 64
+_STREAM_ROW = len('{"crc32":4294967295,"length":,"offset":4294967296},')
+
+
+def _json_size(value) -> int:
+    return len(json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True))
+
+
+def _cost(steps: list[Step], leaves: dict[str, Slot], inner: dict[str, Slot]) -> int:
+    """File bytes of some steps, the streams they leave and the slots they pass between them."""
+    total = sum(_json_size({"codec": s.codec, "input": s.input, "outputs": s.outputs, "params": s.params}) + 1
+                for s in steps)
+    for slot, declared in {**inner, **leaves}.items():
+        total += _json_size({slot: {"count": declared.count, "dtype": declared.dtype}}) + 1  # slot entry
+    for slot, declared in leaves.items():
+        total += -(-declared.nbytes // _ALIGN) * _ALIGN + _STREAM_ROW + len(str(declared.nbytes))
+        total += len(slot) + 10  # its stream reference, "slot":12345,
+    return total
+
+
+def file_cost(tensor: Tensor) -> int:
+    """Bytes the entry adds to a `.dcz` file beyond its name, dtype, shape and kind: its streams
+    with their padding and its header text (chain, slots, stream table rows), to a few digits."""
+    leaves = {slot: tensor.slots[slot] for slot in tensor.streams}
+    inner = {slot: declared for slot, declared in tensor.slots.items() if slot not in leaves}
+    return _cost(tensor.chain, leaves, inner)
 
 
 def _as_stored(form: WeightForm) -> WeightForm:

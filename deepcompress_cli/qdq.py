@@ -11,7 +11,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .codecs.linear import channel_axis
-from .encoding import Quantized, dense_codes, parse
+from .encoding import Quantized, dense_codes, quantized_form
 from .errors import DczError
 from .graphs import opset_version, placeholder_name
 from .onnx_io import to_onnx
@@ -48,8 +48,8 @@ def to_qdq_onnx(package: Package) -> onnx.ModelProto:
     quantized, need = {}, 0
     for t in package.graph.graph.initializer:
         name = placeholder_name(t)
-        if name is not None and any(s.codec == "linear" for s in by_name[name].chain):
-            form = parse(by_name[name])
+        form = quantized_form(by_name[name]) if name is not None else None
+        if form is not None:
             need = max(need, 13 if form.values.channels > 1 else 10)
             quantized[t.name] = qdq_initializers(t.name, tuple(t.dims), form, form.values)
     model = to_onnx(package)

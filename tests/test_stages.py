@@ -77,7 +77,9 @@ def test_share_is_deterministic_for_a_seed(init, tmp_path, cli):
 
 def test_huffman_is_lossless_and_smaller():
     package = read_model(str(MLP))
-    prune(package, PruneConfig())
+    # half the weights kept: streams long enough for Huffman to pay for its tables (at 90 % pruned
+    # this small model's streams are too short, and huffman rightly keeps them packed)
+    prune(package, PruneConfig(sparsity=PerKind(0.5, 0.5)))
     share(package, ShareConfig())
     before, size_before = dense(package), sum(t.stored_bytes for t in package.tensors)
     rows = huffman(package)
@@ -93,7 +95,10 @@ def test_stages_chain_and_compress_is_the_same_recipe(cli, tmp_path):
         assert cli(*args).exit_code == 0
     assert h.read_bytes() == c.read_bytes()
     stored = [sum(t.stored_bytes for t in read_model(str(x)).tensors) for x in (CNN, p, s, h)]
-    assert stored == sorted(stored, reverse=True) and len(set(stored)) == 4
+    assert stored == sorted(stored, reverse=True) and len(set(stored[:3])) == 3
+    # huffman keeps a stream packed where its code tables and header text would cost more than
+    # it saves: on this small model the file must not grow (it may stay the same)
+    assert h.stat().st_size <= s.stat().st_size
 
 
 def test_pipe_chain_through_stdin_and_stdout(cli, tmp_path):

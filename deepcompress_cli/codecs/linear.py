@@ -30,8 +30,12 @@ def check(params: dict, target, parts: dict) -> None:
             or any(type(params[k]) is not int for k in ("bits", "channels", "inner")):
         raise DczError("linear needs params {bits, channels, inner, symmetric}")
     bits, channels, inner = params["bits"], params["channels"], params["inner"]
-    if not 2 <= bits <= 16 or channels < 1 or inner < 1 or target.count % (channels * inner):
-        raise DczError("linear params do not fit the tensor (bits 2..16, channels x inner must divide it)")
+    # channels x inner divides n and is at most n: an empty tensor has C = I = 1 (a larger
+    # product, such as inner 2^62, would pass "divides 0" but numpy cannot lay it out)
+    if not 2 <= bits <= 16 or channels < 1 or inner < 1 or target.count % (channels * inner) \
+            or channels * inner > max(target.count, 1):
+        raise DczError("linear params do not fit the tensor (bits 2..16, channels x inner must divide "
+                       "its element count, and be 1 for an empty tensor)")
     if target.dtype not in ("float32", "float16", "float64"):
         raise DczError(f"linear cannot produce {target.dtype}")
     codes, scales, zero_points = parts["codes"], parts["scales"], parts["zero_points"]
@@ -64,8 +68,8 @@ def quantize(values: np.ndarray, bits: int, channels: int = 1, inner: int = 1, s
     """
     top = (1 << bits) - 1
     grouped = values.reshape(-1, channels, inner).astype(np.float64)
-    low = np.minimum(grouped.min(axis=(0, 2)), 0.0)
-    high = np.maximum(grouped.max(axis=(0, 2)), 0.0)
+    low = grouped.min(axis=(0, 2), initial=0.0)  # the range always includes 0 (an empty one too)
+    high = grouped.max(axis=(0, 2), initial=0.0)
     if symmetric:
         half = (1 << (bits - 1)) - 1  # restricted range -127..127, as onnxruntime's int8 weights
         scales = np.maximum(np.abs(low), high) / half

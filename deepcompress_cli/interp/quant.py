@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..codecs import linear
-from ..encoding import Quantized, dense_codes, parse
+from ..encoding import Quantized, dense_codes, quantized_form
 from ..errors import DczError
 from ..graphs import output_channel_axis, table_names
 from ..tensors import Package
@@ -131,8 +131,8 @@ class Int8Interpreter(Interpreter):
         self.ranges = ranges or {}  # calibrated activation ranges; otherwise measured per run
         stored = {}
         for t in package.tensors:
-            if any(step.codec == "linear" for step in t.chain):
-                form = parse(t)
+            form = quantized_form(t)
+            if form is not None:
                 stored[t.name] = Quantized(dense_codes(form), *(getattr(form.values, f) for f in
                                            ("scales", "zero_points", "bits", "channels", "inner", "symmetric")))
         names = table_names(package.graph.graph)  # graph value -> table name, for stored codes

@@ -13,8 +13,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from ..codecs import validate_chain
 from ..errors import DczError
-from ..tensors import Package, Tensor
+from ..tensors import FLOAT_DTYPES, Package, Tensor
 
 
 @dataclass
@@ -60,8 +61,11 @@ def map_weights(package: Package, encode: Callable[[Tensor], tuple[Tensor, dict]
 
     With `jobs` > 1 tensors are encoded on that many threads (numpy releases the GIL in its
     heavy loops); results are placed by position, so the output does not depend on `jobs`.
+    Entries marked as weights that no stage can re-encode (see `compressible`) are left as they are.
+    Every new entry is checked with the reader's own rules, so a stage cannot produce a file
+    that `info` refuses.
     """
-    weights = [i for i, t in enumerate(package.tensors) if t.is_weight]
+    weights = [i for i, t in enumerate(package.tensors) if compressible(t)]
     if jobs > 1 and len(weights) > 1:
         from concurrent.futures import ThreadPoolExecutor, as_completed
 
@@ -85,9 +89,25 @@ def map_weights(package: Package, encode: Callable[[Tensor], tuple[Tensor, dict]
 def _collect(package: Package, positions: list[int], results: Iterable) -> list[dict]:
     rows = []
     for i, (new, row) in zip(positions, results):
+        validate_chain(new)  # a stage's bug must not become a file the reader rejects
         package.tensors[i] = new
         rows.append(row)
     return rows
+
+
+def compressible(tensor: Tensor) -> bool:
+    """Whether the stages re-encode this entry: a conv/fc weight that is a float tensor with at
+    least one dim and one element.  Any other entry marked conv/fc (only a hand-made file has
+    them: integer or bool weights, scalars, empty tensors) passes through every stage unchanged,
+    like an `other` tensor: there is nothing to prune, cluster or scale in it."""
+    return tensor.is_weight and tensor.dtype in FLOAT_DTYPES and len(tensor.shape) > 0 and tensor.numel > 0
+
+
+def require_compressible(tensor: Tensor, what: str) -> None:
+    """For the per-tensor functions called directly (the stages skip such entries)."""
+    if not compressible(tensor):
+        raise DczError(f"tensor {tensor.name!r} ({tensor.dtype}, shape {list(tensor.shape)}, kind {tensor.kind}) "
+                       f"cannot be {what}: only non-empty float weights can")
 
 
 def require_finite(tensor: Tensor, values: np.ndarray) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..tensors import Package, Tensor
-from . import map_weights, no_progress
+from . import compressible, map_weights, no_progress
 from .entropy import huffman_tensor
 from .prune import PruneConfig, prune_tensor
 from .share import ShareConfig, share_tensor
@@ -51,7 +51,7 @@ def compress_retrain(package: Package, prune_config: PruneConfig, share_config: 
     from .entropy import huffman
     from .retraining import prune_retrain, share_retrain, teacher_logits
 
-    originals = {t.name: t for t in package.tensors if t.is_weight}
+    originals = {t.name: t for t in package.tensors if compressible(t)}
     teacher = teacher_logits(package, train)
     p_rows, history = prune_retrain(package, prune_config, train, steps, progress, teacher)
     bytes_p = {t.name: t.stored_bytes for t in package.tensors}
@@ -67,10 +67,11 @@ def compress_retrain(package: Package, prune_config: PruneConfig, share_config: 
 
 def totals(rows: list[dict], package: Package) -> dict:
     """Whole-model figures: weights only, and all tensors (biases and others as stored)."""
-    others = sum(t.stored_bytes for t in package.tensors if not t.is_weight)
+    compressed = {r["name"] for r in rows}  # entries without a row passed through as they were
+    others = sum(t.stored_bytes for t in package.tensors if t.name not in compressed)
     sums = {key: sum(r[key] for r in rows) for key in ("weights", "kept", "bytes_original", "bytes_p",
                                                        "bytes_pq", "bytes_pqh")}
-    other_original = sum(t.nbytes for t in package.tensors if not t.is_weight)
+    other_original = sum(t.nbytes for t in package.tensors if t.name not in compressed)
     sums["ratio_weights"] = round(sums["bytes_original"] / sums["bytes_pqh"], 3) if sums["bytes_pqh"] else None
     all_original, all_stored = sums["bytes_original"] + other_original, sums["bytes_pqh"] + others
     sums["ratio_all_tensors"] = round(all_original / all_stored, 3) if all_stored else None

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..encoding import build, parse
+from ..encoding import build, file_cost, parse, readable
 from ..tensors import Package, Tensor
-from . import map_weights, no_progress
+from . import map_weights, no_progress, require_compressible
+
+HEADER_ALIGN = 64  # the container pads the header to this
 
 
 def entropy_bits(symbols: np.ndarray) -> float:
@@ -19,11 +21,17 @@ def entropy_bits(symbols: np.ndarray) -> float:
 
 
 def huffman_tensor(tensor: Tensor) -> tuple[Tensor, dict]:
+    require_compressible(tensor, "Huffman-coded")
     form = parse(tensor)
     streams = {"gaps": form.gaps, "indices": getattr(form.values, "indices", None),
                "codes": getattr(form.values, "codes", None)}
     streams = {k: v for k, v in streams.items() if v is not None}
     new = build(tensor, form.with_(entropy="huffman")) if streams else tensor
+    # Lossless, so never worth a bigger file: keep the input's encoding unless the new one costs
+    # fewer file bytes (header text and padding included; by a margin of the header's own 64-byte
+    # padding, which more header text can push one step), or if the reader would refuse it.
+    if new is not tensor and (file_cost(new) + HEADER_ALIGN > file_cost(tensor) or not readable(new)):
+        new = tensor
     row = {"name": tensor.name, "kind": tensor.kind, "bytes_before": tensor.stored_bytes,
            "bytes_after": new.stored_bytes, "streams": {}}
     for slot, symbols in streams.items():

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..encoding import build, dense_form, entropy_of, sparse_form
+from ..encoding import build, dense_form, entropy_of, readable, sparse_form
 from ..errors import DczError
 from ..tensors import Package, Tensor
-from . import PerKind, map_weights, no_progress, require_finite
+from . import PerKind, map_weights, no_progress, require_compressible, require_finite
 
 DEFAULT_SPARSITY = (0.6, 0.9)  # conv, fc: the issue's defaults
 DEFAULT_INDEX_BITS = (8, 5)  # conv, fc: the paper's relative-index widths
@@ -27,27 +27,40 @@ class PruneConfig:
 
 
 def magnitude_mask(values: np.ndarray, sparsity: float | None = None, threshold_std: float | None = None):
-    """(keep mask, threshold).  Weights with |w| <= threshold are dropped, and exact zeros always.
+    """(keep mask, threshold).
 
-    By sparsity the threshold is the n·S-th smallest magnitude, so at least that fraction goes
-    (ties at the threshold go too: the result never depends on element order).
+    By `sparsity` exactly round(n·S) weights go, the smallest magnitudes first.  Among weights of
+    equal magnitude at the threshold the lowest flat (C-order) indices go first, so a layer of
+    equal weights (a box filter) loses the requested fraction, not all of it, and the result is
+    deterministic.  Exact zeros always go, even beyond that count: a pruned weight is a zero, so
+    dropping one changes nothing but the size.  The threshold is the largest magnitude that went
+    (None when none did).
+    By `threshold_std` (the paper's rule) every |w| <= Q x the layer's std goes.
     """
     if threshold_std is not None:
         threshold = float(threshold_std * values.std(dtype=np.float64))
-    else:
-        drop = int(round(sparsity * values.size))
-        if not drop:
-            return values != 0, -1.0
-        magnitude = np.abs(values).reshape(-1)
-        magnitude.partition(drop - 1)  # in place: our own array, no second copy of a big layer
-        threshold = float(magnitude[drop - 1])
-        del magnitude
-    threshold_ = values.dtype.type(max(threshold, 0.0))  # |w| > t >= 0 also drops exact zeros
-    return (values > threshold_) | (values < -threshold_), threshold
+        t = values.dtype.type(max(threshold, 0.0))  # |w| > t >= 0 also drops exact zeros
+        return (values > t) | (values < -t), threshold
+    drop = int(round(sparsity * values.size))
+    if not drop:
+        return values != 0, None
+    magnitude = np.abs(values).reshape(-1)
+    magnitude.partition(drop - 1)  # in place: our own array, no second copy of a big layer
+    t = magnitude[drop - 1]  # the drop-th smallest magnitude
+    del magnitude
+    if t == 0:  # at least `drop` zeros: exactly the zeros go
+        return values != 0, 0.0
+    flat = values.reshape(-1)
+    keep = (flat > t) | (flat < -t)
+    ties = np.flatnonzero((flat == t) | (flat == -t))
+    below = flat.size - int(np.count_nonzero(keep)) - len(ties)  # all of these go
+    keep[ties[drop - below:]] = True  # of the ties, the first (drop - below) go, the rest stay
+    return keep.reshape(values.shape), float(t)
 
 
 def prune_tensor(tensor: Tensor, sparsity: float | None, index_bits: int,
                  threshold_std: float | None = None) -> tuple[Tensor, dict]:
+    require_compressible(tensor, "pruned")
     dense = tensor.decode()
     require_finite(tensor, dense)
     keep, threshold = magnitude_mask(dense, sparsity, threshold_std)
@@ -57,15 +70,20 @@ def prune_tensor(tensor: Tensor, sparsity: float | None, index_bits: int,
 
 
 def store_pruned(tensor: Tensor, dense: np.ndarray, keep: np.ndarray, index_bits: int) -> tuple[Tensor, dict]:
-    """`dense` stored with the relative index of its `keep` positions (kept values exact)."""
+    """`dense` stored with the relative index of its `keep` positions (kept values exact).
+
+    Stored flat instead (zeros included) when the index would cost more than it saves, or when
+    the reader would refuse the sparse entry: a layer pruned to (almost) nothing over more
+    positions than its few entries may claim (the format's expansion bound).
+    """
     form = sparse_form(dense, keep, index_bits, tensor.dtype).with_(entropy=entropy_of(tensor))
     new = build(tensor, form)
-    if new.stored_bytes >= tensor.nbytes:  # nearly dense: the index costs more than it saves
+    if new.stored_bytes >= tensor.nbytes or not readable(new):
         new = build(tensor, dense_form(np.where(keep, dense, 0), tensor.dtype))
     kept = int(np.count_nonzero(keep))
     return new, {
         "name": tensor.name, "kind": tensor.kind, "weights": tensor.numel, "kept": kept,
-        "sparsity": round(1 - kept / tensor.numel, 6) if tensor.numel else 0.0,
+        "sparsity": round(1 - kept / tensor.numel, 6) if tensor.numel else 0.0,  # achieved, zeros included
         "threshold": None, "index_bits": index_bits,
         "entries": len(form.gaps), "fillers": len(form.gaps) - kept,
         "stored_sparse": new.chain[0].codec == "sparse",

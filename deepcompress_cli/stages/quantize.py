@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..codecs import linear
-from ..encoding import Quantized, build, parse
+from ..encoding import Quantized, build, dense_form, parse, readable
 from ..graphs import output_channel_axis
 from ..onnx_io import weight_consumers
 from ..tensors import Package, Tensor
-from . import map_weights, no_progress, require_finite
+from . import map_weights, no_progress, require_compressible, require_finite
 
 
 @dataclass
@@ -22,24 +22,36 @@ class QuantizeConfig:
 
 
 def quantize_tensor(tensor: Tensor, config: QuantizeConfig, axis: int | None) -> tuple[Tensor, dict]:
+    require_compressible(tensor, "quantized")
     form = parse(tensor)
-    values = form.entry_values()
-    require_finite(tensor, values)
-    if form.is_sparse:
-        axis = None  # entries of a sparse tensor have no channel layout: one range for the layer
-    channels, inner = linear.channel_layout(tensor.shape, axis)
-    codes, scales, zero_points = linear.quantize(values, config.bits, channels, inner, config.symmetric)
-    q = Quantized(codes, scales, zero_points, config.bits, channels, inner, config.symmetric)
-    new = build(tensor, form.with_(values=q))
+    if form.is_sparse:  # entries of a sparse tensor have no channel layout: one range for the layer
+        new, q, values = _quantized(tensor, form, config, None)
+        if readable(new):
+            axis = None
+        else:  # too few entries for their positions (format's expansion bound): codes for every weight
+            form = dense_form(tensor.decode(), tensor.dtype)
+            new, q, values = _quantized(tensor, form, config, axis)
+    else:
+        new, q, values = _quantized(tensor, form, config, axis)
     error = q.floats().astype(np.float64) - values
     return new, {
-        "name": tensor.name, "kind": tensor.kind, "bits": config.bits, "axis": axis, "channels": channels,
+        "name": tensor.name, "kind": tensor.kind, "bits": config.bits, "axis": axis, "channels": q.channels,
         "symmetric": config.symmetric,
         "rmse": float(np.sqrt(np.mean(error ** 2))) if len(error) else 0.0,
         "max_error": float(np.abs(error).max()) if len(error) else 0.0,
         "mean_error": float(error.mean()) if len(error) else 0.0,
         "bytes_before": tensor.stored_bytes, "bytes_after": new.stored_bytes,
     }
+
+
+def _quantized(tensor: Tensor, form, config: QuantizeConfig, axis: int | None):
+    """(new entry, its Quantized values, the float values they stand for)."""
+    values = form.entry_values()
+    require_finite(tensor, values)
+    channels, inner = linear.channel_layout(tensor.shape, axis)
+    codes, scales, zero_points = linear.quantize(values, config.bits, channels, inner, config.symmetric)
+    q = Quantized(codes, scales, zero_points, config.bits, channels, inner, config.symmetric)
+    return build(tensor, form.with_(values=q)), q, values
 
 
 def quantize(package: Package, config: QuantizeConfig, progress=no_progress, jobs: int = 1) -> list[dict]:

@@ -15,7 +15,7 @@ from ..codecs import sparse
 from ..tensors import Package, Slot, Tensor
 from ..train.network import Network
 from ..train.retrain import Clusters, Trainer, TrainConfig, load_data, logits_of
-from . import no_progress
+from . import compressible, no_progress
 from .prune import PruneConfig, magnitude_mask, prune_tensor, store_pruned
 from .share import ShareConfig, share
 
@@ -54,7 +54,7 @@ def prune_retrain(package: Package, config: PruneConfig, train: TrainConfig, ste
     trainer = Trainer(network, train, progress, teacher)
     index = _table_index(package)
     weights = {v: package.tensors[index[network.table_name[v]]] for v in network.params
-               if package.tensors[index[network.table_name[v]]].is_weight}
+               if compressible(package.tensors[index[network.table_name[v]]])}
     # the paper's rule measures each layer's spread once, on the weights before any pruning
     stds = {v: float(network.params[v].std(dtype=np.float64)) for v in weights}
     history = [{"phase": "original", "val_accuracy": trainer.validate()}]
@@ -82,7 +82,7 @@ def prune_retrain(package: Package, config: PruneConfig, train: TrainConfig, ste
         trained.add(tensor.name)
     _store_free_params(package, network, [v for v in network.params if v not in weights])
     for i, tensor in enumerate(package.tensors):  # weights the network could not train
-        if tensor.is_weight and tensor.name not in trained:
+        if compressible(tensor) and tensor.name not in trained:
             sparsity = None if config.threshold_std is not None else config.sparsity.value(tensor)
             package.tensors[i], row = prune_tensor(tensor, sparsity, int(config.index_bits.value(tensor)),
                                                    config.threshold_std)
@@ -118,7 +118,7 @@ def share_retrain(package: Package, config: ShareConfig, train: TrainConfig,
     clusters, frozen = {}, set()
     for value in network.params:
         tensor = package.tensors[index[network.table_name[value]]]
-        if tensor.is_weight:
+        if compressible(tensor):
             c = cluster_map(tensor)
             if c is not None:
                 clusters[value] = c
