@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,8 +98,8 @@ def load_npz(path: str, specs: list[InputSpec] | None = None, option: str = "--d
                 headers = {key: _header(archive, members[key], where, key) for key in wanted}
                 _check(headers, {s.name: s for s in specs or ()}, where, max_bytes)
                 arrays = {key: _body(archive, members[key], where, key) for key in wanted}
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError,
-                RuntimeError) as e:  # RuntimeError: encrypted member; NotImplementedError: compression
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, struct.error, EOFError, OSError,
+                NotImplementedError, RuntimeError) as e:  # RuntimeError: encrypted; NotImplementedError: method
             raise DczError(f"{where}: not a readable .npz ({str(e)[:80]})") from None
     for spec in specs or ():
         arrays[spec.name] = convert(arrays[spec.name], spec, where)
@@ -197,7 +199,10 @@ def _header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, key: st
             else:  # 3.0 only differs for non-latin-1 field names, i.e. structured dtypes (refused)
                 raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
             offset = fp.tell()
-    except ValueError as e:  # not .npy magic, a malformed or oversized header
+    except (zipfile.BadZipFile, zlib.error, EOFError):
+        raise  # the archive's fault: reported by load_npz
+    except Exception as e:  # noqa: BLE001 - numpy's header parser on a hostile header (ValueError,
+        # SyntaxError, tokenize.TokenError, ...): not .npy magic, a malformed or oversized header
         raise DczError(f"{where}: {key!r} is not a readable .npy array ({str(e)[:80]})") from None
     if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None or dtype.itemsize == 0:
         raise DczError(f"{where}: {key!r} has dtype {dtype}, not an array of plain numbers")

@@ -319,3 +319,28 @@ def test_convert_unit_rules():
     assert convert(np.array([0, 255]), narrow).dtype == np.uint8
     with pytest.raises(DczError, match="do not fit"):
         convert(np.array([-1, 3]), narrow)
+
+
+def test_mutated_npz_files_are_read_or_refused_in_one_line(tmp_path):
+    """Random byte flips and truncations of stored and deflated .npz files: zlib errors and numpy's
+    header parser (tokenize.TokenError, SyntaxError) used to escape as internal errors."""
+    import random
+
+    spec = input_specs(onnx.load(str(MODEL)).graph)
+    originals = []
+    for save in (np.savez, np.savez_compressed):
+        out = io.BytesIO()
+        save(out, **digits(20))
+        originals.append(out.getvalue())
+    rng, path, outcomes = random.Random(1), tmp_path / "d.npz", set()
+    for _ in range(400):
+        data = bytearray(rng.choice(originals))
+        for _ in range(rng.randint(1, 8)):  # half of the flips in the first member's headers
+            data[rng.randrange(400 if rng.random() < 0.5 else len(data))] = rng.randrange(256)
+        path.write_bytes(bytes(data[:rng.randrange(len(data))] if rng.random() < 0.1 else data))
+        try:
+            load_npz(str(path), spec, max_bytes=MiB)
+            outcomes.add("read")
+        except DczError:
+            outcomes.add("refused")
+    assert outcomes == {"read", "refused"}
