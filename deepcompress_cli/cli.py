@@ -244,7 +244,8 @@ def train_options(with_seed: bool, with_steps: bool):
 def train_config(train_data, val, epochs, lr, batch_size, seed, logits):
     from .train.retrain import TrainConfig
 
-    given = {"--val": val, "--epochs": epochs, "--lr": lr, "--batch-size": batch_size, "--logits": logits}
+    given = {"--val": val, "--epochs": epochs, "--lr": lr, "--batch-size": batch_size, "--logits": logits,
+             "--max-data-bytes": max_data_bytes(click.get_current_context())}
     if train_data is None:
         for option, value in given.items():
             if value is not None:
@@ -256,7 +257,7 @@ def train_config(train_data, val, epochs, lr, batch_size, seed, logits):
         if not (math.isfinite(value) and 0 < value <= high):
             raise click.BadParameter(f"must be a number in (0, {high:g}], got {value}", param_hint=option)
     return TrainConfig(train_data, epochs, lr, batch_size or TRAIN_DEFAULTS["batch_size"], seed, val=val, logits=logits,
-                       max_data_bytes=max_data_bytes(click.get_current_context()))
+                       max_data_bytes=given["--max-data-bytes"])
 
 
 def prune_config(sparsity, layer_sparsity, index_bits, threshold_std, train=False):

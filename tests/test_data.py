@@ -151,6 +151,12 @@ def test_max_data_bytes_applies_to_training_data(cli, tmp_path):
     assert not (tmp_path / "p.dcz").exists()
 
 
+def test_max_data_bytes_needs_train(cli, tmp_path):
+    result = cli("prune", MODEL, "-o", tmp_path / "p.dcz", "--max-data-bytes", "1G")
+    assert_one_line_error(result)
+    assert "--max-data-bytes" in result.stderr and "needs --train" in result.stderr
+
+
 # ------------------------------------------------------------------------------ what is read
 
 def test_only_the_models_arrays_are_read_and_others_may_be_anything(tmp_path):
