@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .data import InputSpec, check_labels, convert, input_specs as data_specs, load_npz
 from .errors import DczError, GateFailed
 from .files import read_model
 from .interp.ops import MAX_VALUE_BYTES
@@ -30,20 +31,7 @@ class BenchConfig:
     baseline: str | None = None
     gates: dict = field(default_factory=dict)  # min_ratio, max_accuracy_drop (points), min_cosine
     max_value_bytes: int = MAX_VALUE_BYTES  # one array an op sizes from tensor values (interp/ops)
-
-
-def load_npz(path: str) -> dict[str, np.ndarray]:
-    import zipfile
-
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise ValueError("a single array (.npy), not named arrays")
-            return {k: data[k] for k in data.files}
-    except AttributeError:  # np.load returned a bare array, which is no context manager
-        raise DczError(f"{path}: not a readable .npz (a single array, not named arrays)") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        raise DczError(f"{path}: not a readable .npz ({str(e)[:80]})") from None
+    max_data_bytes: int | None = None  # cap on the decoded --data/--calibrate arrays (data.MAX_DATA_BYTES)
 
 
 def input_specs(interp) -> list[tuple[str, list, np.dtype]]:
@@ -69,7 +57,7 @@ def make_inputs(interp, data: dict | None, count: int, seed: int,
         missing = next((name for name, _, _ in specs if name not in data), None)
         if missing is not None:
             raise DczError(f"--data has no array named {missing!r} (the model's input)")
-        return {name: data[name].astype(dtype, copy=False) for name, _, dtype in specs}
+        return {name: convert(data[name], InputSpec(name, None, dtype)) for name, _, dtype in specs}
     shapes = {name: [d if d and d > 0 else 1 for d in dims[1:]] for name, dims, _ in specs}
     sample_bytes = sum(math.prod(shapes[name]) * dtype.itemsize for name, _, dtype in specs)  # exact ints
     if sample_bytes * count > max_bytes:
@@ -155,14 +143,16 @@ def bench(paths: list[str], config: BenchConfig, progress=lambda items, **kw: it
     from .interp.graph import Interpreter
     from .interp.quant import Int8Interpreter
 
-    data = load_npz(config.data) if config.data else None
-    labels = check_labels(data.pop("labels", None), data) if data else None
-    check_gates_can_run(paths, config, labels)
     baseline_path = config.baseline or paths[0]
     models = [baseline_path] + [p for p in paths if p != baseline_path]
+    first = read_model(baseline_path)  # its inputs say which arrays of --data to read, and how big
+    specs = data_specs(first.graph.graph)
+    data = load_npz(config.data, specs, "--data", config.max_data_bytes) if config.data else None
+    labels = check_labels(data.pop("labels", None), data) if data else None
+    check_gates_can_run(paths, config, labels)
     results, reference = [], None
     for path in progress(models, desc="bench"):
-        package = read_model(path)
+        package, first = (first if first is not None else read_model(path)), None
         fp32 = Interpreter(package, config.max_value_bytes)
         batch = fixed_batch(fp32) or config.batch
         count = len(labels) if labels is not None else (len(next(iter(data.values()))) if data else 64)
@@ -176,8 +166,8 @@ def bench(paths: list[str], config: BenchConfig, progress=lambda items, **kw: it
         if config.int8:  # activation ranges: calibrated over --calibrate data, or measured per run
             ranges = None
             if config.calibrate:
-                calibration = load_npz(config.calibrate)
-                calibration.pop("labels", None)
+                calibration = load_npz(config.calibrate, data_specs(package.graph.graph), "--calibrate",
+                                       config.max_data_bytes, labels=False)
                 ranges = calibrate(package, calibration, batch, config.max_value_bytes)
             interpreters["int8"] = Int8Interpreter(package, ranges, config.max_value_bytes)
         for mode, interp in interpreters.items():
@@ -209,26 +199,6 @@ def ort_latency(package, feeds, config) -> dict | None:
 
     session = ort.InferenceSession(to_onnx(package).SerializeToString(), providers=["CPUExecutionProvider"])
     return latency(lambda: session.run(None, feeds), config.runs, config.warmup)
-
-
-def check_labels(labels: np.ndarray | None, data: dict, option: str = "--data") -> np.ndarray | None:
-    """`labels` must be class ids, one per sample of the data (and every array has samples)."""
-    counts = {name: (len(array) if array.ndim else None) for name, array in data.items()}
-    for name, count in counts.items():
-        if count is None:
-            raise DczError(f"{option} {name!r} is a scalar, not an array of samples")
-    if len(set(counts.values())) > 1:
-        raise DczError(f"{option} arrays have different sample counts: {counts}")
-    if labels is None:
-        return None
-    if labels.ndim != 1 or labels.dtype.kind not in "iu":
-        raise DczError(f"{option} labels must be a 1-D array of integer class ids (got {labels.dtype} {labels.shape})")
-    if labels.size and labels.min() < 0:
-        raise DczError(f"{option} labels must be class ids >= 0 (found {labels.min()})")
-    for name, count in counts.items():
-        if count != len(labels):
-            raise DczError(f"{option} {name!r} has {count} samples but labels has {len(labels)}")
-    return labels
 
 
 def check_gates_can_run(paths: list[str], config: BenchConfig, labels) -> None:

@@ -90,6 +90,33 @@ def jobs(ctx) -> int:
     return (ctx.find_root().obj or {}).get("jobs") or os.cpu_count() or 1
 
 
+_BYTE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _set_max_data_bytes(ctx, param, value):
+    if value is None:
+        return
+    text = value.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = text[-1:] if text[-1:] in _BYTE_UNITS else ""
+    number = text[:len(text) - len(unit)]
+    if not number.isdigit() or int(number) < 1:
+        raise click.BadParameter(f"a size such as 8G or 500M (binary units) or a byte count, got {value!r}",
+                                 ctx, param)
+    ctx.ensure_object(dict)["max_data_bytes"] = int(number) * _BYTE_UNITS[unit]
+
+
+def data_bytes_option(f):
+    """`--max-data-bytes`: the cap on what one data file may decode to (data.MAX_DATA_BYTES)."""
+    return click.option("--max-data-bytes", "max_data_bytes_", metavar="SIZE", expose_value=False,
+                        callback=_set_max_data_bytes,
+                        help="Refuse a data file whose arrays for the model decode to more than SIZE "
+                             "(e.g. 16G) [default: 4G].")(f)
+
+
+def max_data_bytes(ctx) -> int | None:
+    return (ctx.find_root().obj or {}).get("max_data_bytes")
+
+
 def json_option(f):
     """`--json`, `-q` and `-j` accepted after the subcommand too (`deepcompress info m.dcz --json`)."""
     f = click.option("-j", "--jobs", "jobs_", type=click.IntRange(1, 256), expose_value=False, callback=_set_jobs,
@@ -207,6 +234,7 @@ def train_options(with_seed: bool, with_steps: bool):
         f = click.option("--epochs", type=float, metavar="E",
                          help=f"Epochs of retraining per step (and for the centroids) [default: {TRAIN_DEFAULTS['epochs']:g}].")(f)
         f = click.option("--val", metavar="DATA.npz", help="Report top-1 on this data after each step (needs labels).")(f)
+        f = data_bytes_option(f)
         return click.option("--train", "train_data", metavar="DATA.npz",
                             help="Retrain on this data (inputs by graph input name, optional `labels`; "
                                  "without labels: distillation to the original model).")(f)
@@ -216,7 +244,8 @@ def train_options(with_seed: bool, with_steps: bool):
 def train_config(train_data, val, epochs, lr, batch_size, seed, logits):
     from .train.retrain import TrainConfig
 
-    given = {"--val": val, "--epochs": epochs, "--lr": lr, "--batch-size": batch_size, "--logits": logits}
+    given = {"--val": val, "--epochs": epochs, "--lr": lr, "--batch-size": batch_size, "--logits": logits,
+             "--max-data-bytes": max_data_bytes(click.get_current_context())}
     if train_data is None:
         for option, value in given.items():
             if value is not None:
@@ -227,7 +256,8 @@ def train_config(train_data, val, epochs, lr, batch_size, seed, logits):
     for option, value, high in (("--epochs", epochs, 10000), ("--lr", lr, 1e6)):
         if not (math.isfinite(value) and 0 < value <= high):
             raise click.BadParameter(f"must be a number in (0, {high:g}], got {value}", param_hint=option)
-    return TrainConfig(train_data, epochs, lr, batch_size or TRAIN_DEFAULTS["batch_size"], seed, val=val, logits=logits)
+    return TrainConfig(train_data, epochs, lr, batch_size or TRAIN_DEFAULTS["batch_size"], seed, val=val, logits=logits,
+                       max_data_bytes=given["--max-data-bytes"])
 
 
 def prune_config(sparsity, layer_sparsity, index_bits, threshold_std, train=False):
@@ -659,6 +689,7 @@ def compress(ctx, model, output, sparsity, layer_sparsity, index_bits, threshold
 @click.option("--max-accuracy-drop", type=float, metavar="P", help="Gate: top-1 at most P points below the baseline.")
 @click.option("--min-cosine", type=float, metavar="C", help="Gate: output cosine similarity to the baseline >= C.")
 @click.option("--check", is_flag=True, help="Only list ops the interpreter does not support (exit 2 if any).")
+@data_bytes_option
 @json_option
 @click.pass_context
 def bench(ctx, models, baseline, data, calibrate, runs, warmup, batch, seed, int8, ort, min_ratio,
@@ -687,6 +718,7 @@ def bench(ctx, models, baseline, data, calibrate, runs, warmup, batch, seed, int
         return
     gates = {"min_ratio": min_ratio, "max_accuracy_drop": max_accuracy_drop, "min_cosine": min_cosine}
     config = bench_lib.BenchConfig(runs, warmup, batch, seed, int8, ort, data, calibrate, baseline, gates)
+    config.max_data_bytes = max_data_bytes(ctx)
     report = bench_lib.bench(list(models), config, progress_bar(ctx))
     emit(ctx, report, format_bench(report))
     bench_lib.enforce(report)

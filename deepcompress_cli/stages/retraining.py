@@ -37,7 +37,7 @@ def teacher_logits(package: Package, train: TrainConfig) -> np.ndarray | None:
     """The uncompressed model's logits on unlabeled training data (None when it has labels):
     every phase distills towards the original, not towards the previous phase's result."""
     network = Network(package, train.logits)
-    feeds, labels = load_data(train.data, network)
+    feeds, labels = load_data(train.data, network, "--train", train.max_data_bytes)
     return logits_of(network, feeds) if labels is None else None
 
 

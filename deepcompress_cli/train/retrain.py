@@ -32,6 +32,7 @@ class TrainConfig:
     momentum: float = 0.9
     val: str | None = None
     logits: str | None = None  # the value the loss is on (default: the first float output)
+    max_data_bytes: int | None = None  # cap on the decoded arrays of each file (data.MAX_DATA_BYTES)
 
 
 @dataclass
@@ -46,19 +47,13 @@ class Clusters:
         return table[self.ids].astype(np.float32)
 
 
-def load_data(path: str, network: Network, option: str = "--train") -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    from ..bench import check_labels, load_npz
+def load_data(path: str, network: Network, option: str = "--train",
+              max_bytes: int | None = None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    from ..data import InputSpec, check_labels, load_npz
 
-    data = load_npz(path)
-    labels = data.pop("labels", None)
-    missing = [name for name in network.inputs if name not in data]
-    if missing:
-        raise DczError(f"{option} {path}: no array named {missing[0]!r} (the model's input)")
-    feeds = {name: data[name] for name in network.inputs}
-    labels = check_labels(labels, feeds, option)
-    if not len(next(iter(feeds.values()))):
-        raise DczError(f"{option} {path}: no samples")
-    feeds = network.cast_inputs(feeds)
+    specs = [InputSpec.of(name, network.input_types[name]) for name in network.inputs]
+    feeds = load_npz(path, specs, option, max_bytes)  # in the declared dtypes, >= 1 sample
+    labels = check_labels(feeds.pop("labels", None), feeds, option)
     for name, array in feeds.items():
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise DczError(f"{option} {path}: {name!r} holds NaN or infinite values")
@@ -92,7 +87,7 @@ class Trainer:
         self.network = network
         self.config = config
         self.progress = progress
-        self.feeds, self.labels = load_data(config.data, network)
+        self.feeds, self.labels = load_data(config.data, network, "--train", config.max_data_bytes)
         self.samples = len(next(iter(self.feeds.values())))
         fixed = network.fixed_batch()
         self.batch = fixed or min(config.batch_size, self.samples)
@@ -103,7 +98,7 @@ class Trainer:
         self.teacher = None
         if self.labels is None:  # distillation targets: the model as it was before compression
             self.teacher = teacher if teacher is not None else logits_of(network, self.feeds)
-        self.val = load_data(config.val, network, "--val") if config.val else None
+        self.val = load_data(config.val, network, "--val", config.max_data_bytes) if config.val else None
         if self.val is not None:
             if self.val[1] is None:
                 raise DczError(f"--val {config.val}: needs `labels`")
