@@ -18,7 +18,8 @@ the npz already holds preprocessed inputs and feeds both models as-is.
 Everything is seeded, BLAS is pinned to one thread (multi-threaded OpenBLAS gemm
 rounds differently) and files are written without timestamps, so re-running
 produces byte-identical files. Bytes can still differ across CPU families or
-NumPy/BLAS builds, since the SIMD kernels round differently.
+NumPy/BLAS builds, since the SIMD kernels round differently (on x86-64 the OpenBLAS kernel
+family is pinned to Haswell for that reason).
 
 Usage: python sample_models/make_samples.py [--out DIR]
 """
@@ -26,11 +27,18 @@ Usage: python sample_models/make_samples.py [--out DIR]
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import time
 import zipfile
 from pathlib import Path
 
-import numpy as np
+# One OpenBLAS kernel family on every x86-64 machine (its SIMD kernels round differently, and
+# OpenBLAS picks them by CPU): AVX2 "Haswell" runs on every CPU these files are made on.
+if platform.machine() in ("x86_64", "AMD64"):
+    os.environ["OPENBLAS_CORETYPE"] = "Haswell"
+
+import numpy as np  # noqa: E402
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 from sklearn.datasets import load_digits
