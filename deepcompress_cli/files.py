@@ -48,8 +48,9 @@ def read_model(path: str, include=(), exclude=()) -> Package:
                             model = onnx_io.parse_model(view)  # protobuf copies what it keeps
                         finally:
                             view.release()
+                    external = onnx_io.external_data_bytes(model, base_dir)  # the model's size is both
                     package = onnx_io.from_onnx(model, base_dir, include, exclude)
-                    package.file_bytes = size
+                    package.file_bytes = size + external
                     return package
         except OSError as e:
             raise DczError(f"{path}: cannot read ({e.strerror})") from None

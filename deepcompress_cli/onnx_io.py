@@ -175,6 +175,14 @@ def from_onnx(model: onnx.ModelProto, base_dir: str | None, include=(), exclude=
     return Package(graph=stripped, tensors=tensors)
 
 
+def external_data_bytes(model: onnx.ModelProto, base_dir: str | None) -> int:
+    """Size of the distinct external data files `model` refers to: with its protobuf, the
+    model's true size on disk (call before `from_onnx`, which inlines them)."""
+    paths = {os.path.realpath(_external_file(t, base_dir, t.name)[0]) for t, _ in _every_tensor_proto(model)
+             if t.data_location == TensorProto.EXTERNAL}
+    return sum(os.path.getsize(p) for p in paths)
+
+
 def _unique(name: str, taken: set) -> str:
     unique, k = name, 1
     while unique in taken:

@@ -98,7 +98,7 @@ def test_json_output_is_one_object(cli, tmp_path):
     for args in (("--json", "info", dcz), ("info", dcz, "--json")):
         info = json.loads(cli(*args).stdout)
         assert info["totals"]["weight_elements"] == 64 * 300 + 300 * 100 + 100 * 10
-        assert info["totals"]["ratio"] == 1.0
+        assert info["totals"]["ratio_tensors"] == info["totals"]["ratio_weights"] == 1.0
         first = info["tensors"][0]
         assert (first["name"], first["op"], first["kind"], first["shape"], first["chain"]) == \
             ("fc1.weight", "Gemm", "fc", [300, 64], "raw")
