@@ -205,7 +205,8 @@ def bench(*models, baseline=None, data=None, calibrate=None, runs=10, warmup=2, 
     Gates are evaluated (`report["gates"]`, `report["passed"]`) but do not raise: the caller decides
     (the CLI exits 1). `check=True` only lists the ops the interpreter lacks: {"unsupported": {..}}.
     """
-    from . import bench as bench_lib
+    from .bench import BenchConfig
+    from .bench import bench as run_bench
 
     if len(models) == 1 and isinstance(models[0], (list, tuple)):
         models = tuple(models[0])
@@ -217,9 +218,9 @@ def bench(*models, baseline=None, data=None, calibrate=None, runs=10, warmup=2, 
 
         return {"unsupported": {m: sorted(unsupported_ops(load(m).graph)) for m in models}}
     gates = {"min_ratio": min_ratio, "max_accuracy_drop": max_accuracy_drop, "min_cosine": min_cosine}
-    config = bench_lib.BenchConfig(runs, warmup, batch_size, seed, int8, ort, _opt_path(data), _opt_path(calibrate),
-                                   _opt_path(baseline), gates)
-    report = bench_lib.bench(models, config, progress_bar(progress))
+    config = BenchConfig(runs, warmup, batch_size, seed, int8, ort, _opt_path(data), _opt_path(calibrate),
+                         _opt_path(baseline), gates)
+    report = run_bench(models, config, progress_bar(progress))
     report["passed"] = all(g["passed"] for g in report["gates"])
     return report
 
@@ -318,7 +319,8 @@ def _stage(model, output, include, exclude, metadata, fmt, progress, apply, conf
     before = sum(t.stored_bytes for t in package.tensors)
     rows, history = apply(package, progress_bar(progress))
     size, fmt = _write(package, model, output, fmt, metadata)
-    after = sum(t.stored_bytes for t in package.tensors)
+    # an ONNX output holds the decoded tensors, whatever the stage stored
+    after = sum(t.nbytes if fmt == "onnx" else t.stored_bytes for t in package.tensors)
     data = {"output": _path(output), "format": fmt, "bytes": size, "input_bytes": input_bytes,
             "tensor_bytes_before": before, "tensor_bytes_after": after,
             "ratio_tensors": _ratio(before, after), "ratio_file": _ratio(input_bytes, size), "layers": rows}

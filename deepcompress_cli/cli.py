@@ -575,7 +575,7 @@ def bench(ctx, models, baseline, data, calibrate, runs, warmup, batch_size, seed
       deepcompress bench model.onnx small.dcz --min-ratio 20 --max-accuracy-drop 0.5 --data test.npz
     """
     from . import api
-    from . import bench as bench_lib
+    from .bench import enforce
     from .report import format_bench
 
     report = api.bench(*models, baseline=baseline, data=data, calibrate=calibrate, runs=runs, warmup=warmup,
@@ -589,7 +589,7 @@ def bench(ctx, models, baseline, data, calibrate, runs, warmup, batch_size, seed
             raise DczError("unsupported ops: " + ", ".join(sorted({o for ops in missing.values() for o in ops})))
         return
     emit(ctx, report, format_bench(report))
-    bench_lib.enforce(report)
+    enforce(report)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -179,7 +179,7 @@ def test_mnist_cnn_past_nncodec_with_the_defaults(cli, tmp_path):
     result = cli("--json", "compress", model, "-o", out, "--train", tmp_path / "train.npz", "--report")
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["totals"]["ratio_weights"] >= 70 and report["totals"]["ratio_all_tensors"] >= 70
+    assert report["totals"]["ratio_weights"] >= 70 and report["totals"]["ratio_tensors"] >= 70
     assert cli("export", out, "-o", exported).exit_code == 0
     assert mnist_accuracy(exported.read_bytes()) >= 0.9827
 
