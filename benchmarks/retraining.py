@@ -43,7 +43,7 @@ def to_npz(source: str, target: str) -> None:
 
 
 def accuracies(models: list[str], test: str) -> dict[str, float]:
-    report = run("bench", *models, "--data", test, "--no-int8", "--runs", "1", "--batch", "256")
+    report = run("bench", *models, "--data", test, "--no-int8", "--runs", "1", "--batch-size", "256")
     return {m["model"]: m["modes"]["fp32"]["accuracy"] for m in report["models"]}
 
 

@@ -298,11 +298,11 @@ def _write(package, model, output, fmt, metadata, qdq=False, default="dcz") -> t
         raise DczError(f"--metadata: {len(merged)} entries, at most {METADATA_ENTRIES}")
     package.metadata = merged
     if fmt == "onnx":
-        if metadata:  # ONNX's own key/value notes
+        if merged:  # ONNX's own key/value notes carry them
             props = package.graph.metadata_props
-            kept = [(p.key, p.value) for p in props if p.key not in metadata]
+            kept = [(p.key, p.value) for p in props if p.key not in merged]
             del props[:]
-            for key, value in [*kept, *metadata.items()]:
+            for key, value in [*kept, *merged.items()]:
                 props.add(key=key, value=value)
         return write_onnx(package, output, inputs=[_path(model)], qdq=qdq), fmt
     if qdq:

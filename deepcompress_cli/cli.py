@@ -86,10 +86,6 @@ def _set_jobs(ctx, param, value):
 JOBS_HELP = "Encode tensors on N threads [default: the CPU count]; the output does not depend on N."
 
 
-def jobs(ctx) -> int:
-    return (ctx.find_root().obj or {}).get("jobs") or os.cpu_count() or 1
-
-
 def json_option(f):
     """`--json`, `-q` and `-j` accepted after the subcommand too (`deepcompress info m.dcz --json`)."""
     f = click.option("-j", "--jobs", "jobs_", type=click.IntRange(1, 256), expose_value=False, callback=_set_jobs,

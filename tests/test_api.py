@@ -153,3 +153,14 @@ def test_progress_bars_for_training_steps_and_bench_batches(tmp_path, capsys):
     assert "fp32" in err and "9/9" in err and "batch" in err
     dc.prune(LENET5, tmp_path / "q.dcz", train=TRAIN, epochs=0.05, steps=1, progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_help_states_the_train_defaults_of_the_class(cli):
+    """--help cannot import TrainConfig (start-up time); the figures it prints must be the class's."""
+    from deepcompress_cli.train.retrain import TrainConfig
+
+    config = TrainConfig("d.npz")
+    text = " ".join(cli("prune", "--help").stdout.split())
+    for option, value in (("--epochs", f"{config.epochs:g}"), ("--lr", f"{config.lr}"),
+                          ("--batch-size", f"{config.batch_size}")):
+        assert f"[default: {value}]" in text.split(option, 2)[2][:200], option
