@@ -163,4 +163,4 @@ def test_help_states_the_train_defaults_of_the_class(cli):
     text = " ".join(cli("prune", "--help").stdout.split())
     for option, value in (("--epochs", f"{config.epochs:g}"), ("--lr", f"{config.lr}"),
                           ("--batch-size", f"{config.batch_size}")):
-        assert f"[default: {value}]" in text.split(option, 2)[2][:200], option
+        assert f"[default: {value}]" in text.split(option + " ", 1)[1][:200], option
