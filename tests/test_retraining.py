@@ -311,14 +311,15 @@ def test_training_options_need_train(cli, tmp_path, option):
 
 
 def test_train_sparsity_defaults_by_size_for_kinds_not_given():
-    from deepcompress_cli.cli import prune_config
+    from deepcompress_cli.stages import per_kind
+    from deepcompress_cli.stages.prune import PruneConfig
     from deepcompress_cli.tensors import Tensor
 
     big = Tensor.raw("fc1", np.zeros((400, 1000), np.float32), "fc")
     conv = Tensor.raw("c", np.zeros((16, 8, 3, 3), np.float32), "conv")
-    config = prune_config({"fc": 0.5}, [("c", 0.25)], None, None, train=True)
+    config = PruneConfig(per_kind({"fc": 0.5}, [("c", 0.25)])).resolved(train=True)
     assert config.sparsity.value(big) == 0.5 and config.sparsity.value(conv) == 0.25
-    config = prune_config({"fc": 0.5}, [], None, None, train=True)
+    config = PruneConfig({"fc": 0.5}).resolved(train=True)
     assert config.sparsity.value(conv) == pytest.approx(1 - 12 / np.sqrt(16 * 8 * 9))
-    config = prune_config(None, [], None, None, train=True)
+    config = PruneConfig().resolved(train=True)
     assert config.sparsity.value(big) == pytest.approx(1 - 12 / np.sqrt(400_000))
