@@ -47,7 +47,7 @@ def to_npz(source: str, target: str) -> None:
 
 
 def accuracies(models: list[str], test: str) -> dict[str, float]:
-    report = run("bench", *models, "--data", test, "--no-int8", "--runs", "1", "--batch", "256")
+    report = run("bench", *models, "--data", test, "--no-int8", "--runs", "1", "--batch-size", "256")
     return {m["model"]: m["modes"]["fp32"]["accuracy"] for m in report["models"]}
 
 
@@ -118,13 +118,13 @@ def main() -> None:
         print(f"{label:44}{r:>13.1f}x{100 * a:>8.2f}%{100 * (base - a):>7.2f}")
     totals = compressed["totals"]
     print(f"\ncompress --train: {compress_s:.0f} s wall; weights {totals['ratio_weights']}x, all tensors "
-          f"{totals['ratio_all_tensors']}x, file {os.path.getsize(model) / compressed['bytes']:.1f}x "
+          f"{totals['ratio_tensors']}x, file {os.path.getsize(model) / compressed['bytes']:.1f}x "
           f"({compressed['bytes']:,} bytes)")
     print("per layer:")
     for r in compressed["layers"]:
         print(f"  {r['name']:14}{r['weights']:>9,} weights  kept {100 * r['kept_fraction']:5.1f}%  "
-              f"{r['bytes_pqh']:>7,} B  {r['ratio']:>7.1f}x  value {r['value_bits_per_weight']:.2f} b  "
-              f"index {r['index_bits_per_weight']:.2f} b")
+              f"{r['bytes_pqh']:>7,} B  {r['ratio']:>7.1f}x  value {r['value_bits_per_kept_weight']:.2f} b  "
+              f"index {r['index_bits_per_kept_weight']:.2f} b")
     print("training (validation: none given):")
     for h in compressed["training"]:
         print(f"  {h['phase']:12} loss {h.get('loss', '-')}")

@@ -85,10 +85,13 @@ def fixed_batch(interp) -> int | None:
     return dims[0][0] if dims and dims[0] and dims[0][0] else None
 
 
-def run_batched(interp, feeds: dict, batch: int) -> np.ndarray:
-    """The first numeric output over all samples, `batch` at a time."""
+def run_batched(interp, feeds: dict, batch: int, progress=None, desc: str = "") -> np.ndarray:
+    """The first numeric output over all samples, `batch` at a time (a progress bar per batch if given)."""
     n = len(next(iter(feeds.values())))
-    outs = [first_numeric(interp.run({k: v[i:i + batch] for k, v in feeds.items()})) for i in range(0, n, batch)]
+    starts = range(0, n, batch)
+    if progress is not None:
+        starts = progress(starts, desc=desc, total=len(starts), unit="batch")
+    outs = [first_numeric(interp.run({k: v[i:i + batch] for k, v in feeds.items()})) for i in starts]
     return np.concatenate(outs)
 
 
@@ -151,7 +154,7 @@ def bench(paths: list[str], config: BenchConfig, progress=lambda items, **kw: it
     labels = check_labels(data.pop("labels", None), data) if data else None
     check_gates_can_run(paths, config, labels)
     results, reference = [], None
-    for path in progress(models, desc="bench"):
+    for path in models:
         package, first = (first if first is not None else read_model(path)), None
         fp32 = Interpreter(package, config.max_value_bytes)
         batch = fixed_batch(fp32) or config.batch
@@ -171,7 +174,9 @@ def bench(paths: list[str], config: BenchConfig, progress=lambda items, **kw: it
                 ranges = calibrate(package, calibration, batch, config.max_value_bytes)
             interpreters["int8"] = Int8Interpreter(package, ranges, config.max_value_bytes)
         for mode, interp in interpreters.items():
-            out = run_batched(interp, feeds, batch)
+            out = run_batched(interp, feeds, batch, progress, f"{path} {mode}")
+            if labels is not None and not results and mode == "fp32":  # class ids past the logits
+                check_classes(out, labels, "--data")
             stats = {"latency": latency(lambda: interp.run(one_batch), config.runs, config.warmup)}
             if labels is not None:
                 stats["accuracy"] = round(float((out.reshape(len(out), -1).argmax(1) == labels).mean()), 6)
@@ -183,8 +188,9 @@ def bench(paths: list[str], config: BenchConfig, progress=lambda items, **kw: it
             row["modes"]["ort"] = {"latency": ort_latency(package, one_batch, config)}
         results.append(row)
     base = results[0]
-    for row in results:
-        row["ratio"] = round(base["file_bytes"] / row["file_bytes"], 3) if row["file_bytes"] else None
+    for row in results:  # named for what they divide: whole files (external data included), weights
+        row["ratio_file"] = round(base["file_bytes"] / row["file_bytes"], 3) if row["file_bytes"] else None
+        row["ratio_weights"] = round(base["weight_bytes"] / row["weight_bytes"], 3) if row["weight_bytes"] else None
     report = {"baseline": base["model"], "models": results}
     report["gates"] = check_gates(report, config.gates)
     return report
@@ -199,6 +205,13 @@ def ort_latency(package, feeds, config) -> dict | None:
 
     session = ort.InferenceSession(to_onnx(package).SerializeToString(), providers=["CPUExecutionProvider"])
     return latency(lambda: session.run(None, feeds), config.runs, config.warmup)
+
+
+def check_classes(out: np.ndarray, labels: np.ndarray, option: str) -> None:
+    """Labels past the model's classes would score 0 % for every model and pass every gate."""
+    classes = int(np.prod(out.shape[1:]))
+    if labels.size and labels.max() >= classes:
+        raise DczError(f"{option} labels go up to {labels.max()}, but the model's output has {classes} classes")
 
 
 def check_gates_can_run(paths: list[str], config: BenchConfig, labels) -> None:
@@ -222,8 +235,8 @@ def check_gates(report: dict, gates: dict) -> list[dict]:
     base_accuracy = base["modes"]["fp32"].get("accuracy")
     for row in report["models"]:
         if row is not base and gates.get("min_ratio") is not None:
-            passed = row["ratio"] is not None and row["ratio"] >= gates["min_ratio"]
-            checks.append(_gate("min-ratio", row, row["ratio"], gates["min_ratio"], passed))
+            passed = row["ratio_file"] is not None and row["ratio_file"] >= gates["min_ratio"]
+            checks.append(_gate("min-ratio", row, row["ratio_file"], gates["min_ratio"], passed))
         for mode, stats in row["modes"].items():
             if mode == "ort" or (row is base and mode == "fp32"):
                 continue
@@ -249,3 +262,16 @@ def enforce(report: dict) -> None:
         where = f"{g['model']}" + (f" ({g['mode']})" if g["mode"] else "")
         raise GateFailed(f"gate {g['gate']} failed for {where}: {g['value']} vs limit {g['limit']}"
                          + (f" (+{len(failed) - 1} more)" if len(failed) > 1 else ""))
+
+
+class _CallableModule(type(__import__("sys"))):
+    """`deepcompress_cli.bench` is both this module and the API's `dc.bench(...)`: importing a
+    submodule sets the package attribute of its name, which would hide the API function."""
+
+    def __call__(self, *models, **options):
+        from .api import bench as bench_api
+
+        return bench_api(*models, **options)
+
+
+__import__("sys").modules[__name__].__class__ = _CallableModule

@@ -86,10 +86,6 @@ def _set_jobs(ctx, param, value):
 JOBS_HELP = "Encode tensors on N threads [default: the CPU count]; the output does not depend on N."
 
 
-def jobs(ctx) -> int:
-    return (ctx.find_root().obj or {}).get("jobs") or os.cpu_count() or 1
-
-
 _BYTE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -134,7 +130,26 @@ def selection_options(f):
                         help="Treat float tensors matching GLOB as weights (repeatable).")(f)
 
 
+class KeyValue(click.ParamType):
+    """`KEY=VALUE` (split at the first '=')."""
+
+    name = "KEY=VALUE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        key, sep, text = value.partition("=")
+        if not (sep and key):
+            self.fail(f"{value!r} is not KEY=VALUE", param, ctx)
+        return key, text
+
+
 def output_option(f):
+    """-o, --format and --metadata: what every writing command takes."""
+    f = click.option("--metadata", type=KeyValue(), multiple=True,
+                     help="Record KEY=VALUE in the file's metadata (repeatable; existing entries are kept).")(f)
+    f = click.option("--format", "fmt", type=click.Choice(["auto", "dcz", "onnx"]), default="auto", show_default=True,
+                     help="Output format; auto: by the suffix of OUTPUT (.onnx or .dcz), else the command's own.")(f)
     return click.option("-o", "--output", required=True, metavar="PATH",
                         help="Output file ('-' for stdout). Written atomically; never the input.")(f)
 
@@ -170,6 +185,8 @@ class LayerValue(click.ParamType):
         self.cast = cast
 
     def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
         name, sep, number = value.rpartition("=")
         try:
             if not (sep and name):
@@ -179,16 +196,11 @@ class LayerValue(click.ParamType):
             self.fail(f"{value!r} is not NAME=VALUE", param, ctx)
 
 
-def per_kind(defaults, given, layers):
-    from .stages import PerKind
-
-    values = {"conv": defaults[0], "fc": defaults[1], **(given or {})}
-    return PerKind(values["conv"], values["fc"], list(layers))
-
-
 def prune_options(f):
     f = click.option("--threshold-std", type=float, metavar="Q",
                      help="Paper's rule: drop |w| <= Q x the layer's std (replaces --sparsity/--layer-sparsity).")(f)
+    f = click.option("--layer-index-bits", type=LayerValue(int), multiple=True,
+                     help="Per-layer index bits override, NAME (or glob) = bits (repeatable).")(f)
     f = click.option("--index-bits", type=PerKindValue(int), metavar="B|conv=B,fc=B",
                      help="Bits per relative index (gap) [default conv=8,fc=5; with --train conv=5,fc=8].")(f)
     f = click.option("--layer-sparsity", type=LayerValue(float), multiple=True,
@@ -202,8 +214,7 @@ def share_options(f):
     f = click.option("--seed", type=int, default=0, show_default=True, help="Seed for --init forgy and for the data order of --train.")(f)
     f = click.option("--tol", type=float, default=1e-6, show_default=True,
                      help="Stop when no centroid moves more than TOL x the value range.")(f)
-    f = click.option("--max-iter", type=click.IntRange(1, 10000), default=100, show_default=True,
-                     help="Most k-means iterations.")(f)
+    f = click.option("--max-iter", type=int, default=100, show_default=True, help="Most k-means iterations (1..10000).")(f)
     f = click.option("--init", type=click.Choice(["linear", "density", "forgy"]), default="linear",
                      show_default=True, help="Centroid initialization (the paper found linear best).")(f)
     f = click.option("--layer-bits", type=LayerValue(int), multiple=True,
@@ -212,88 +223,38 @@ def share_options(f):
                         help="Index bits: 2^B shared weights per layer [default conv=8,fc=5; with --train 4].")(f)
 
 
-TRAIN_DEFAULTS = {"epochs": 2.0, "lr": 0.01, "batch_size": 64}
-
-
 def train_options(with_seed: bool, with_steps: bool):
     """Retraining (`--train`) options shared by prune, share and compress."""
+    from_class = {"epochs": 2.0, "lr": 0.01, "batch_size": 64}  # TrainConfig's defaults (not imported: start-up)
+
     def decorate(f):
         if with_steps:
-            f = click.option("--steps", type=click.IntRange(1, 100), metavar="N",
-                             help="Prune towards the target in N increasing steps, retraining after each "
+            f = click.option("--steps", type=int, metavar="N",
+                             help="Prune towards the target in N (1..100) increasing steps, retraining after each "
                                   "[default: 4 with --train, else 1].")(f)
         if with_seed:
             f = click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data order.")(f)
         f = click.option("--logits", metavar="NAME",
                          help="Value the loss is computed on [default: the first float output, before a Softmax].")(f)
-        f = click.option("--batch-size", type=click.IntRange(1, 1 << 20), metavar="N",
-                         help=f"Minibatch size for --train [default: {TRAIN_DEFAULTS['batch_size']}].")(f)
+        f = click.option("--batch-size", type=int, metavar="N",
+                         help=f"Minibatch size for --train [default: {from_class['batch_size']}].")(f)
         f = click.option("--lr", type=float, metavar="LR",
                          help=f"SGD learning rate (momentum 0.9); a centroid moves by lr x its weights' summed "
-                              f"gradients [default: {TRAIN_DEFAULTS['lr']}].")(f)
+                              f"gradients [default: {from_class['lr']}].")(f)
         f = click.option("--epochs", type=float, metavar="E",
-                         help=f"Epochs of retraining per step (and for the centroids) [default: {TRAIN_DEFAULTS['epochs']:g}].")(f)
+                         help=f"Epochs of retraining per step (and for the centroids) [default: {from_class['epochs']:g}].")(f)
         f = click.option("--val", metavar="DATA.npz", help="Report top-1 on this data after each step (needs labels).")(f)
         f = data_bytes_option(f)
-        return click.option("--train", "train_data", metavar="DATA.npz",
+        return click.option("--train", "train", metavar="DATA.npz",
                             help="Retrain on this data (inputs by graph input name, optional `labels`; "
                                  "without labels: distillation to the original model).")(f)
     return decorate
 
 
-def train_config(train_data, val, epochs, lr, batch_size, seed, logits):
-    from .train.retrain import TrainConfig
-
-    given = {"--val": val, "--epochs": epochs, "--lr": lr, "--batch-size": batch_size, "--logits": logits,
-             "--max-data-bytes": max_data_bytes(click.get_current_context())}
-    if train_data is None:
-        for option, value in given.items():
-            if value is not None:
-                raise click.BadParameter("needs --train", param_hint=option)
-        return None
-    epochs = TRAIN_DEFAULTS["epochs"] if epochs is None else epochs
-    lr = TRAIN_DEFAULTS["lr"] if lr is None else lr
-    for option, value, high in (("--epochs", epochs, 10000), ("--lr", lr, 1e6)):
-        if not (math.isfinite(value) and 0 < value <= high):
-            raise click.BadParameter(f"must be a number in (0, {high:g}], got {value}", param_hint=option)
-    return TrainConfig(train_data, epochs, lr, batch_size or TRAIN_DEFAULTS["batch_size"], seed, val=val, logits=logits,
-                       max_data_bytes=given["--max-data-bytes"])
-
-
-def prune_config(sparsity, layer_sparsity, index_bits, threshold_std, train=False):
-    from .stages import SparsityBySize
-    from .stages.prune import DEFAULT_INDEX_BITS, DEFAULT_SPARSITY, DEFAULT_TRAIN_INDEX_BITS, PruneConfig
-
-    if threshold_std is not None and (sparsity or layer_sparsity):
-        raise click.BadParameter("give either --threshold-std or --sparsity/--layer-sparsity, not both",
-                                 param_hint="--threshold-std")
-    if threshold_std is not None and not (threshold_std >= 0 and math.isfinite(threshold_std)):
-        raise click.BadParameter("must be a finite number >= 0", param_hint="--threshold-std")
-    if train:  # retraining allows far more: sparsity by layer size, for each kind not given
-        given = sparsity or {}
-        rule = SparsityBySize(given.get("conv"), given.get("fc"), list(layer_sparsity))
-    else:
-        rule = per_kind(DEFAULT_SPARSITY, sparsity, layer_sparsity)
-    config = PruneConfig(rule, per_kind(DEFAULT_TRAIN_INDEX_BITS if train else DEFAULT_INDEX_BITS, index_bits, ()),
-                         threshold_std)
-    for value in (config.sparsity.conv, config.sparsity.fc, *(v for _, v in config.sparsity.layers)):
-        if value is not None and not 0 <= value < 1:  # also rejects nan
-            raise click.BadParameter(f"sparsity must be in [0, 1), got {value}", param_hint="--sparsity")
-    for value in (config.index_bits.conv, config.index_bits.fc):
-        if not 1 <= value <= 16:
-            raise click.BadParameter("index bits must be 1..16", param_hint="--index-bits")
-    return config
-
-
-def share_config(bits, layer_bits, init, max_iter, tol, seed, train=False):
-    from .stages.share import DEFAULT_BITS, DEFAULT_TRAIN_BITS, ShareConfig
-
-    config = ShareConfig(per_kind(DEFAULT_TRAIN_BITS if train else DEFAULT_BITS, bits, layer_bits),
-                         init, max_iter, tol, seed)
-    for value in (config.bits.conv, config.bits.fc, *(v for _, v in config.bits.layers)):
-        if not 1 <= value <= 16:
-            raise click.BadParameter("bits must be 1..16", param_hint="--bits")
-    return config
+def settings(ctx) -> dict:
+    """The global options the API takes: threads and progress bars."""
+    options = ctx.find_root().obj or {}
+    return {"jobs": options.get("jobs"), "progress": False if options.get("quiet") else None}
 
 
 def format_training(history: list[dict]) -> str:
@@ -305,39 +266,14 @@ def format_training(history: list[dict]) -> str:
     return format_table(["phase", "sgd steps", "loss", "val top-1 before", "val top-1 after"], rows, right={1, 2, 3, 4})
 
 
-def progress_bar(ctx):
-    """tqdm on stderr (never stdout), hidden with -q and when stderr is not a terminal."""
-    quiet = (ctx.find_root().obj or {}).get("quiet")
+def emit_stage(ctx, data: dict, formatter) -> None:
+    """A stage's report: its table, the training history, and what was written."""
+    from .report import format_written
 
-    def bar(items, desc="", total=None):
-        from tqdm import tqdm
-
-        return tqdm(items, desc=desc, total=total, file=sys.stderr, leave=False, unit="tensor",
-                    disable=True if quiet else None)
-    return bar
-
-
-def run_stage(ctx, model, output, include, exclude, apply, formatter, **extra):
-    """Read, apply a stage, write atomically, report: the shape every stage command shares."""
-    from .files import read_model, write_dcz
-    from .report import human_bytes
-
-    package = read_model(model, include, exclude)
-    before = sum(t.stored_bytes for t in package.tensors)
-    rows = apply(package, progress_bar(ctx))
-    history = None
-    if isinstance(rows, tuple):  # a stage with retraining: (rows, training history)
-        rows, history = rows
-    size = write_dcz(package, output, inputs=[model])
-    after = sum(t.stored_bytes for t in package.tensors)
-    data = {"output": output, "bytes": size, "tensor_bytes_before": before, "tensor_bytes_after": after,
-            "layers": rows, **extra}
-    text = f"{formatter(rows)}\n\n{output}: {human_bytes(size)} (tensors {human_bytes(before)} -> {human_bytes(after)})"
-    if history is not None:
-        data["training"] = history
-        text = f"{format_training(history)}\n\n{text}"
-    emit(ctx, data, text, stdout_taken=output == "-")
-    return package, rows
+    text = f"{formatter(data['layers'])}\n\n{format_written(data)}"
+    if "training" in data:
+        text = f"{format_training(data['training'])}\n\n{text}"
+    emit(ctx, data, text, stdout_taken=data["output"] == "-")
 
 
 def emit(ctx, data: dict, text: str, stdout_taken: bool = False) -> None:
@@ -371,7 +307,9 @@ def finite_or_null(value):
 def main(ctx, json_, quiet, debug):
     """Compress ONNX models: Deep Compression (prune, share, Huffman) and 8-bit quantization.
 
-    Every command reads an .onnx or .dcz file and writes a .dcz container (or ONNX, for export).
+    Every command reads an .onnx or .dcz file. Writing commands write what -o's suffix says:
+    .onnx a runnable ONNX model, .dcz a container; other names and '-' (stdout) the command's
+    own format (.dcz; ONNX for export), and --format dcz|onnx overrides.
     Exit status: 0 ok, 1 a quality gate failed, 2 bad usage or bad input.
     """
     obj = ctx.ensure_object(dict)
@@ -385,24 +323,19 @@ def main(ctx, json_, quiet, debug):
 @selection_options
 @json_option
 @click.pass_context
-def pack(ctx, model, output, include, exclude):
+def pack(ctx, model, output, fmt, metadata, include, exclude):
     """Store MODEL (.onnx) losslessly as a .dcz container.
 
     \b
     Example:
-      deepcompress pack model.onnx -o model.dcz
+      deepcompress pack model.onnx -o model.dcz --metadata source=model.onnx
     """
-    from .files import read_model, write_dcz
+    from . import api
     from .report import human_bytes
 
-    package = read_model(model, include, exclude)
-    size = write_dcz(package, output, inputs=[model])
-    weights = [t for t in package.tensors if t.is_weight]
-    data = {"output": output, "bytes": size, "tensors": len(package.tensors), "weights": len(weights),
-            "weight_bytes": sum(t.nbytes for t in weights)}
-    emit(ctx, data, f"{output}: {human_bytes(size)}, {len(package.tensors)} tensors "
-                    f"({len(weights)} weights, {human_bytes(data['weight_bytes'])})",
-         stdout_taken=output == "-")
+    data = api.pack(model, output, include=include, exclude=exclude, metadata=metadata, format=fmt)
+    emit(ctx, data, f"{output}: {human_bytes(data['bytes'])}, {data['tensors']} tensors "
+                    f"({data['weights']} weights, {human_bytes(data['weight_bytes'])})", stdout_taken=output == "-")
 
 
 @main.command()
@@ -411,23 +344,22 @@ def pack(ctx, model, output, include, exclude):
 @click.option("--qdq", is_flag=True, help="Keep quantized weights as integers behind DequantizeLinear nodes.")
 @json_option
 @click.pass_context
-def export(ctx, model, output, qdq):
+def export(ctx, model, output, fmt, metadata, qdq):
     """Turn IN (.dcz or .onnx) back into a runnable ONNX model with plain float weights.
 
     Models with more than 1 GiB of weights get an external data file OUTPUT.data beside OUTPUT.
+    --metadata goes into the ONNX model's metadata_props.
 
     \b
     Examples:
       deepcompress export model.dcz -o model.onnx
       deepcompress export quantized.dcz -o model.qdq.onnx --qdq
     """
-    from .files import read_model, write_onnx
+    from . import api
     from .report import human_bytes
 
-    package = read_model(model)
-    size = write_onnx(package, output, inputs=[model], qdq=qdq)
-    emit(ctx, {"output": output, "bytes": size, "tensors": len(package.tensors)},
-         f"{output}: {human_bytes(size)}, {len(package.tensors)} tensors", stdout_taken=output == "-")
+    data = api.export(model, output, qdq=qdq, metadata=metadata, format=fmt)
+    emit(ctx, data, f"{output}: {human_bytes(data['bytes'])}, {data['tensors']} tensors", stdout_taken=output == "-")
 
 
 @main.command()
@@ -441,11 +373,10 @@ def info(ctx, model):
     Example:
       deepcompress info model.dcz --json
     """
-    from .files import read_model
-    from .report import format_summary, summary
+    from . import api
+    from .report import format_summary
 
-    package = read_model(model)
-    data = summary(package, package.file_bytes)
+    data = api.info(model)
     emit(ctx, data, format_summary(data))
 
 
@@ -457,33 +388,30 @@ def info(ctx, model):
 @selection_options
 @json_option
 @click.pass_context
-def prune(ctx, model, output, sparsity, layer_sparsity, index_bits, threshold_std, train_data, val, epochs, lr,
-          batch_size, logits, seed, steps, include, exclude):
+def prune(ctx, model, output, fmt, metadata, sparsity, layer_sparsity, index_bits, layer_index_bits, threshold_std,
+          train, val, epochs, lr, batch_size, logits, seed, steps, include, exclude):
     """Magnitude-prune each weight layer; store survivors with relative indices.
 
     Each kept weight is stored with the gap to the previous one in --index-bits bits; a longer
     run of pruned weights gets filler entries (value 0). Kept values stay exact floats.
     With --train, prune -> retrain in --steps increasing steps (pruned weights stay 0); the
     defaults then become: a layer of n weights keeps 12/sqrt(n) of them, index bits conv=5,fc=8.
+    A NAME glob that matches no weight is an error.
 
     \b
     Examples:
       deepcompress prune model.onnx -o pruned.dcz
-      deepcompress prune model.onnx -o pruned.dcz --sparsity conv=0.5,fc=0.9 --layer-sparsity 'fc3*=0.75'
+      deepcompress prune lenet300.onnx -o pruned.dcz --sparsity conv=0.5,fc=0.9 --layer-sparsity 'fc3*=0.75'
       deepcompress prune model.onnx -o pruned.dcz --train train.npz --val test.npz --steps 4
     """
+    from . import api
     from .report import format_prune
-    from .stages.prune import DEFAULT_TRAIN_STEPS
-    from .stages.prune import prune as prune_stage
-    from .stages.retraining import prune_retrain
 
-    train = train_config(train_data, val, epochs, lr, batch_size, seed, logits)
-    config = prune_config(sparsity, layer_sparsity, index_bits, threshold_std, train is not None)
-    if train is None:  # without retraining the steps' masks equal the final one's: nothing to repeat
-        apply = lambda p, bar: prune_stage(p, config, bar, jobs(ctx))  # noqa: E731
-    else:
-        apply = lambda p, bar: prune_retrain(p, config, train, steps or DEFAULT_TRAIN_STEPS, bar)  # noqa: E731
-    run_stage(ctx, model, output, include, exclude, apply, format_prune)
+    data = api.prune(model, output, sparsity=sparsity, layer_sparsity=layer_sparsity, index_bits=index_bits,
+                     layer_index_bits=layer_index_bits, threshold_std=threshold_std, train=train, val=val,
+                     epochs=epochs, lr=lr, batch_size=batch_size, logits=logits, seed=seed, steps=steps,
+                     include=include, exclude=exclude, metadata=metadata, format=fmt, max_data_bytes=max_data_bytes(ctx), **settings(ctx))
+    emit_stage(ctx, data, format_prune)
 
 
 @main.command()
@@ -494,8 +422,8 @@ def prune(ctx, model, output, sparsity, layer_sparsity, index_bits, threshold_st
 @selection_options
 @json_option
 @click.pass_context
-def share(ctx, model, output, bits, layer_bits, init, max_iter, tol, seed, train_data, val, epochs, lr, batch_size,
-          logits, include, exclude):
+def share(ctx, model, output, fmt, metadata, bits, layer_bits, init, max_iter, tol, seed, train, val, epochs, lr,
+          batch_size, logits, include, exclude):
     """Weight sharing: k-means per layer, weights replaced by 2^bits centroid indices.
 
     Only the kept weights of a pruned layer are clustered; zeros stay exactly zero. With
@@ -508,23 +436,21 @@ def share(ctx, model, output, bits, layer_bits, init, max_iter, tol, seed, train
       deepcompress share model.onnx -o shared.dcz --bits 4 --init density
       deepcompress share pruned.dcz -o shared.dcz --train train.npz --epochs 1
     """
+    from . import api
     from .report import format_share
-    from .stages.retraining import share_retrain
-    from .stages.share import share as share_stage
 
-    train = train_config(train_data, val, epochs, lr, batch_size, seed, logits)
-    config = share_config(bits, layer_bits, init, max_iter, tol, seed, train is not None)
-    if train is None:
-        apply = lambda p, bar: share_stage(p, config, bar, jobs(ctx))  # noqa: E731
-    else:
-        apply = lambda p, bar: share_retrain(p, config, train, bar)  # noqa: E731
-    run_stage(ctx, model, output, include, exclude, apply, format_share)
+    data = api.share(model, output, bits=bits, layer_bits=layer_bits, init=init, max_iter=max_iter, tol=tol,
+                     seed=seed, train=train, val=val, epochs=epochs, lr=lr, batch_size=batch_size, logits=logits,
+                     include=include, exclude=exclude, metadata=metadata, format=fmt, max_data_bytes=max_data_bytes(ctx), **settings(ctx))
+    emit_stage(ctx, data, format_share)
 
 
 @main.command()
 @click.argument("model", metavar="IN")
 @output_option
-@click.option("--bits", type=click.IntRange(2, 16), default=8, show_default=True, help="Bits per weight code.")
+@click.option("--bits", type=PerKindValue(int), metavar="B|conv=B,fc=B", help="Bits per weight code, 2..16 [default: 8].")
+@click.option("--layer-bits", type=LayerValue(int), multiple=True,
+              help="Per-layer bits override, NAME (or glob) = bits (repeatable).")
 @click.option("--per-channel", is_flag=True, help="One range per output channel (Conv axis 0, ConvTranspose "
                                                    "axis 1, Gemm by transB, MatMul the last axis) instead of one per tensor.")
 @click.option("--symmetric", is_flag=True, help="Range +-max|w| with zero point 0 (int8 values, stored offset "
@@ -532,7 +458,7 @@ def share(ctx, model, output, bits, layer_bits, init, max_iter, tol, seed, train
 @selection_options
 @json_option
 @click.pass_context
-def quantize(ctx, model, output, bits, per_channel, symmetric, include, exclude):
+def quantize(ctx, model, output, fmt, metadata, bits, layer_bits, per_channel, symmetric, include, exclude):
     """Linear quantization of each weight tensor from its min/max (TensorFlow style).
 
     The range always includes 0.0, which stays exact; the zero point is rounded before use,
@@ -541,31 +467,31 @@ def quantize(ctx, model, output, bits, per_channel, symmetric, include, exclude)
     \b
     Examples:
       deepcompress quantize model.onnx -o q.dcz
-      deepcompress quantize model.onnx -o q.dcz --per-channel --symmetric
+      deepcompress quantize model.onnx -o q.dcz --per-channel --symmetric --bits conv=8,fc=6
     """
+    from . import api
     from .report import format_quantize
-    from .stages.quantize import QuantizeConfig
-    from .stages.quantize import quantize as quantize_stage
 
-    config = QuantizeConfig(bits, per_channel, symmetric)
-    run_stage(ctx, model, output, include, exclude, lambda p, bar: quantize_stage(p, config, bar, jobs(ctx)),
-              format_quantize)
+    data = api.quantize(model, output, bits=bits, layer_bits=layer_bits, per_channel=per_channel,
+                        symmetric=symmetric, include=include, exclude=exclude, metadata=metadata, format=fmt,
+                        **settings(ctx))
+    emit_stage(ctx, data, format_quantize)
 
 
 @main.command()
 @click.argument("model", metavar="IN")
 @output_option
-@click.option("--rank", type=click.IntRange(1), metavar="T", help="Keep rank T in every layer.")
+@click.option("--rank", type=int, metavar="T", help="Keep rank T in every layer.")
 @click.option("--energy", type=float, metavar="E", help="Smallest rank keeping fraction E of the sum of sigma^2.")
 @click.option("--ratio", type=float, metavar="R", help="Largest rank keeping at most fraction R of the parameters.")
 @click.option("--layer-rank", type=LayerValue(int), multiple=True, help="Per-layer rank, NAME (node or weight, or glob) = T.")
-@click.option("--layers", multiple=True, metavar="GLOB", help="Only these layers (node or weight name; repeatable).")
-@click.option("--format", "fmt", type=click.Choice(["auto", "dcz", "onnx"]), default="auto", show_default=True,
-              help="Output format; auto: ONNX when OUTPUT ends in .onnx, else .dcz.")
+@click.option("--include", "--layers", "include", multiple=True, metavar="GLOB",
+              help="Only these layers (node or weight name; repeatable). --layers is the old spelling.")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Never these layers (node or weight name; repeatable).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs of the error report.")
 @json_option
 @click.pass_context
-def svd(ctx, model, output, rank, energy, ratio, layer_rank, layers, fmt, seed):
+def svd(ctx, model, output, fmt, metadata, rank, energy, ratio, layer_rank, include, exclude, seed):
     """Factor fully-connected weights W ~ U S V^T: each Gemm/MatMul becomes two thinner ones.
 
     Layers whose factorization would not shrink them, or whose weight is not a constant, are
@@ -574,20 +500,15 @@ def svd(ctx, model, output, rank, energy, ratio, layer_rank, layers, fmt, seed):
     \b
     Examples:
       deepcompress svd model.onnx -o small.onnx --energy 0.9
-      deepcompress svd model.onnx -o small.dcz --ratio 0.25 --layer-rank fc3=16
+      deepcompress svd lenet300.onnx -o small.dcz --ratio 0.25 --layer-rank fc3=16
     """
-    from .files import read_model, write_dcz, write_onnx
+    from . import api
     from .report import format_svd, human_bytes
-    from .stages.svd import SvdConfig
-    from .stages.svd import svd as svd_stage
 
-    config = SvdConfig(rank, energy, ratio, list(layer_rank), list(layers), seed)
-    package = read_model(model)
-    rows = svd_stage(package, config, progress_bar(ctx))
-    as_onnx = fmt == "onnx" or (fmt == "auto" and output.lower().endswith(".onnx"))
-    size = (write_onnx if as_onnx else write_dcz)(package, output, inputs=[model])
-    data = {"output": output, "format": "onnx" if as_onnx else "dcz", "bytes": size, "layers": rows}
-    emit(ctx, data, f"{format_svd(rows)}\n\n{output}: {human_bytes(size)}", stdout_taken=output == "-")
+    data = api.svd(model, output, rank=rank, energy=energy, ratio=ratio, layer_rank=layer_rank, include=include,
+                   exclude=exclude, seed=seed, metadata=metadata, format=fmt, progress=settings(ctx)["progress"])
+    emit(ctx, data, f"{format_svd(data['layers'])}\n\n{output}: {human_bytes(data['bytes'])}",
+         stdout_taken=output == "-")
 
 
 @main.command()
@@ -595,17 +516,17 @@ def svd(ctx, model, output, rank, energy, ratio, layer_rank, layers, fmt, seed):
 @output_option
 @json_option
 @click.pass_context
-def huffman(ctx, model, output):
+def huffman(ctx, model, output, fmt, metadata):
     """Lossless canonical Huffman coding of every index, gap and code stream.
 
     \b
     Example:
       deepcompress huffman shared.dcz -o model.dcz
     """
+    from . import api
     from .report import format_huffman
-    from .stages.entropy import huffman as huffman_stage
 
-    run_stage(ctx, model, output, (), (), lambda p, bar: huffman_stage(p, bar, jobs(ctx)), format_huffman)
+    emit_stage(ctx, api.huffman(model, output, metadata=metadata, format=fmt, **settings(ctx)), format_huffman)
 
 
 @main.command()
@@ -618,9 +539,9 @@ def huffman(ctx, model, output):
 @selection_options
 @json_option
 @click.pass_context
-def compress(ctx, model, output, sparsity, layer_sparsity, index_bits, threshold_std, bits, layer_bits,
-             init, max_iter, tol, seed, train_data, val, epochs, lr, batch_size, logits, steps, report, include,
-             exclude):
+def compress(ctx, model, output, fmt, metadata, sparsity, layer_sparsity, index_bits, layer_index_bits,
+             threshold_std, bits, layer_bits, init, max_iter, tol, seed, train, val, epochs, lr, batch_size, logits,
+             steps, report, include, exclude):
     """The whole recipe: prune -> share -> huffman, with the same options as those commands.
 
     With --train: prune -> retrain in --steps steps, share -> train the centroids, huffman; the
@@ -632,45 +553,18 @@ def compress(ctx, model, output, sparsity, layer_sparsity, index_bits, threshold
       deepcompress compress model.onnx -o model.dcz --sparsity fc=0.95 --bits conv=6,fc=4
       deepcompress compress model.onnx -o model.dcz --train train.npz --val test.npz --report
     """
-    import zlib
+    from . import api
+    from .report import format_compress, format_compress_line
 
-    from .files import read_model, write_dcz
-    from .onnx_io import to_onnx
-    from .report import format_compress, human_bytes
-    from .stages.compress import compress as compress_stage
-    from .stages.compress import totals
-
-    from .stages.compress import compress_retrain
-    from .stages.prune import DEFAULT_TRAIN_STEPS
-
-    train = train_config(train_data, val, epochs, lr, batch_size, seed, logits)
-    p_config = prune_config(sparsity, layer_sparsity, index_bits, threshold_std, train is not None)
-    s_config = share_config(bits, layer_bits, init, max_iter, tol, seed, train is not None)
-    package = read_model(model, include, exclude)
-    onnx_bytes = gzip_bytes = None
-    if report:  # the peer: gzip of the model as a plain .onnx
-        original = to_onnx(package).SerializeToString()
-        onnx_bytes, gzip_bytes = len(original), len(zlib.compress(original, 9))
-        del original
-    history = None
-    if train is None:
-        rows = compress_stage(package, p_config, s_config, progress_bar(ctx), jobs(ctx))
-    else:
-        rows, history = compress_retrain(package, p_config, s_config, train, steps or DEFAULT_TRAIN_STEPS,
-                                         progress_bar(ctx))
-    size = write_dcz(package, output, inputs=[model])
-    sums = totals(rows, package)
-    data = {"output": output, "bytes": size, "layers": rows, "totals": sums,
-            "onnx_bytes": onnx_bytes, "gzip9_bytes": gzip_bytes}
-    if history is not None:
-        data["training"] = history
-    if report:
-        text = format_compress(rows, sums, gzip_bytes, onnx_bytes) + f"\n{output}: {human_bytes(size)}"
-    else:
-        text = (f"{output}: {human_bytes(size)}; weights {human_bytes(sums['bytes_original'])} -> "
-                f"{human_bytes(sums['bytes_pqh'])} ({sums['ratio_weights'] or '-'}x)")
-    if history is not None:
-        text = f"{format_training(history)}\n\n{text}"
+    data = api.compress(model, output, sparsity=sparsity, layer_sparsity=layer_sparsity, index_bits=index_bits,
+                        layer_index_bits=layer_index_bits, threshold_std=threshold_std, bits=bits,
+                        layer_bits=layer_bits, init=init, max_iter=max_iter, tol=tol, seed=seed, train=train,
+                        val=val, epochs=epochs, lr=lr, batch_size=batch_size, logits=logits, steps=steps,
+                        report=report, include=include, exclude=exclude, metadata=metadata, format=fmt,
+                        max_data_bytes=max_data_bytes(ctx), **settings(ctx))
+    text = format_compress(data) if report else format_compress_line(data)
+    if "training" in data:
+        text = f"{format_training(data['training'])}\n\n{text}"
     emit(ctx, data, text, stdout_taken=output == "-")
 
 
@@ -681,18 +575,20 @@ def compress(ctx, model, output, sparsity, layer_sparsity, index_bits, threshold
 @click.option("--calibrate", metavar="DATA.npz", help="Fix int8 activation ranges from this data (default: measured per run).")
 @click.option("--runs", type=click.IntRange(1), default=10, show_default=True, help="Timed runs per mode.")
 @click.option("--warmup", type=click.IntRange(0), default=2, show_default=True)
-@click.option("--batch", type=click.IntRange(1), default=1, show_default=True, help="Batch size (fixed-batch models keep theirs).")
+@click.option("--batch-size", "--batch", "batch_size", type=click.IntRange(1), default=1, show_default=True,
+              help="Batch size (fixed-batch models keep theirs); --batch is the old spelling.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs used without --data.")
 @click.option("--int8/--no-int8", default=True, show_default=True, help="Also run the int8 interpreter.")
 @click.option("--ort", is_flag=True, help="Add onnxruntime's latency (when installed).")
-@click.option("--min-ratio", type=float, help="Gate: each model at least R times smaller than the baseline.")
+@click.option("--min-ratio", type=float, help="Gate: each model's file (external data included) at least R times "
+                                              "smaller than the baseline's.")
 @click.option("--max-accuracy-drop", type=float, metavar="P", help="Gate: top-1 at most P points below the baseline.")
 @click.option("--min-cosine", type=float, metavar="C", help="Gate: output cosine similarity to the baseline >= C.")
 @click.option("--check", is_flag=True, help="Only list ops the interpreter does not support (exit 2 if any).")
 @data_bytes_option
 @json_option
 @click.pass_context
-def bench(ctx, models, baseline, data, calibrate, runs, warmup, batch, seed, int8, ort, min_ratio,
+def bench(ctx, models, baseline, data, calibrate, runs, warmup, batch_size, seed, int8, ort, min_ratio,
           max_accuracy_drop, min_cosine, check):
     """Size, latency (fp32 and int8) and accuracy or fidelity of models, side by side.
 
@@ -703,25 +599,23 @@ def bench(ctx, models, baseline, data, calibrate, runs, warmup, batch, seed, int
       deepcompress bench model.onnx model.dcz --data test.npz
       deepcompress bench model.onnx small.dcz --min-ratio 20 --max-accuracy-drop 0.5 --data test.npz
     """
-    from . import bench as bench_lib
+    from . import api
+    from .bench import enforce
     from .report import format_bench
 
+    report = api.bench(*models, baseline=baseline, data=data, calibrate=calibrate, runs=runs, warmup=warmup,
+                       batch_size=batch_size, seed=seed, int8=int8, ort=ort, min_ratio=min_ratio,
+                       max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, check=check,
+                       max_data_bytes=max_data_bytes(ctx), progress=settings(ctx)["progress"])
     if check:
-        from .files import read_model
-        from .interp.graph import unsupported_ops
-
-        missing = {m: sorted(unsupported_ops(read_model(m).graph)) for m in models}
-        emit(ctx, {"unsupported": missing}, "\n".join(printable(f"{m}: {', '.join(ops) or 'all ops supported'}")
-                                                     for m, ops in missing.items()))
+        missing = report["unsupported"]
+        emit(ctx, report, "\n".join(printable(f"{m}: {', '.join(ops) or 'all ops supported'}")
+                                    for m, ops in missing.items()))
         if any(missing.values()):
             raise DczError("unsupported ops: " + ", ".join(sorted({o for ops in missing.values() for o in ops})))
         return
-    gates = {"min_ratio": min_ratio, "max_accuracy_drop": max_accuracy_drop, "min_cosine": min_cosine}
-    config = bench_lib.BenchConfig(runs, warmup, batch, seed, int8, ort, data, calibrate, baseline, gates)
-    config.max_data_bytes = max_data_bytes(ctx)
-    report = bench_lib.bench(list(models), config, progress_bar(ctx))
     emit(ctx, report, format_bench(report))
-    bench_lib.enforce(report)
+    enforce(report)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -128,7 +128,8 @@ def read_model(path: str, include=(), exclude=()) -> Package:
         model = onnx_io.parse_model(data)
         del data  # the parsed model holds its own copy; don't keep two
         package = onnx_io.from_onnx(model, base_dir, include, exclude)
-    package.file_bytes = size
+    # a model's size on disk includes its external data files (from_onnx counts those)
+    package.file_bytes = size + (package.file_bytes or 0)
     package.source_files |= sources
     return package
 

@@ -169,7 +169,8 @@ def from_onnx(model: onnx.ModelProto, base_dir: str | None, include=(), exclude=
     # every cleared tensor's bytes until the message itself goes).
     stripped = onnx.ModelProto()
     stripped.CopyFrom(model)
-    return Package(graph=stripped, tensors=tensors, source_files=external.ids)
+    return Package(graph=stripped, tensors=tensors, source_files=external.ids,
+                   file_bytes=sum(size for _, size in external.files.values()))  # external data only
 
 
 def _tensor_array(t: TensorProto, name: str) -> np.ndarray:

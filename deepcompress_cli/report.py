@@ -44,10 +44,14 @@ def tensor_rows(package: Package) -> list[dict]:
 
 
 def summary(package: Package, file_size: int) -> dict:
+    """Ratios are named for what they divide: `ratio_weights` (weight tensors, original / stored),
+    `ratio_tensors` (all tensors), `ratio_file` (input file / output file, where there are two files)."""
     rows = tensor_rows(package)
     original = sum(r["original_bytes"] for r in rows)
     stored = sum(r["stored_bytes"] for r in rows)
     weights = [r for r in rows if r["kind"] != "other"]
+    weight_original = sum(r["original_bytes"] for r in weights)
+    weight_stored = sum(r["stored_bytes"] for r in weights)
     return {
         "file_bytes": file_size,
         "metadata": dict(package.metadata),
@@ -58,9 +62,20 @@ def summary(package: Package, file_size: int) -> dict:
             "weight_elements": sum(int(np.prod(r["shape"], dtype=object)) for r in weights),
             "original_bytes": original,
             "stored_bytes": stored,
-            "ratio": round(original / stored, 3) if stored else None,
+            "weight_original_bytes": weight_original,
+            "weight_stored_bytes": weight_stored,
+            "ratio_tensors": _ratio(original, stored),
+            "ratio_weights": _ratio(weight_original, weight_stored),
         },
     }
+
+
+def _ratio(original, stored):
+    return round(original / stored, 3) if stored else None
+
+
+def _x(ratio) -> str:
+    return f"{ratio:.2f}x" if ratio else "-"
 
 
 def human_bytes(n: int | float) -> str:
@@ -90,10 +105,17 @@ def format_summary(info: dict) -> str:
     table = format_table(["tensor", "op", "kind", "shape", "encoding", "bits/w", "sparsity", "stored",
                           "ratio"], rows, right={5, 6, 7, 8})
     tot = info["totals"]
-    ratio = f"{tot['ratio']:.2f}x" if tot["ratio"] else "-"
     return (f"{table}\n\n{_format_metadata(info.get('metadata') or {})}{tot['tensors']} tensors ({tot['weights']} weights, {tot['weight_elements']:,} "
             f"weight elements): {human_bytes(tot['original_bytes'])} -> {human_bytes(tot['stored_bytes'])} "
-            f"stored ({ratio}); file {human_bytes(info['file_bytes'])}")
+            f"stored; ratio weights {_x(tot['ratio_weights'])}, all tensors {_x(tot['ratio_tensors'])}; "
+            f"file {human_bytes(info['file_bytes'])}")
+
+
+def format_written(data: dict) -> str:
+    """The last line of a stage's report: the file written and its ratios."""
+    return (f"{data['output']}: {human_bytes(data['bytes'])} ({data['format']}); tensors "
+            f"{human_bytes(data['tensor_bytes_before'])} -> {human_bytes(data['tensor_bytes_after'])} "
+            f"(ratio tensors {_x(data['ratio_tensors'])}, file {_x(data['ratio_file'])})")
 
 
 def _format_metadata(metadata: dict) -> str:
@@ -152,25 +174,35 @@ def format_huffman(rows: list[dict]) -> str:
                         table, right={3, 4, 5, 6, 7})
 
 
-def format_compress(rows: list[dict], totals: dict, gzip_bytes: int | None, onnx_bytes: int | None) -> str:
+def format_compress(data: dict) -> str:
+    """The paper's table: per layer sizes after P, P+Q, P+Q+H, bits per weight and per kept weight."""
     def ratio(original, stored):
         return f"{original / stored:.1f}x" if stored else "-"
 
+    rows, t = data["layers"], data["totals"]
     table = [[r["name"], r["kind"], f"{r['weights']:,}", _pct(r["kept_fraction"]), human_bytes(r["bytes_p"]),
               human_bytes(r["bytes_pq"]), human_bytes(r["bytes_pqh"]), ratio(r["bytes_original"], r["bytes_pqh"]),
-              f"{r['value_bits_per_weight']:.2f}", f"{r['index_bits_per_weight']:.2f}"] for r in rows]
-    t = totals
+              f"{r['bits_per_weight']:.2f}", f"{r['value_bits_per_kept_weight']:.2f}",
+              f"{r['index_bits_per_kept_weight']:.2f}"] for r in rows]
     table.append(["total", "", f"{t['weights']:,}", _pct(t["kept"] / t["weights"]) if t["weights"] else "-",
                   human_bytes(t["bytes_p"]), human_bytes(t["bytes_pq"]), human_bytes(t["bytes_pqh"]),
-                  ratio(t["bytes_original"], t["bytes_pqh"]), "", ""])
-    text = format_table(["layer", "kind", "weights", "kept", "P", "P+Q", "P+Q+H", "ratio", "bits/w", "bits/idx"],
-                        table, right=set(range(2, 10)))
-    text += (f"\n\nweights {human_bytes(t['bytes_original'])} -> {human_bytes(t['bytes_pqh'])}: "
-             f"{ratio(t['bytes_original'], t['bytes_pqh'])}; all tensors {t['ratio_all_tensors']}x")
-    if gzip_bytes:
+                  ratio(t["bytes_original"], t["bytes_pqh"]),
+                  f"{8 * t['bytes_pqh'] / t['weights']:.2f}" if t["weights"] else "-", "", ""])
+    text = format_table(["layer", "kind", "weights", "kept", "P", "P+Q", "P+Q+H", "ratio", "bits/w",
+                         "value bits/kept", "index bits/kept"], table, right=set(range(2, 11)))
+    text += f"\n\n{format_compress_line(data)}"
+    if data.get("gzip9_bytes"):
+        onnx_bytes, gzip_bytes = data["onnx_bytes"], data["gzip9_bytes"]
         text += (f"\ngzip -9 of the original .onnx: {human_bytes(onnx_bytes)} -> {human_bytes(gzip_bytes)} "
                  f"({onnx_bytes / gzip_bytes:.2f}x)")
     return text
+
+
+def format_compress_line(data: dict) -> str:
+    t = data["totals"]
+    return (f"{data['output']}: {human_bytes(data['bytes'])}; weights {human_bytes(t['bytes_original'])} -> "
+            f"{human_bytes(t['bytes_pqh'])}: ratio weights {_x(t['ratio_weights'])}, all tensors "
+            f"{_x(t['ratio_tensors'])}, file {_x(t.get('ratio_file'))}")
 
 
 def format_bench(report: dict) -> str:
@@ -184,11 +216,13 @@ def format_bench(report: dict) -> str:
             elif "fidelity" in stats:
                 f = stats["fidelity"]
                 quality = f"cos {f['cosine']:.5f}, top-1 agree {100 * f['top1_agreement']:.1f}%"
-            rows.append([r["model"] if mode == next(iter(r["modes"])) else "", human_bytes(r["file_bytes"]),
-                         f"{r['ratio']:.2f}x" if r.get("ratio") else "-", mode,
+            first = mode == next(iter(r["modes"]))
+            rows.append([r["model"] if first else "", human_bytes(r["file_bytes"]) if first else "",
+                         _x(r.get("ratio_file")) if first else "", _x(r.get("ratio_weights")) if first else "", mode,
                          f"{lat.get('median_ms', float('nan')):.2f}", f"{lat.get('p90_ms', float('nan')):.2f}",
                          quality if mode != "ort" else ""])
-    text = format_table(["model", "size", "ratio", "mode", "median ms", "p90 ms", "quality"], rows, right={1, 2, 4, 5})
+    text = format_table(["model", "file", "ratio file", "ratio weights", "mode", "median ms", "p90 ms", "quality"],
+                        rows, right={1, 2, 3, 5, 6})
     for gate in report["gates"]:
         status = "ok" if gate["passed"] else "FAILED"
         text += "\n" + printable(f"gate {gate['gate']} {gate['model']}" + (f" ({gate['mode']})" if gate["mode"] else "")

@@ -98,7 +98,7 @@ def test_json_output_is_one_object(cli, tmp_path):
     for args in (("--json", "info", dcz), ("info", dcz, "--json")):
         info = json.loads(cli(*args).stdout)
         assert info["totals"]["weight_elements"] == 64 * 300 + 300 * 100 + 100 * 10
-        assert info["totals"]["ratio"] == 1.0
+        assert info["totals"]["ratio_tensors"] == info["totals"]["ratio_weights"] == 1.0
         first = info["tensors"][0]
         assert (first["name"], first["op"], first["kind"], first["shape"], first["chain"]) == \
             ("fc1.weight", "Gemm", "fc", [300, 64], "raw")
@@ -260,3 +260,182 @@ def test_kill_9_during_a_write_leaves_the_old_output(tmp_path):
         assert not left, f"temp files survived the kill: {left}"
     else:
         assert all(n.startswith(".out.dcz.") and n.endswith(".tmp") for n in left)
+
+
+# ------------------------------------------------------------------ one suffix rule for every writing command
+
+def is_dcz(path) -> bool:
+    return open(path, "rb").read(len(container.MAGIC)) == container.MAGIC
+
+
+@pytest.mark.parametrize("command", [("pack",), ("prune",), ("share",), ("quantize",), ("huffman",),
+                                     ("compress",), ("svd", "--rank", "8"), ("export",)])
+def test_the_suffix_decides_the_format(cli, tmp_path, command):
+    import onnx
+
+    name, *options = command
+    source = LENET
+    if name == "huffman":
+        assert cli("share", LENET, "-o", tmp_path / "s.dcz").exit_code == 0
+        source = tmp_path / "s.dcz"
+    onnx_out, dcz_out, other = tmp_path / "out.onnx", tmp_path / "out.dcz", tmp_path / "out.bin"
+    for out in (onnx_out, dcz_out, other):
+        result = cli("--json", name, source, "-o", out, *options)
+        assert result.exit_code == 0, result.stderr
+    onnx.checker.check_model(onnx.load(str(onnx_out)))  # a runnable ONNX model, not a .dcz in disguise
+    assert not is_dcz(onnx_out) and is_dcz(dcz_out)
+    assert is_dcz(other) == (name != "export")  # other names: the command's own format
+    forced = tmp_path / "forced.onnx"
+    assert cli(name, source, "-o", forced, "--format", "dcz", *options).exit_code == 0 and is_dcz(forced)
+
+
+def test_qdq_needs_an_onnx_output(cli, tmp_path):
+    assert cli("quantize", LENET, "-o", tmp_path / "q.dcz").exit_code == 0
+    assert_one_line_error(cli("export", tmp_path / "q.dcz", "-o", tmp_path / "x.dcz", "--qdq"))
+    assert cli("export", tmp_path / "q.dcz", "-o", tmp_path / "x.onnx", "--qdq").exit_code == 0
+
+
+# ------------------------------------------------------------------ the same options everywhere
+
+def test_per_kind_and_per_layer_options(cli, tmp_path):
+    rows = json.loads(cli("--json", "quantize", LENET, "-o", tmp_path / "q.dcz", "--bits", "conv=8,fc=6",
+                          "--layer-bits", "fc1*=4").stdout)["layers"]
+    assert {r["name"]: r["bits"] for r in rows} == {"fc1.weight": 4, "fc2.weight": 6, "fc3.weight": 6}
+    rows = json.loads(cli("--json", "prune", LENET, "-o", tmp_path / "p.dcz", "--index-bits", "4",
+                          "--layer-index-bits", "fc2*=7").stdout)["layers"]
+    assert {r["name"]: r["index_bits"] for r in rows} == {"fc1.weight": 4, "fc2.weight": 7, "fc3.weight": 4}
+
+
+def test_svd_include_exclude_and_old_layers_spelling(cli, tmp_path):
+    def skipped(*options):
+        result = cli("--json", "svd", LENET, "-o", tmp_path / "s.dcz", "--rank", "8", *options)
+        assert result.exit_code == 0, result.stderr
+        return {r["name"]: r["skipped"] for r in json.loads(result.stdout)["layers"]}
+
+    assert skipped("--include", "fc1*") == skipped("--layers", "fc1*")
+    assert skipped("--include", "fc1*")["fc2"] == "not selected by --include" and skipped("--include", "fc1*")["fc1"] is None
+    assert skipped("--exclude", "fc1*")["fc1"] == "excluded by --exclude"
+
+
+def test_bench_batch_size_and_old_batch_spelling(cli):
+    for option in ("--batch-size", "--batch"):
+        result = cli("--json", "bench", LENET, "--runs", "1", "--warmup", "0", "--no-int8", option, "3")
+        assert result.exit_code == 0 and json.loads(result.stdout)["models"][0]["batch"] == 3
+
+
+# ------------------------------------------------------------------ globs that match nothing
+
+@pytest.mark.parametrize("command", [
+    ("prune", "--layer-sparsity", "fc8*=0.75"),  # the README's old example: lenet300 has no fc8
+    ("prune", "--layer-index-bits", "conv9=4"),
+    ("share", "--layer-bits", "nothing*=3"),
+    ("quantize", "--layer-bits", "nothing*=3"),
+    ("compress", "--layer-sparsity", "fc8*=0.75"),
+    ("pack", "--include", "embed*"),
+    ("prune", "--exclude", "head.*"),
+    ("svd", "--rank", "8", "--layer-rank", "fc9=2"),
+    ("svd", "--rank", "8", "--include", "fc9"),
+])
+def test_a_glob_that_matches_nothing_is_an_error(cli, tmp_path, command):
+    name, *options = command
+    result = cli(name, LENET, "-o", tmp_path / "x.dcz", *options)
+    assert_one_line_error(result)
+    pattern = options[-1].split("=")[0]
+    assert repr(pattern) in result.stderr and "fc1" in result.stderr  # the pattern, and names that exist
+    assert not (tmp_path / "x.dcz").exists()
+
+
+def test_help_and_readme_glob_examples_match_the_sample_model(cli, tmp_path):
+    readme = (LENET.parent.parent / "README.md").read_text()
+    assert "'fc8*" not in readme
+    for options in (("--sparsity", "conv=0.5,fc=0.9", "--layer-sparsity", "fc3*=0.75"),
+                    ("--sparsity", "conv=0.5,fc=0.95", "--layer-sparsity", "fc3*=0.75")):
+        assert cli("prune", LENET, "-o", tmp_path / "p.dcz", *options).exit_code == 0
+    assert cli("svd", LENET, "-o", tmp_path / "s.dcz", "--ratio", "0.25", "--layer-rank", "fc3=16").exit_code == 0
+
+
+# ------------------------------------------------------------------ --metadata
+
+WRITERS = [("pack",), ("prune",), ("share",), ("quantize",), ("compress",), ("svd", "--rank", "8")]
+
+
+@pytest.mark.parametrize("command", WRITERS)
+def test_metadata_is_set_before_writing(cli, tmp_path, monkeypatch, command):
+    seen = []
+    real_write = container.write
+    monkeypatch.setattr(container, "write", lambda package, out: seen.append(dict(package.metadata))
+                        or real_write(package, out))
+    result = cli(command[0], LENET, "-o", tmp_path / "m.dcz", *command[1:], "--metadata", "source=lenet300",
+                 "--metadata", "recipe=a=b", "--metadata", "source=sha256:ab")
+    assert result.exit_code == 0, result.stderr
+    assert seen == [{"source": "sha256:ab", "recipe": "a=b"}]  # the last value of a key wins
+
+
+def test_metadata_is_kept_by_later_stages(cli, tmp_path):
+    from deepcompress_cli.files import read_model
+
+    assert cli("pack", LENET, "-o", tmp_path / "a.dcz", "--metadata", "source=lenet300").exit_code == 0
+    if not read_model(str(tmp_path / "a.dcz")).metadata:
+        pytest.skip("this container version does not store metadata yet")
+    assert cli("prune", tmp_path / "a.dcz", "-o", tmp_path / "b.dcz", "--metadata", "recipe=prune").exit_code == 0
+    assert cli("huffman", tmp_path / "b.dcz", "-o", tmp_path / "c.dcz").exit_code == 0
+    assert read_model(str(tmp_path / "c.dcz")).metadata == {"source": "lenet300", "recipe": "prune"}
+
+
+def test_metadata_on_onnx_output_goes_to_metadata_props(cli, tmp_path):
+    import onnx
+
+    assert cli("export", LENET, "-o", tmp_path / "m.onnx", "--metadata", "source=lenet300").exit_code == 0
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert props["source"] == "lenet300"
+
+
+@pytest.mark.parametrize("entry", ["=value", "novalue", "key=line\nbreak", "k\x1b=v", "k" * 257 + "=v",
+                                   "k=" + "v" * 4097])
+def test_bad_metadata_is_a_usage_error(cli, tmp_path, entry):
+    assert_one_line_error(cli("pack", LENET, "-o", tmp_path / "m.dcz", "--metadata", entry))
+    assert not (tmp_path / "m.dcz").exists()
+
+
+# ------------------------------------------------------------------ sizes and ratios
+
+def test_bench_counts_external_data(cli, tmp_path):
+    import onnx
+
+    model = onnx.load(str(LENET))
+    onnx.save(model, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="ext.onnx.data",
+              size_threshold=0)
+    total = os.path.getsize(tmp_path / "ext.onnx") + os.path.getsize(tmp_path / "ext.onnx.data")
+    assert cli("compress", tmp_path / "ext.onnx", "-o", tmp_path / "c.dcz").exit_code == 0
+    result = cli("--json", "bench", tmp_path / "ext.onnx", tmp_path / "c.dcz", "--runs", "1", "--warmup", "0",
+                 "--no-int8", "--min-ratio", "2")
+    assert result.exit_code == 0, result.stderr
+    base, small = json.loads(result.stdout)["models"]
+    assert base["file_bytes"] == total
+    assert small["ratio_file"] == round(total / os.path.getsize(tmp_path / "c.dcz"), 3) > 2
+
+
+def test_bench_refuses_labels_past_the_classes(cli, tmp_path):
+    data = dict(np.load(SAMPLES / "digits_test.npz"))
+    data["labels"] = data["labels"] + 20  # classes 20..29 for a 10-class output
+    np.savez(tmp_path / "bad.npz", **data)
+    result = cli("bench", LENET, LENET, "--data", tmp_path / "bad.npz", "--max-accuracy-drop", "0.5", "--runs", "1")
+    assert_one_line_error(result)
+    assert "10 classes" in result.stderr
+
+
+def test_one_name_per_ratio_in_every_output(cli, tmp_path):
+    """compress, info and bench name each figure for what it divides, and agree on it."""
+    out = tmp_path / "m.dcz"
+    compressed = json.loads(cli("--json", "compress", LENET, "-o", out).stdout)
+    info = json.loads(cli("--json", "info", out).stdout)
+    bench = json.loads(cli("--json", "bench", LENET, out, "--runs", "1", "--warmup", "0", "--no-int8").stdout)
+    totals = compressed["totals"]
+    assert totals["ratio_weights"] == info["totals"]["ratio_weights"] == bench["models"][1]["ratio_weights"]
+    assert totals["ratio_tensors"] == info["totals"]["ratio_tensors"]
+    assert totals["ratio_file"] == bench["models"][1]["ratio_file"]
+    assert totals["ratio_weights"] > totals["ratio_tensors"] > totals["ratio_file"] > 1
+    row = compressed["layers"][0]
+    assert row["bits_per_weight"] == pytest.approx(8 * row["bytes_pqh"] / row["weights"], abs=1e-3)
+    assert row["value_bits_per_kept_weight"] > row["bits_per_weight"]  # a kept weight costs more than an average one
+    assert "ratio" not in bench["models"][1] and "ratio" not in info["totals"]

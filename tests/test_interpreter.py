@@ -227,7 +227,7 @@ def test_bench_json_and_gates(cli, tmp_path):
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     base, other = report["models"]
-    assert base["modes"]["fp32"]["accuracy"] > 0.95 and other["ratio"] > 5
+    assert base["modes"]["fp32"]["accuracy"] > 0.95 and other["ratio_file"] > 5
     assert set(other["modes"]) == {"fp32", "int8"}
     assert other["modes"]["int8"]["latency"]["median_ms"] > 0
     ok = cli("bench", source, small, "--data", data, "--runs", 1, "--min-ratio", 5, "--max-accuracy-drop", 5)

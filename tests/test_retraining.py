@@ -183,7 +183,7 @@ def test_mnist_cnn_retraining_recovers_what_the_defaults_prune(cli, tmp_path):
                  "--steps", 1, "--epochs", 0.5)
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["totals"]["ratio_weights"] >= 70 and report["totals"]["ratio_all_tensors"] >= 70
+    assert report["totals"]["ratio_weights"] >= 70 and report["totals"]["ratio_tensors"] >= 70
     assert [h.get("steps") for h in report["training"]] == [None, 8, 8]
     layers = [f"--layer-sparsity={r['name']}={1 - r['kept_fraction']}" for r in report["layers"]]
     for args in (("prune", model, "-o", out["p"], *layers, "--index-bits", "conv=5,fc=8"),
@@ -324,14 +324,15 @@ def test_training_options_need_train(cli, tmp_path, option):
 
 
 def test_train_sparsity_defaults_by_size_for_kinds_not_given():
-    from deepcompress_cli.cli import prune_config
+    from deepcompress_cli.stages import per_kind
+    from deepcompress_cli.stages.prune import PruneConfig
     from deepcompress_cli.tensors import Tensor
 
     big = Tensor.raw("fc1", np.zeros((400, 1000), np.float32), "fc")
     conv = Tensor.raw("c", np.zeros((16, 8, 3, 3), np.float32), "conv")
-    config = prune_config({"fc": 0.5}, [("c", 0.25)], None, None, train=True)
+    config = PruneConfig(per_kind({"fc": 0.5}, [("c", 0.25)])).resolved(train=True)
     assert config.sparsity.value(big) == 0.5 and config.sparsity.value(conv) == 0.25
-    config = prune_config({"fc": 0.5}, [], None, None, train=True)
+    config = PruneConfig({"fc": 0.5}).resolved(train=True)
     assert config.sparsity.value(conv) == pytest.approx(1 - 12 / np.sqrt(16 * 8 * 9))
-    config = prune_config(None, [], None, None, train=True)
+    config = PruneConfig().resolved(train=True)
     assert config.sparsity.value(big) == pytest.approx(1 - 12 / np.sqrt(400_000))

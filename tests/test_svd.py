@@ -216,7 +216,7 @@ def test_layer_ranks_last_match_wins_by_node_or_weight_name():
     rows = by_name(svd(mlp(), SvdConfig(layer_ranks=[("fc*", 2), ("fc1", 1)])))  # no global method needed
     assert (rows["fc1"]["t"], rows["fc2"]["t"]) == (1, 2)
     rows = by_name(svd(mlp(), SvdConfig(layer_ranks=[("fc1", 1)], layers=["fc1"])))
-    assert rows["fc1"]["t"] == 1 and rows["fc2"]["skipped"] == "not selected by --layers"
+    assert rows["fc1"]["t"] == 1 and rows["fc2"]["skipped"] == "not selected by --include"
 
 
 # --------------------------------------------------------------------------------------- skips
@@ -230,7 +230,7 @@ def graph_bytes(package) -> bytes:
     (SvdConfig(rank=100), "rank 6 would not shrink it"),
     (SvdConfig(rank=4), "rank 4 would not shrink it"),
     (SvdConfig(ratio=0.2), "ratio 0.2 leaves no rank"),
-    (SvdConfig(rank=2, layers=["fc9*", "other"]), "not selected by --layers"),
+    (SvdConfig(rank=2, exclude=["fc1"]), "excluded by --exclude"),
 ])
 def test_skipped_layers_stay_unchanged(config, reason):
     model, _, _ = build("matmul", random_weight([K, N]))
@@ -295,24 +295,33 @@ def test_a_weight_shared_with_an_unsplit_layer_stays():
                                rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("config, message", [
-    (SvdConfig(), "give one of --rank, --energy or --ratio"),
-    (SvdConfig(layer_ranks=[("fc1", 2)]), "give one of --rank, --energy or --ratio"),  # fc2 has none
-    (SvdConfig(rank=2, energy=0.9), "give only one of --rank, --energy, --ratio"),
-    (SvdConfig(rank=0), "--rank must be at least 1"),
-    (SvdConfig(energy=0.0), "--energy must be in (0, 1]"),
-    (SvdConfig(energy=1.5), "--energy must be in (0, 1]"),
-    (SvdConfig(energy=float("nan")), "--energy must be in (0, 1]"),
-    (SvdConfig(ratio=1.0), "--ratio must be in (0, 1)"),
-    (SvdConfig(ratio=0.0), "--ratio must be in (0, 1)"),
-    (SvdConfig(rank=2, layer_ranks=[("fc1", 0)]), "--layer-rank fc1=0"),
+@pytest.mark.parametrize("options, message", [
+    ({}, "give one of --rank, --energy or --ratio"),
+    ({"layer_ranks": [("fc1", 2)]}, "give one of --rank, --energy or --ratio"),  # fc2 has none
+    ({"rank": 2, "energy": 0.9}, "give only one of --rank, --energy, --ratio"),
+    ({"rank": 0}, "--rank must be at least 1"),
+    ({"energy": 0.0}, "--energy must be in (0, 1]"),
+    ({"energy": 1.5}, "--energy must be in (0, 1]"),
+    ({"energy": float("nan")}, "--energy must be in (0, 1]"),
+    ({"ratio": 1.0}, "--ratio must be in (0, 1)"),
+    ({"ratio": 0.0}, "--ratio must be in (0, 1)"),
+    ({"rank": 2, "layer_ranks": [("fc1", 0)]}, "--layer-rank fc1=0"),
+    ({"rank": 2, "layer_ranks": [("fc9*", 1)]}, "--layer-rank 'fc9*' matches no layer"),
+    ({"rank": 2, "exclude": ["nope"]}, "--exclude 'nope' matches no layer"),
 ])
-def test_invalid_configs_fail_before_any_change(config, message):
+def test_invalid_configs_fail_before_any_change(options, message):
+    """Bad values fail when the config is made (or, for names, before the graph changes)."""
     package = mlp()
     before = graph_bytes(package)
-    with pytest.raises(DczError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
-        svd(package, config)
+    with pytest.raises(DczError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
+                       .replace("*", r"\*")):
+        svd(package, SvdConfig(**options))
     assert graph_bytes(package) == before
+
+
+def test_exclude_skips_layers():
+    rows = by_name(svd(mlp(), SvdConfig(rank=1, exclude=["fc1"])))
+    assert rows["fc1"]["skipped"] == "excluded by --exclude" and rows["fc2"]["t"] == 1
 
 
 # ------------------------------------------------------------------------- files and other stages
@@ -352,7 +361,7 @@ def test_svd_of_pruned_and_shared_weights_factors_their_dense_values():
     share(package, ShareConfig())
     dense = package.tensor("fc2.weight").decode()
     rows = by_name(svd(package, SvdConfig(rank=40, layers=["fc2"])))  # 40·(300+100) < 300·100
-    assert rows["fc2"]["skipped"] is None and rows["fc1"]["skipped"] == "not selected by --layers"
+    assert rows["fc2"]["skipped"] is None and rows["fc1"]["skipped"] == "not selected by --include"
     w = package.tensor("fc2.svd_v").decode() @ package.tensor("fc2.svd_u").decode()  # transB: Qᵀ·Pᵀ = Mᵀ
     np.testing.assert_allclose(w, truncated(dense, 40), rtol=1e-4, atol=1e-5)
     assert run(package, {"input": x}).shape == (len(x), 10)

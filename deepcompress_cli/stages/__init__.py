@@ -20,8 +20,9 @@ from ..tensors import FLOAT_DTYPES, Package, Tensor
 
 @dataclass
 class PerKind:
-    conv: float
-    fc: float
+    """A value for `conv` and for `fc` weights (None: the stage's default), and per-layer overrides."""
+    conv: float | None = None
+    fc: float | None = None
     layers: list[tuple[str, float]] = field(default_factory=list)  # (name glob, value); last match wins
 
     def value(self, tensor: Tensor):
@@ -32,6 +33,70 @@ class PerKind:
 
     def default(self, tensor: Tensor):
         return self.conv if tensor.kind == "conv" else self.fc
+
+    @property
+    def given(self) -> bool:
+        return self.conv is not None or self.fc is not None or bool(self.layers)
+
+    def with_defaults(self, defaults: tuple) -> "PerKind":
+        """Kinds left None take `defaults` (conv, fc)."""
+        return PerKind(defaults[0] if self.conv is None else self.conv,
+                       defaults[1] if self.fc is None else self.fc, list(self.layers))
+
+    def values(self) -> list:
+        return [v for v in (self.conv, self.fc) if v is not None] + [v for _, v in self.layers]
+
+
+def per_kind(value, layers=None, option: str = "", cls=PerKind) -> PerKind:
+    """A PerKind from what users write: `v` (both kinds), {"conv": v, "fc": v} (either or both),
+    None (the defaults) or a PerKind; `layers` adds overrides, {glob: v} or [(glob, v)]."""
+    if isinstance(value, PerKind):
+        result = value
+    elif value is None:
+        result = cls()
+    elif isinstance(value, dict):
+        unknown = set(value) - {"conv", "fc"}
+        if unknown:
+            raise DczError(f"{option}: the kinds are conv and fc, not {', '.join(map(repr, sorted(unknown)))}")
+        result = cls(value.get("conv"), value.get("fc"))
+    else:
+        result = cls(value, value)
+    if layers:
+        pairs = list(layers.items()) if isinstance(layers, dict) else [tuple(p) for p in layers]
+        result = type(result)(**{**result.__dict__, "layers": [*result.layers, *pairs]})
+    return result
+
+
+def check_values(values: PerKind, option: str, layer_option: str, ok: Callable, what: str) -> None:
+    """Every value of `values` must pass `ok`; the error names the option it came from."""
+    for v in (values.conv, values.fc):
+        if v is not None and not valid_number(ok, v):
+            raise DczError(f"{option} must be {what}, got {v!r}")
+    for pattern, v in values.layers:
+        if not isinstance(pattern, str) or not pattern:
+            raise DczError(f"{layer_option}: a layer name or glob must be a non-empty string, got {pattern!r}")
+        if not valid_number(ok, v):
+            raise DczError(f"{layer_option} {pattern}={v!r}: must be {what}")
+
+
+def valid_number(ok: Callable, v) -> bool:
+    import numbers
+
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and bool(ok(v))
+
+
+def is_int_in(low: int, high: int) -> Callable:
+    import numbers
+
+    return lambda v: isinstance(v, numbers.Integral) and low <= v <= high
+
+
+def check_patterns(option: str, patterns: Iterable[str], names: list[str], what: str = "tensor") -> None:
+    """A glob that matches nothing is a typo, not a no-op: name it and a few real names."""
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            shown = ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
+            raise DczError(f"{option} {pattern!r} matches no {what} ({what}s: {shown or 'none'})")
 
 
 @dataclass
@@ -50,8 +115,11 @@ class SparsityBySize(PerKind):
             return given
         return 1.0 - min(1.0, self.scale / max(tensor.numel, 1) ** 0.5)
 
+    def with_defaults(self, defaults: tuple) -> "SparsityBySize":
+        return self  # its default is the size rule
 
-def no_progress(items: Iterable, desc: str = "", total: int | None = None) -> Iterable:
+
+def no_progress(items: Iterable, desc: str = "", total: int | None = None, **options) -> Iterable:
     return items
 
 

@@ -34,14 +34,16 @@ def stage_row(tensor: Tensor, bytes_p: int, bytes_pq: int, coded: Tensor, p: dic
         "index_bits": p["index_bits"], "bits": q["bits"], "rmse": q["rmse"], "max_error": q["max_error"],
         "bytes_original": tensor.nbytes, "bytes_p": bytes_p, "bytes_pq": bytes_pq,
         "bytes_pqh": coded.stored_bytes,
-        "value_bits_per_weight": round(8 * value_bytes / kept, 3),
-        "index_bits_per_weight": round(8 * index_bytes / kept, 3),
+        "bits_per_weight": round(8 * coded.stored_bytes / tensor.numel, 3) if tensor.numel else 0.0,
+        "value_bits_per_kept_weight": round(8 * value_bytes / kept, 3),
+        "index_bits_per_kept_weight": round(8 * index_bytes / kept, 3),
         "ratio": round(tensor.nbytes / coded.stored_bytes, 3) if coded.stored_bytes else None,
     }
 
 
 def compress(package: Package, prune_config: PruneConfig, share_config: ShareConfig,
              progress=no_progress, jobs: int = 1) -> list[dict]:
+    prune_config, share_config = prune_config.resolved(train=False), share_config.resolved(train=False)
     return map_weights(package, lambda t: compress_tensor(t, prune_config, share_config), progress, "compress", jobs)
 
 
@@ -66,7 +68,8 @@ def compress_retrain(package: Package, prune_config: PruneConfig, share_config: 
 
 
 def totals(rows: list[dict], package: Package) -> dict:
-    """Whole-model figures: weights only, and all tensors (biases and others as stored)."""
+    """Whole-model figures: `ratio_weights` (weight tensors only) and `ratio_tensors` (all tensors,
+    biases and others as stored); the whole-file ratio needs the file sizes (api.compress)."""
     compressed = {r["name"] for r in rows}  # entries without a row passed through as they were
     others = sum(t.stored_bytes for t in package.tensors if t.name not in compressed)
     sums = {key: sum(r[key] for r in rows) for key in ("weights", "kept", "bytes_original", "bytes_p",
@@ -74,5 +77,5 @@ def totals(rows: list[dict], package: Package) -> dict:
     other_original = sum(t.nbytes for t in package.tensors if t.name not in compressed)
     sums["ratio_weights"] = round(sums["bytes_original"] / sums["bytes_pqh"], 3) if sums["bytes_pqh"] else None
     all_original, all_stored = sums["bytes_original"] + other_original, sums["bytes_pqh"] + others
-    sums["ratio_all_tensors"] = round(all_original / all_stored, 3) if all_stored else None
+    sums["ratio_tensors"] = round(all_original / all_stored, 3) if all_stored else None
     return sums

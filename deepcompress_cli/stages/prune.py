@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..encoding import build, dense_form, entropy_of, readable, sparse_form
 from ..errors import DczError
 from ..tensors import Package, Tensor
-from . import PerKind, map_weights, no_progress, require_compressible, require_finite
+from . import (PerKind, SparsityBySize, valid_number, check_patterns, check_values, is_int_in, map_weights, no_progress,
+               per_kind, require_compressible, require_finite)
 
 DEFAULT_SPARSITY = (0.6, 0.9)  # conv, fc: the issue's defaults
 DEFAULT_INDEX_BITS = (8, 5)  # conv, fc: the paper's relative-index widths
@@ -21,9 +23,42 @@ DEFAULT_TRAIN_STEPS = 4
 
 @dataclass
 class PruneConfig:
-    sparsity: PerKind = field(default_factory=lambda: PerKind(*DEFAULT_SPARSITY))
-    index_bits: PerKind = field(default_factory=lambda: PerKind(*DEFAULT_INDEX_BITS))
+    """What `prune` does. None (the default) means the mode's default: without retraining conv 60 % /
+    fc 90 % pruned and index bits conv 8 / fc 5; with retraining (`prune_retrain`, `--train`)
+    sparsity by layer size (`SparsityBySize`) and index bits conv 5 / fc 8.
+
+    `sparsity` and `index_bits` take a PerKind, one number, or {"conv": .., "fc": ..}.
+    """
+    sparsity: PerKind | float | dict | None = None
+    index_bits: PerKind | int | dict | None = None
     threshold_std: float | None = None  # paper's rule: threshold = Q x the layer's std (overrides sparsity)
+
+    def __post_init__(self):
+        self.sparsity = per_kind(self.sparsity, option="--sparsity")
+        self.index_bits = per_kind(self.index_bits, option="--index-bits")
+        if self.threshold_std is not None:
+            if self.sparsity.given:
+                raise DczError("give either --threshold-std or --sparsity/--layer-sparsity, not both")
+            if not valid_number(lambda v: v >= 0 and math.isfinite(v), self.threshold_std):
+                raise DczError(f"--threshold-std must be a finite number >= 0, got {self.threshold_std!r}")
+        check_values(self.sparsity, "--sparsity", "--layer-sparsity", lambda v: 0 <= v < 1,
+                     "a fraction in [0, 1)")  # also rejects nan
+        check_values(self.index_bits, "--index-bits", "--layer-index-bits", is_int_in(1, 16), "an integer 1..16")
+
+    def resolved(self, train: bool = False) -> "PruneConfig":
+        """This config with every None replaced by the mode's default."""
+        if self.threshold_std is not None:
+            sparsity = self.sparsity  # unused: the threshold rule decides
+        elif train and not isinstance(self.sparsity, SparsityBySize):
+            sparsity = SparsityBySize(self.sparsity.conv, self.sparsity.fc, list(self.sparsity.layers))
+        else:
+            sparsity = self.sparsity.with_defaults(DEFAULT_SPARSITY)
+        index_bits = self.index_bits.with_defaults(DEFAULT_TRAIN_INDEX_BITS if train else DEFAULT_INDEX_BITS)
+        return PruneConfig(sparsity, index_bits, self.threshold_std)
+
+    def check_names(self, names: list[str]) -> None:
+        check_patterns("--layer-sparsity", [p for p, _ in self.sparsity.layers], names, "weight")
+        check_patterns("--layer-index-bits", [p for p, _ in self.index_bits.layers], names, "weight")
 
 
 def magnitude_mask(values: np.ndarray, sparsity: float | None = None, threshold_std: float | None = None):
@@ -92,6 +127,8 @@ def store_pruned(tensor: Tensor, dense: np.ndarray, keep: np.ndarray, index_bits
 
 
 def prune(package: Package, config: PruneConfig, progress=no_progress, jobs: int = 1) -> list[dict]:
+    config = config.resolved(train=False)
+
     def encode(tensor):
         sparsity = None if config.threshold_std is not None else config.sparsity.value(tensor)
         if sparsity is not None and not 0 <= sparsity < 1:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -11,14 +11,30 @@ from ..encoding import Quantized, build, dense_form, parse, readable
 from ..graphs import output_channel_axis
 from ..onnx_io import weight_consumers
 from ..tensors import Package, Tensor
-from . import map_weights, no_progress, require_compressible, require_finite
+from . import (PerKind, check_patterns, check_values, is_int_in, map_weights, no_progress, per_kind,
+               require_compressible, require_finite)
 
 
 @dataclass
 class QuantizeConfig:
-    bits: int = 8
+    """`bits`: one integer, {"conv": .., "fc": ..} or a PerKind (with per-layer overrides)."""
+    bits: int | PerKind | dict = 8
     per_channel: bool = False
     symmetric: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.bits, int) or isinstance(self.bits, bool):
+            self.bits = per_kind(self.bits, option="--bits").with_defaults((8, 8))
+        values = self.bits if isinstance(self.bits, PerKind) else PerKind(self.bits, self.bits)
+        check_values(values, "--bits", "--layer-bits", is_int_in(2, 16), "an integer 2..16")
+
+    def for_tensor(self, tensor: Tensor) -> "QuantizeConfig":
+        """The config with this tensor's one bit width."""
+        return self if isinstance(self.bits, int) else replace(self, bits=int(self.bits.value(tensor)))
+
+    def check_names(self, names: list[str]) -> None:
+        if isinstance(self.bits, PerKind):
+            check_patterns("--layer-bits", [p for p, _ in self.bits.layers], names, "weight")
 
 
 def quantize_tensor(tensor: Tensor, config: QuantizeConfig, axis: int | None) -> tuple[Tensor, dict]:
@@ -63,6 +79,6 @@ def quantize(package: Package, config: QuantizeConfig, progress=no_progress, job
             node, index = consumers[tensor.name]
             attributes = {a.name: a.i for a in node.attribute if a.type == a.INT}
             axis = output_channel_axis(node.op_type, attributes, index, len(tensor.shape))
-        return quantize_tensor(tensor, config, axis)
+        return quantize_tensor(tensor, config.for_tensor(tensor), axis)
 
     return map_weights(package, encode, progress, "quantize", jobs)

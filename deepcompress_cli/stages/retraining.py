@@ -50,6 +50,7 @@ def prune_retrain(package: Package, config: PruneConfig, train: TrainConfig, ste
                   progress=no_progress, teacher=None) -> tuple[list[dict], list[dict]]:
     """(per-layer rows as `prune` reports them, per-step history).  `teacher`: the original
     model's logits on the training data, for distillation when it has no labels."""
+    config = config.resolved(train=True)  # None: the --train defaults
     network = Network(package, train.logits)
     trainer = Trainer(network, train, progress, teacher)
     index = _table_index(package)
@@ -109,6 +110,7 @@ def cluster_map(tensor: Tensor) -> Clusters | None:
 def share_retrain(package: Package, config: ShareConfig, train: TrainConfig,
                   progress=no_progress, teacher=None) -> tuple[list[dict], list[dict]]:
     """Share as `share` does, then train the centroids; (rows, history)."""
+    config = config.resolved(train=True)  # None: the --train defaults
     if teacher is None:  # distill towards the model as it was before sharing
         teacher = teacher_logits(package, train)
     rows = share(package, config, progress)

@@ -2,27 +2,54 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..codecs import sparse
 from ..encoding import Plain, Shared, build, dense_form, parse, readable
 from ..kmeans import kmeans_1d
+from ..errors import DczError
 from ..tensors import Package, Slot, Tensor, uint_dtype
-from . import PerKind, map_weights, no_progress, require_compressible, require_finite
+from . import (PerKind, valid_number, check_patterns, check_values, is_int_in, map_weights, no_progress, per_kind,
+               require_compressible, require_finite)
 
 DEFAULT_BITS = (8, 5)  # conv, fc: 256 and 32 shared weights, as in the paper
 DEFAULT_TRAIN_BITS = (4, 4)  # with trained centroids 16 shared weights per layer suffice
 
 
+INITS = ("linear", "density", "forgy")
+
+
 @dataclass
 class ShareConfig:
-    bits: PerKind = field(default_factory=lambda: PerKind(*DEFAULT_BITS))
+    """What `share` does. `bits` (a PerKind, one integer, or {"conv": .., "fc": ..}) None means the
+    mode's default: conv 8 / fc 5, or 4 / 4 with trained centroids (`share_retrain`, `--train`)."""
+    bits: PerKind | int | dict | None = None
     init: str = "linear"
     max_iter: int = 100
     tol: float = 1e-6
     seed: int = 0
+
+    def __post_init__(self):
+        self.bits = per_kind(self.bits, option="--bits")
+        check_values(self.bits, "--bits", "--layer-bits", is_int_in(1, 16), "an integer 1..16")
+        if self.init not in INITS:
+            raise DczError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if not valid_number(is_int_in(1, 10000), self.max_iter):
+            raise DczError(f"--max-iter must be an integer 1..10000, got {self.max_iter!r}")
+        if not valid_number(lambda v: 0 <= v < math.inf, self.tol):
+            raise DczError(f"--tol must be a finite number >= 0, got {self.tol!r}")
+        if not valid_number(is_int_in(-(1 << 63), (1 << 64) - 1), self.seed):
+            raise DczError(f"--seed must be an integer, got {self.seed!r}")
+
+    def resolved(self, train: bool = False) -> "ShareConfig":
+        """This config with every None replaced by the mode's default."""
+        return replace(self, bits=self.bits.with_defaults(DEFAULT_TRAIN_BITS if train else DEFAULT_BITS))
+
+    def check_names(self, names: list[str]) -> None:
+        check_patterns("--layer-bits", [p for p, _ in self.bits.layers], names, "weight")
 
 
 def cluster(values: np.ndarray, bits: int, config: ShareConfig) -> tuple[np.ndarray, np.ndarray, int]:
@@ -50,6 +77,8 @@ def cluster(values: np.ndarray, bits: int, config: ShareConfig) -> tuple[np.ndar
 
 
 def share_tensor(tensor: Tensor, bits: int, config: ShareConfig) -> tuple[Tensor, dict]:
+    if not valid_number(is_int_in(1, 16), bits):  # more would not fit the codebook's index width
+        raise DczError(f"--bits must be an integer 1..16, got {bits!r}")
     require_compressible(tensor, "shared")
     form = parse(tensor)
     values = form.entry_values()
@@ -86,4 +115,5 @@ def _dense(form, values: np.ndarray) -> np.ndarray:
 
 
 def share(package: Package, config: ShareConfig, progress=no_progress, jobs: int = 1) -> list[dict]:
+    config = config.resolved(train=False)
     return map_weights(package, lambda t: share_tensor(t, int(config.bits.value(t)), config), progress, "share", jobs)

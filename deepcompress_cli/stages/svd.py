@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import numbers
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -20,7 +21,7 @@ from onnx import TensorProto, helper
 from ..errors import DczError
 from ..graphs import all_graphs, consumers, make_placeholder, opset_version, placeholder_name, unique_name
 from ..tensors import DTYPES, FLOAT_DTYPES, Package, Tensor, numpy_dtype
-from . import no_progress, require_finite
+from . import check_patterns, no_progress, require_finite
 
 ERROR_SAMPLES = 64  # rows of the random input X behind `rel_error`
 
@@ -32,8 +33,16 @@ class SvdConfig:
     ratio: float | None = None  # --ratio R: largest t with t*(u+v) <= R*u*v
     # --layer-rank NAME=T: NAME is a node name, weight name or glob; the last match wins
     layer_ranks: list[tuple[str, int]] = field(default_factory=list)
-    layers: list[str] = field(default_factory=list)  # globs over node or weight names; empty = every candidate
+    layers: list[str] = field(default_factory=list)  # --include: globs over node or weight names; empty = all
     seed: int = 0  # random inputs of the error report
+    exclude: list[str] = field(default_factory=list)  # --exclude: globs over node or weight names
+
+    def __post_init__(self):
+        if isinstance(self.layer_ranks, dict):
+            self.layer_ranks = list(self.layer_ranks.items())
+        self.layers, self.exclude = [self.layers] if isinstance(self.layers, str) else list(self.layers), \
+            [self.exclude] if isinstance(self.exclude, str) else list(self.exclude)
+        _check_config(self)
 
 
 @dataclass
@@ -74,15 +83,15 @@ def _check_config(config: SvdConfig) -> None:
     given = [f"--{n}" for n in ("rank", "energy", "ratio") if getattr(config, n) is not None]
     if len(given) > 1:
         raise DczError(f"give only one of --rank, --energy, --ratio (got {' and '.join(given)})")
-    if config.rank is not None and config.rank < 1:
+    if config.rank is not None and (not isinstance(config.rank, numbers.Integral) or config.rank < 1):
         raise DczError(f"--rank must be at least 1, got {config.rank}")
-    if config.energy is not None and not 0 < config.energy <= 1:
+    if config.energy is not None and not (isinstance(config.energy, numbers.Real) and 0 < config.energy <= 1):
         raise DczError(f"--energy must be in (0, 1], got {config.energy}")
-    if config.ratio is not None and not 0 < config.ratio < 1:
+    if config.ratio is not None and not (isinstance(config.ratio, numbers.Real) and 0 < config.ratio < 1):
         raise DczError(f"--ratio must be in (0, 1), got {config.ratio}")
     for pattern, t in config.layer_ranks:
-        if t < 1:
-            raise DczError(f"--layer-rank {pattern}={t}: the rank must be at least 1")
+        if not isinstance(t, numbers.Integral) or t < 1:
+            raise DczError(f"--layer-rank {pattern}={t}: the rank must be an integer of at least 1")
 
 
 def _find_layers(package: Package, config: SvdConfig) -> list[_Layer]:
@@ -114,7 +123,9 @@ def _find_layers(package: Package, config: SvdConfig) -> list[_Layer]:
         elif node.op_type == "Gemm" and layer.attr("transA") and opset < 11:
             layer.skipped = f"Gemm with transA=1 cannot be split at opset {opset} (needs 11)"
         elif config.layers and not any(layer.matches(g) for g in config.layers):
-            layer.skipped = "not selected by --layers"
+            layer.skipped = "not selected by --include"
+        elif any(layer.matches(g) for g in config.exclude):
+            layer.skipped = "excluded by --exclude"
     return layers
 
 
@@ -265,6 +276,10 @@ def svd(package: Package, config: SvdConfig, progress=no_progress) -> list[dict]
     """Factor every selected fully-connected layer in place; one report row per Gemm/MatMul."""
     _check_config(config)
     layers = _find_layers(package, config)
+    names = sorted({n for layer in layers for n in (layer.node.name, layer.weight) if n})
+    for option, patterns in (("--layer-rank", [p for p, _ in config.layer_ranks]), ("--include", config.layers),
+                             ("--exclude", config.exclude)):
+        check_patterns(option, patterns, names, what="layer")
     has_method = any(getattr(config, n) is not None for n in ("rank", "energy", "ratio"))
     if not has_method and (not config.layer_ranks or any(
             layer.skipped is None and layer.layer_rank(config) is None for layer in layers)):

@@ -14,6 +14,7 @@ Without labels the loss is distillation to the original model's logits.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,8 +25,9 @@ from .network import Network, cross_entropy, distillation
 
 @dataclass
 class TrainConfig:
+    """Retraining settings (`--train DATA.npz` and its options), checked when made."""
     data: str
-    epochs: float = 1.0
+    epochs: float = 2.0
     lr: float = 0.01
     batch_size: int = 64
     seed: int = 0
@@ -33,6 +35,28 @@ class TrainConfig:
     val: str | None = None
     logits: str | None = None  # the value the loss is on (default: the first float output)
     max_data_bytes: int | None = None  # cap on the decoded arrays of each file (data.MAX_DATA_BYTES)
+
+    def __post_init__(self):
+        import numbers
+
+        def number(v, low, high, integral=False):
+            kind = numbers.Integral if integral else numbers.Real
+            return isinstance(v, kind) and not isinstance(v, bool) and low <= v <= high
+
+        self.data = os.fspath(self.data)
+        if not self.data:
+            raise DczError("--train needs a data file")
+        if self.val is not None:
+            self.val = os.fspath(self.val)
+        for option, value, high in (("--epochs", self.epochs, 10000), ("--lr", self.lr, 1e6)):
+            if not (number(value, 0, high) and value > 0):  # also rejects nan
+                raise DczError(f"{option} must be a number in (0, {high:g}], got {value!r}")
+        if not number(self.batch_size, 1, 1 << 20, integral=True):
+            raise DczError(f"--batch-size must be an integer 1..{1 << 20}, got {self.batch_size!r}")
+        if not number(self.momentum, 0, 1) or self.momentum == 1:
+            raise DczError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if not number(self.seed, -(1 << 63), (1 << 64) - 1, integral=True):
+            raise DczError(f"--seed must be an integer, got {self.seed!r}")
 
 
 @dataclass
@@ -125,7 +149,7 @@ class Trainer:
         losses = []
         batches = range(steps)
         if self.progress is not None:
-            batches = self.progress(batches, desc=desc, total=steps)
+            batches = self.progress(batches, desc=desc, total=steps, unit="step")
         order = np.empty(0, dtype=np.int64)
         for step in batches:
             while len(order) < batch:  # a fresh shuffle of the data each epoch
