@@ -227,3 +227,38 @@ def test_codebook_rejects_index_past_the_codebook():
     with pytest.raises(DczError, match="1..2\\^bits"):
         codebook.check({"bits": 2}, Slot("float32", 3), {"codebook": Slot("float32", 5),
                                                           "indices": Slot("uint8", 3)})
+
+
+def test_huffman_decode_cost_does_not_follow_the_files_block_size(monkeypatch):
+    """Few long blocks (block 2048, 16 lanes) decode by pointer doubling over bit positions
+    instead of 2048 numpy steps: same symbols, and the same errors for damaged streams."""
+    import time
+
+    from deepcompress_cli.codecs import huffman as h
+    from deepcompress_cli.codecs.slots import Slot
+    from deepcompress_cli.errors import DczError
+
+    rng = np.random.default_rng(0)
+    symbols = (rng.geometric(0.9, 32768) % 4).astype(np.uint8)
+    monkeypatch.setattr(h, "block_size", lambda n: 2048)
+    arrays, params = h.encode(symbols)
+    target = Slot("uint8", len(symbols))
+    blocks = arrays["blocks"].astype(np.int64)
+    args = (len(symbols), 2048, blocks, np.cumsum(blocks), arrays["code"], *h._decode_table(arrays["lengths"]),
+            np.dtype("uint8"))
+    start = time.perf_counter()
+    assert np.array_equal(h.decode(params, target, arrays), symbols)
+    doubling = time.perf_counter() - start
+    start = time.perf_counter()
+    assert np.array_equal(h._decode_lanes(*args).reshape(-1), symbols)
+    assert doubling < time.perf_counter() - start  # the lane loop is the slow way here
+    for k in range(0, len(arrays["code"]) - 1, 97):  # damaged: both decoders agree, or both refuse
+        code = arrays["code"].copy()
+        code[k] ^= 0x10
+        results = []
+        for decoder in (h._decode_lanes, h._decode_doubling):
+            try:
+                results.append(decoder(*args[:4], code, *args[5:]).tobytes())
+            except DczError:
+                results.append("error")
+        assert results[0] == results[1]
