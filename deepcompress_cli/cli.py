@@ -93,7 +93,7 @@ def jobs(ctx) -> int:
 _BYTE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
-def _set_max_data_bytes(ctx, param, value):
+def _set_max_data_bytes(ctx, param, value, key="max_data_bytes"):
     if value is None:
         return
     text = value.strip().upper().removesuffix("IB").removesuffix("B")
@@ -102,7 +102,7 @@ def _set_max_data_bytes(ctx, param, value):
     if not number.isdigit() or int(number) < 1:
         raise click.BadParameter(f"a size such as 8G or 500M (binary units) or a byte count, got {value!r}",
                                  ctx, param)
-    ctx.ensure_object(dict)["max_data_bytes"] = int(number) * _BYTE_UNITS[unit]
+    ctx.ensure_object(dict)[key] = int(number) * _BYTE_UNITS[unit]
 
 
 def data_bytes_option(f):
@@ -115,6 +115,18 @@ def data_bytes_option(f):
 
 def max_data_bytes(ctx) -> int | None:
     return (ctx.find_root().obj or {}).get("max_data_bytes")
+
+
+def decoded_bytes_option(f):
+    """`--max-decoded-bytes`: the cap on what a model's tensors may decode to (files.check_decoded_size)."""
+    return click.option("--max-decoded-bytes", "max_decoded_bytes_", metavar="SIZE", expose_value=False,
+                        callback=lambda ctx, param, value: _set_max_data_bytes(ctx, param, value, "max_decoded_bytes"),
+                        help="Refuse a model whose tensors decode to more than SIZE (e.g. 32G) "
+                             "[default: 1024 x its stored tensor bytes, at least 256M].")(f)
+
+
+def max_decoded_bytes(ctx) -> int | None:
+    return (ctx.find_root().obj or {}).get("max_decoded_bytes")
 
 
 def json_option(f):
@@ -409,6 +421,7 @@ def pack(ctx, model, output, include, exclude):
 @click.argument("model", metavar="IN")
 @output_option
 @click.option("--qdq", is_flag=True, help="Keep quantized weights as integers behind DequantizeLinear nodes.")
+@decoded_bytes_option
 @json_option
 @click.pass_context
 def export(ctx, model, output, qdq):
@@ -421,10 +434,11 @@ def export(ctx, model, output, qdq):
       deepcompress export model.dcz -o model.onnx
       deepcompress export quantized.dcz -o model.qdq.onnx --qdq
     """
-    from .files import read_model, write_onnx
+    from .files import check_decoded_size, read_model, write_onnx
     from .report import human_bytes
 
     package = read_model(model)
+    check_decoded_size(package, max_decoded_bytes(ctx), model)
     size = write_onnx(package, output, inputs=[model], qdq=qdq)
     emit(ctx, {"output": output, "bytes": size, "tensors": len(package.tensors)},
          f"{output}: {human_bytes(size)}, {len(package.tensors)} tensors", stdout_taken=output == "-")
@@ -690,6 +704,7 @@ def compress(ctx, model, output, sparsity, layer_sparsity, index_bits, threshold
 @click.option("--min-cosine", type=float, metavar="C", help="Gate: output cosine similarity to the baseline >= C.")
 @click.option("--check", is_flag=True, help="Only list ops the interpreter does not support (exit 2 if any).")
 @data_bytes_option
+@decoded_bytes_option
 @json_option
 @click.pass_context
 def bench(ctx, models, baseline, data, calibrate, runs, warmup, batch, seed, int8, ort, min_ratio,
@@ -719,6 +734,7 @@ def bench(ctx, models, baseline, data, calibrate, runs, warmup, batch, seed, int
     gates = {"min_ratio": min_ratio, "max_accuracy_drop": max_accuracy_drop, "min_cosine": min_cosine}
     config = bench_lib.BenchConfig(runs, warmup, batch, seed, int8, ort, data, calibrate, baseline, gates)
     config.max_data_bytes = max_data_bytes(ctx)
+    config.max_decoded_bytes = max_decoded_bytes(ctx)
     report = bench_lib.bench(list(models), config, progress_bar(ctx))
     emit(ctx, report, format_bench(report))
     bench_lib.enforce(report)
