@@ -150,3 +150,19 @@ def test_cli_graph_over_2_gib_is_one_line(cli, tmp_path, monkeypatch, target):
     assert_one_line_error(result)
     assert "over protobuf's 2147483647-byte limit" in result.stderr
     assert not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------- found by benchmarks/fuzz_reader.py (.onnx)
+
+def test_external_location_with_a_nul_byte(cli, tmp_path):
+    """os.path.realpath raised ValueError (an internal error) on a location holding a NUL byte."""
+    model = onnx.load(str(SAMPLES / "lenet5.onnx"))
+    weight = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    weight.data_location = TensorProto.EXTERNAL
+    weight.external_data.add(key="location", value="w\0.bin")
+    weight.ClearField("raw_data")
+    (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
+    result = cli("pack", tmp_path / "m.onnx", "-o", tmp_path / "m.dcz")
+    assert_one_line_error(result)
+    assert "is not a file name" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
