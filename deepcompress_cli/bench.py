@@ -203,9 +203,10 @@ def ort_latency(package, feeds, config) -> dict | None:
         import onnxruntime as ort
     except ImportError:
         return None
+    from .container import serialize
     from .onnx_io import to_onnx
 
-    session = ort.InferenceSession(to_onnx(package).SerializeToString(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(serialize(to_onnx(package), "ONNX model"), providers=["CPUExecutionProvider"])
     return latency(lambda: session.run(None, feeds), config.runs, config.warmup)
 
 

@@ -648,6 +648,7 @@ def compress(ctx, model, output, sparsity, layer_sparsity, index_bits, threshold
     """
     import zlib
 
+    from .container import serialize
     from .files import read_model, write_dcz
     from .onnx_io import to_onnx
     from .report import format_compress, human_bytes
@@ -663,7 +664,7 @@ def compress(ctx, model, output, sparsity, layer_sparsity, index_bits, threshold
     package = read_model(model, include, exclude)
     onnx_bytes = gzip_bytes = None
     if report:  # the peer: gzip of the model as a plain .onnx
-        original = to_onnx(package).SerializeToString()
+        original = serialize(to_onnx(package), "ONNX model")  # over 2 GiB: one line, not EncodeError
         onnx_bytes, gzip_bytes = len(original), len(zlib.compress(original, 9))
         del original
     history = None

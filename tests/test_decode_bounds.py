@@ -129,7 +129,7 @@ def test_container_write_refuses_a_graph_over_2_gib():
     assert out.getvalue() == b""
 
 
-@pytest.mark.parametrize("target", ["dcz", "onnx"])
+@pytest.mark.parametrize("target", ["dcz", "onnx", "compress-report"])
 def test_cli_graph_over_2_gib_is_one_line(cli, tmp_path, monkeypatch, target):
     real_to_onnx = onnx_io.to_onnx
     if target == "dcz":
@@ -146,6 +146,8 @@ def test_cli_graph_over_2_gib_is_one_line(cli, tmp_path, monkeypatch, target):
     else:
         monkeypatch.setattr(onnx_io, "to_onnx", lambda *a, **kw: Huge(real_to_onnx(*a, **kw)))
         args = ["export", SAMPLES / "lenet5.onnx", "-o", tmp_path / "o.onnx"]
+        if target == "compress-report":  # the gzip peer of the plain .onnx
+            args = ["compress", SAMPLES / "lenet5.onnx", "-o", tmp_path / "o.dcz", "--report"]
     result = cli(*args)
     assert_one_line_error(result)
     assert "over protobuf's 2147483647-byte limit" in result.stderr
