@@ -168,3 +168,26 @@ def test_external_location_with_a_nul_byte(cli, tmp_path):
     assert_one_line_error(result)
     assert "is not a file name" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+# ----------------------------------------------------- found by benchmarks/fuzz_reader.py (.npz)
+
+def test_a_hostile_npy_header_prints_no_warning(tmp_path):
+    """numpy parses the header dict as Python source: `1if` printed a SyntaxWarning line to stderr
+    beside the one-line error."""
+    import warnings
+    import zipfile
+
+    from deepcompress_cli.data import load_npz
+
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (1if, ), }"
+    header += b" " * ((-(len(header) + 11)) % 64) + b"\n"
+    npy = b"\x93NUMPY\x02\x00" + len(header).to_bytes(4, "little") + header + bytes(4)
+    path = tmp_path / "d.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("input.npy", npy)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(DczError, match="not a readable .npy array"):
+            load_npz(str(path), None)
+    assert not [w for w in caught if issubclass(w.category, SyntaxWarning)]
