@@ -27,7 +27,7 @@ the packed bytes read back (the writer must never write what its reader rejects)
 byte edits, truncation, splicing, and parsed-ModelProto edits (initializer dims, types, data and
 external references; node op types, inputs, outputs and attributes; graph inputs; opsets).
 
-A case fails if it raises anything but DczError, takes over 2 s, or allocates (tracemalloc peak)
+A case fails if it raises anything but DczError, issues a warning (a stray stderr line), takes over 2 s, or allocates (tracemalloc peak)
 more than the format's expansion bound allows for its size (`codecs.expansion_budget`: 65536 x
 its size + 64 KiB, the number docs/FORMAT.md section 4 states) plus 16 MiB of scratch; reading a
 `.dcz` (before any decoding) must also stay under 64 x its size + 16 MiB (parsing, the inflate
@@ -48,6 +48,7 @@ import sys
 import time
 import tempfile
 import tracemalloc
+import warnings
 import zipfile
 import zlib
 from collections import Counter
@@ -484,7 +485,9 @@ def run_case(data: bytes, read=read_all) -> tuple[str, str]:
     start = time.perf_counter()
     over = None
     try:
-        read(data)
+        with warnings.catch_warnings(record=True) as caught:  # a warning is a stray stderr line
+            warnings.simplefilter("always")
+            read(data)
         outcome, detail = "accepted", ""
     except DczError as e:
         outcome, detail = "rejected", re.sub(r"(?<!\w)'[^']*'|\d+|got .*", "_", str(e))[:60]
@@ -496,7 +499,9 @@ def run_case(data: bytes, read=read_all) -> tuple[str, str]:
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     elapsed = time.perf_counter() - start
-    if outcome != "crash" and not over and elapsed > SECONDS:
+    if outcome in ("accepted", "rejected") and caught:
+        outcome, detail = "warning", f"{caught[0].category.__name__}: {str(caught[0].message)[:100]}"
+    elif outcome != "crash" and not over and elapsed > SECONDS:
         outcome, detail = "hang", f"{elapsed:.1f} s"
     elif outcome != "crash" and not over and peak > expansion_budget(len(data)) + MEMORY_BASE:
         outcome, detail = "memory", f"peak {peak} bytes for {len(data)}"
@@ -564,7 +569,7 @@ def main() -> None:
           f"slowest case {1000 * slowest:.0f} ms")
     for target in targets:
         print(f"  {target}: " + ", ".join(f"{o} {total[f'{target} {o}']:,}"
-                                          for o in ("accepted", "rejected", "crash", "hang", "memory")))
+                                          for o in ("accepted", "rejected", "crash", "hang", "memory", "warning")))
     print(f"  distinct rejection messages: {sum(1 for k in kept if k[1] == 'rejected')}")
     for (target, outcome, detail), data in sorted(kept.items()):
         if target == "dcz" and (args.save_corpus or bad):
