@@ -565,6 +565,7 @@ def main() -> None:
                     kept[key] = data
     elapsed = time.perf_counter() - start
     bad = {k: v for k, v in kept.items() if k[1] not in ("accepted", "rejected")}
+    bad_dcz = any(target == "dcz" for target, _, _ in bad)
     print(f"{args.cases:,} cases in {elapsed:.0f} s ({args.cases / elapsed:.0f}/s, {args.jobs} processes); "
           f"slowest case {1000 * slowest:.0f} ms")
     for target in targets:
@@ -572,7 +573,7 @@ def main() -> None:
                                           for o in ("accepted", "rejected", "crash", "hang", "memory", "warning")))
     print(f"  distinct rejection messages: {sum(1 for k in kept if k[1] == 'rejected')}")
     for (target, outcome, detail), data in sorted(kept.items()):
-        if target == "dcz" and (args.save_corpus or bad):
+        if target == "dcz" and (args.save_corpus or bad_dcz):
             if outcome == "accepted" or (outcome == "rejected" and len(data) > CORPUS_MAX_BYTES):
                 continue
             folder = CORPUS
