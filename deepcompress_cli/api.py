@@ -62,10 +62,14 @@ def pack(model, output, *, include=(), exclude=(), metadata=None, format=None) -
             "weights": len(weights), "weight_bytes": sum(t.nbytes for t in weights)}
 
 
-def export(model, output, *, qdq=False, metadata=None, format=None) -> dict:
-    """`model` back as a runnable ONNX model (unless `output` ends in .dcz or `format` says otherwise)."""
+def export(model, output, *, qdq=False, metadata=None, format=None, max_decoded_bytes=None) -> dict:
+    """`model` back as a runnable ONNX model (unless `output` ends in .dcz or `format` says otherwise).
+    `max_decoded_bytes`: refuse a model that decodes to more (default: files.default_max_decoded_bytes)."""
+    from .files import check_decoded_size
+
     metadata = check_metadata(metadata)
     package = load(model)
+    check_decoded_size(package, max_decoded_bytes, _path(model))
     size, fmt = _write(package, model, output, format, metadata, qdq=qdq, default="onnx")
     return {"output": _path(output), "format": fmt, "bytes": size, "tensors": len(package.tensors)}
 
@@ -164,6 +168,7 @@ def compress(model, output, *, sparsity=None, layer_sparsity=None, index_bits=No
     between the stages. `report=True` adds gzip -9 of the plain .onnx (`onnx_bytes`, `gzip9_bytes`)."""
     import zlib
 
+    from .container import serialize
     from .onnx_io import to_onnx
     from .stages.compress import compress as compress_stage
     from .stages.compress import compress_retrain, totals
@@ -179,7 +184,7 @@ def compress(model, output, *, sparsity=None, layer_sparsity=None, index_bits=No
     input_bytes = package.file_bytes
     onnx_bytes = gzip_bytes = None
     if report:  # the peer: gzip of the model as a plain .onnx
-        original = to_onnx(package).SerializeToString()
+        original = serialize(to_onnx(package), "ONNX model")  # over 2 GiB: one line, not EncodeError
         onnx_bytes, gzip_bytes = len(original), len(zlib.compress(original, 9))
         del original
     bar = progress_bar(progress)
@@ -202,7 +207,7 @@ def compress(model, output, *, sparsity=None, layer_sparsity=None, index_bits=No
 
 def bench(*models, baseline=None, data=None, calibrate=None, runs=10, warmup=2, batch_size=1, seed=0, int8=True,
           ort=False, min_ratio=None, max_accuracy_drop=None, min_cosine=None, check=False, max_data_bytes=None,
-          progress=None) -> dict:
+          max_decoded_bytes=None, progress=None) -> dict:
     """Size, latency and accuracy (or fidelity) of `models`, as `bench --json` prints it.
 
     Gates are evaluated (`report["gates"]`, `report["passed"]`) but do not raise: the caller decides
@@ -222,7 +227,8 @@ def bench(*models, baseline=None, data=None, calibrate=None, runs=10, warmup=2, 
         return {"unsupported": {m: sorted(unsupported_ops(load(m).graph)) for m in models}}
     gates = {"min_ratio": min_ratio, "max_accuracy_drop": max_accuracy_drop, "min_cosine": min_cosine}
     config = BenchConfig(runs, warmup, batch_size, seed, int8, ort, _opt_path(data), _opt_path(calibrate),
-                         _opt_path(baseline), gates, max_data_bytes=max_data_bytes)
+                         _opt_path(baseline), gates, max_data_bytes=max_data_bytes,
+                         max_decoded_bytes=max_decoded_bytes)
     report = run_bench(models, config, progress_bar(progress))
     report["passed"] = all(g["passed"] for g in report["gates"])
     return report

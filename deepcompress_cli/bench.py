@@ -10,7 +10,7 @@ import numpy as np
 
 from .data import InputSpec, check_labels, convert, input_specs as data_specs, load_npz
 from .errors import DczError, GateFailed
-from .files import read_model
+from .files import check_decoded_size, read_model
 from .interp.ops import MAX_VALUE_BYTES
 
 # Random inputs are sized by the shapes a model declares, which can be anything: all of them
@@ -32,6 +32,7 @@ class BenchConfig:
     gates: dict = field(default_factory=dict)  # min_ratio, max_accuracy_drop (points), min_cosine
     max_value_bytes: int = MAX_VALUE_BYTES  # one array an op sizes from tensor values (interp/ops)
     max_data_bytes: int | None = None  # cap on the decoded --data/--calibrate arrays (data.MAX_DATA_BYTES)
+    max_decoded_bytes: int | None = None  # cap on a model's decoded tensors (files.check_decoded_size)
 
 
 def input_specs(interp) -> list[tuple[str, list, np.dtype]]:
@@ -142,20 +143,27 @@ def calibrate(package, data: dict, batch: int, max_bytes: int = MAX_VALUE_BYTES)
     return {k: (v[0], v[1]) for k, v in ranges.items()}
 
 
+def _read(path: str, config: BenchConfig):
+    """A model to run, refused before decoding when its tensors would decode past the cap."""
+    package = read_model(path)
+    check_decoded_size(package, config.max_decoded_bytes, path)
+    return package
+
+
 def bench(paths: list[str], config: BenchConfig, progress=lambda items, **kw: items) -> dict:
     from .interp.graph import Interpreter
     from .interp.quant import Int8Interpreter
 
     baseline_path = config.baseline or paths[0]
     models = [baseline_path] + [p for p in paths if p != baseline_path]
-    first = read_model(baseline_path)  # its inputs say which arrays of --data to read, and how big
+    first = _read(baseline_path, config)  # its inputs say which arrays of --data to read, and how big
     specs = data_specs(first.graph.graph)
     data = load_npz(config.data, specs, "--data", config.max_data_bytes) if config.data else None
     labels = check_labels(data.pop("labels", None), data) if data else None
     check_gates_can_run(paths, config, labels)
     results, reference = [], None
     for path in models:
-        package, first = (first if first is not None else read_model(path)), None
+        package, first = (first if first is not None else _read(path, config)), None
         fp32 = Interpreter(package, config.max_value_bytes)
         batch = fixed_batch(fp32) or config.batch
         count = len(labels) if labels is not None else (len(next(iter(data.values()))) if data else 64)
@@ -201,9 +209,10 @@ def ort_latency(package, feeds, config) -> dict | None:
         import onnxruntime as ort
     except ImportError:
         return None
+    from .container import serialize
     from .onnx_io import to_onnx
 
-    session = ort.InferenceSession(to_onnx(package).SerializeToString(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(serialize(to_onnx(package), "ONNX model"), providers=["CPUExecutionProvider"])
     return latency(lambda: session.run(None, feeds), config.runs, config.warmup)
 
 

@@ -89,7 +89,7 @@ JOBS_HELP = "Encode tensors on N threads [default: the CPU count]; the output do
 _BYTE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
-def _set_max_data_bytes(ctx, param, value):
+def _set_max_data_bytes(ctx, param, value, key="max_data_bytes"):
     if value is None:
         return
     text = value.strip().upper().removesuffix("IB").removesuffix("B")
@@ -98,7 +98,7 @@ def _set_max_data_bytes(ctx, param, value):
     if not number.isdigit() or int(number) < 1:
         raise click.BadParameter(f"a size such as 8G or 500M (binary units) or a byte count, got {value!r}",
                                  ctx, param)
-    ctx.ensure_object(dict)["max_data_bytes"] = int(number) * _BYTE_UNITS[unit]
+    ctx.ensure_object(dict)[key] = int(number) * _BYTE_UNITS[unit]
 
 
 def data_bytes_option(f):
@@ -111,6 +111,18 @@ def data_bytes_option(f):
 
 def max_data_bytes(ctx) -> int | None:
     return (ctx.find_root().obj or {}).get("max_data_bytes")
+
+
+def decoded_bytes_option(f):
+    """`--max-decoded-bytes`: the cap on what a model's tensors may decode to (files.check_decoded_size)."""
+    return click.option("--max-decoded-bytes", "max_decoded_bytes_", metavar="SIZE", expose_value=False,
+                        callback=lambda ctx, param, value: _set_max_data_bytes(ctx, param, value, "max_decoded_bytes"),
+                        help="Refuse a model whose tensors decode to more than SIZE (e.g. 32G) "
+                             "[default: 1024 x its stored tensor bytes, at least 256M].")(f)
+
+
+def max_decoded_bytes(ctx) -> int | None:
+    return (ctx.find_root().obj or {}).get("max_decoded_bytes")
 
 
 def json_option(f):
@@ -342,6 +354,7 @@ def pack(ctx, model, output, fmt, metadata, include, exclude):
 @click.argument("model", metavar="IN")
 @output_option
 @click.option("--qdq", is_flag=True, help="Keep quantized weights as integers behind DequantizeLinear nodes.")
+@decoded_bytes_option
 @json_option
 @click.pass_context
 def export(ctx, model, output, fmt, metadata, qdq):
@@ -358,7 +371,8 @@ def export(ctx, model, output, fmt, metadata, qdq):
     from . import api
     from .report import human_bytes
 
-    data = api.export(model, output, qdq=qdq, metadata=metadata, format=fmt)
+    data = api.export(model, output, qdq=qdq, metadata=metadata, format=fmt,
+                      max_decoded_bytes=max_decoded_bytes(ctx))
     emit(ctx, data, f"{output}: {human_bytes(data['bytes'])}, {data['tensors']} tensors", stdout_taken=output == "-")
 
 
@@ -586,6 +600,7 @@ def compress(ctx, model, output, fmt, metadata, sparsity, layer_sparsity, index_
 @click.option("--min-cosine", type=float, metavar="C", help="Gate: output cosine similarity to the baseline >= C.")
 @click.option("--check", is_flag=True, help="Only list ops the interpreter does not support (exit 2 if any).")
 @data_bytes_option
+@decoded_bytes_option
 @json_option
 @click.pass_context
 def bench(ctx, models, baseline, data, calibrate, runs, warmup, batch_size, seed, int8, ort, min_ratio,
@@ -606,7 +621,8 @@ def bench(ctx, models, baseline, data, calibrate, runs, warmup, batch_size, seed
     report = api.bench(*models, baseline=baseline, data=data, calibrate=calibrate, runs=runs, warmup=warmup,
                        batch_size=batch_size, seed=seed, int8=int8, ort=ort, min_ratio=min_ratio,
                        max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, check=check,
-                       max_data_bytes=max_data_bytes(ctx), progress=settings(ctx)["progress"])
+                       max_data_bytes=max_data_bytes(ctx), max_decoded_bytes=max_decoded_bytes(ctx),
+                       progress=settings(ctx)["progress"])
     if check:
         missing = report["unsupported"]
         emit(ctx, report, "\n".join(printable(f"{m}: {', '.join(ops) or 'all ops supported'}")

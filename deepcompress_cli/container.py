@@ -92,7 +92,7 @@ def write(package: Package, out, *, compact: bool = True) -> int:
     the reader would refuse the result.
     """
     flags = FLAG_PACKED if compact else 0
-    graph = package.graph.SerializeToString(deterministic=True)
+    graph = serialize(package.graph, "graph")
     if compact:
         deflated = _deflate(graph)
         if deflated is not None:
@@ -155,6 +155,15 @@ def write(package: Package, out, *, compact: bool = True) -> int:
     final = data_start + data_end(written - data_start, flags)
     out.write(bytes(final - written))
     return final
+
+
+def serialize(message, what: str) -> bytes:
+    """A protobuf message's bytes (deterministic), or a one-line DczError when it is over
+    protobuf's 2 GiB limit (SerializeToString would raise EncodeError, or worse)."""
+    size = message.ByteSize()
+    if size > MAX_GRAPH:
+        raise DczError(f"{what} serializes to {size} bytes, over protobuf's {MAX_GRAPH}-byte limit")
+    return message.SerializeToString(deterministic=True)
 
 
 def _deflate(data: bytes) -> bytes | None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -190,7 +191,9 @@ def _header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, key: st
     member's uncompressed size (zip directory) must be exactly header + array, as np.save writes."""
     fmt = np.lib.format
     try:
-        with archive.open(info) as fp:
+        with archive.open(info) as fp, warnings.catch_warnings():
+            # numpy parses the header dict as Python: a hostile one would print SyntaxWarnings
+            warnings.simplefilter("ignore", SyntaxWarning)
             version = fmt.read_magic(fp)
             if version == (1, 0):
                 shape, _, dtype = fmt.read_array_header_1_0(fp)

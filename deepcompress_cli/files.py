@@ -134,6 +134,34 @@ def read_model(path: str, include=(), exclude=()) -> Package:
     return package
 
 
+# What `export` and `bench` may decode (`--max-decoded-bytes` overrides): 1024 x the bytes the
+# tensors are stored in, but never less than 256 MiB.  The format lets a small file claim 65536x
+# its size (codecs.MAX_EXPANSION: 1 GB from 21 KB of 16-bit fillers); real compressed models
+# decode to under 100x (Deep Compression: 35-49x), and an .onnx tensor stores its own bytes (1x),
+# so a 2.25 GiB model always passes while a few KB cannot ask for gigabytes.
+DECODED_PER_STORED_BYTE = 1024
+DECODED_FLOOR = 256 << 20
+
+
+def decoded_bytes(package: Package) -> int:
+    """Bytes of all tensors once decoded (exact Python ints, from the declared shapes)."""
+    return sum(t.nbytes for t in package.tensors)
+
+
+def default_max_decoded_bytes(package: Package) -> int:
+    return max(DECODED_FLOOR, DECODED_PER_STORED_BYTE * sum(t.stored_bytes for t in package.tensors))
+
+
+def check_decoded_size(package: Package, max_bytes: int | None = None, what: str = "model") -> int:
+    """The decoded size of `package`, checked before anything is decoded; DczError over the cap."""
+    total = decoded_bytes(package)
+    limit = default_max_decoded_bytes(package) if max_bytes is None else max_bytes
+    if total > limit:
+        raise DczError(f"{what}: decodes to {total} bytes, over the {limit}-byte limit "
+                       "(raise it with --max-decoded-bytes)")
+    return total
+
+
 def read_dcz(buf) -> Package:
     """A `.dcz` held in `buf`: the container's tables, then its stored graph parsed and checked
     against them (the container layer knows no ONNX)."""
@@ -148,11 +176,11 @@ def check_graph(package: Package) -> None:
     """The reader's graph rules (placeholders match the table) on a package about to be written."""
     import copy
 
-    from . import onnx_io
+    from . import container, onnx_io
 
     probe = Package(graph=None, tensors=[copy.copy(t) for t in package.tensors])  # attach sets .op
     try:
-        onnx_io.attach_graph(probe, package.graph.SerializeToString(deterministic=True))
+        onnx_io.attach_graph(probe, container.serialize(package.graph, "graph"))
     except DczError as e:
         raise DczError(f"refusing to write an unreadable file: {e}") from None
 
@@ -343,6 +371,7 @@ def write_onnx(package: Package, path: str, inputs=(), qdq: bool = False) -> int
     With `qdq`, quantized weights stay integers behind DequantizeLinear nodes.
     """
     from . import onnx_io
+    from .container import serialize
 
     total = sum(t.nbytes for t in package.tensors)
     if qdq:
@@ -350,12 +379,12 @@ def write_onnx(package: Package, path: str, inputs=(), qdq: bool = False) -> int
 
         if total >= onnx_io.EXTERNAL_DATA_THRESHOLD:
             raise DczError("--qdq export of models over 1 GiB of weights is not supported")
-        data = to_qdq_onnx(package).SerializeToString()
+        data = serialize(to_qdq_onnx(package), "ONNX model")
         with atomic_output(path, inputs, package.source_files) as f:
             f.write(data)
         return len(data)
     if total < onnx_io.EXTERNAL_DATA_THRESHOLD:
-        data = onnx_io.to_onnx(package).SerializeToString()
+        data = serialize(onnx_io.to_onnx(package), "ONNX model")
         with atomic_output(path, inputs, package.source_files) as f:
             f.write(data)
         return len(data)
@@ -377,6 +406,6 @@ def write_onnx(package: Package, path: str, inputs=(), qdq: bool = False) -> int
             position[0] = offset + array.nbytes
             return location, offset
 
-        model_bytes = onnx_io.to_onnx(package, external=store).SerializeToString()
+        model_bytes = serialize(onnx_io.to_onnx(package, external=store), "ONNX model")
         model_file.write(model_bytes)
     return len(model_bytes) + position[0]

@@ -210,6 +210,8 @@ class _ExternalData:
         if self.base_dir is None:
             raise DczError(f"tensor {name!r}: external data cannot be read from standard input")
         if location not in self.files:
+            if "\0" in location:  # no file has such a name; os calls would raise ValueError
+                raise DczError(f"tensor {name!r}: external data location {location!r} is not a file name")
             parts = location.replace("\\", "/").split("/")
             if (not location or os.path.isabs(location) or location.startswith(("/", "\\"))
                     or (len(location) > 1 and location[1] == ":") or ".." in parts):

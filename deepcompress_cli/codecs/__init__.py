@@ -21,8 +21,14 @@ MAX_STEPS = 16
 # Decoded bytes a tensor may claim per stored byte (plus a floor): a tiny file cannot make the
 # reader allocate a huge tensor.  The densest legitimate chain (sparse 8-bit gaps of an all-zero
 # tensor, Huffman-coded at 1 bit per entry) expands about 8192x.
+# The same bound holds the fuzzer (benchmarks/fuzz_reader.py) to account, applied to a whole file.
 MAX_EXPANSION = 1 << 16
 EXPANSION_FLOOR = 1 << 16
+
+
+def expansion_budget(stored_bytes: int) -> int:
+    """Most bytes any slot (decoded tensor included) may declare for this many stored bytes."""
+    return MAX_EXPANSION * stored_bytes + EXPANSION_FLOOR
 
 
 def codec(name: str):
@@ -70,7 +76,7 @@ def validate_chain(tensor) -> None:
         if tensor.slots[slot].nbytes != stream.length:
             raise DczError(f"{where}: stream {slot!r} length {stream.length} != count x width "
                            f"{tensor.slots[slot].nbytes}")
-    budget = MAX_EXPANSION * tensor.stored_bytes + EXPANSION_FLOOR
+    budget = expansion_budget(tensor.stored_bytes)
     for slot in ["tensor", *tensor.slots]:
         if slot_of(tensor, slot).nbytes > budget:
             raise DczError(f"{where}: slot {slot!r} claims more data than the file can hold")
