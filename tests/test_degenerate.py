@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import SAMPLES, assert_one_line_error
+from conftest import SAMPLES
 from deepcompress_cli import container
 from deepcompress_cli.errors import DczError
 from deepcompress_cli.files import read_dcz
@@ -381,7 +381,7 @@ def test_linear_check_refuses_a_layout_decoding_cannot_do(tmp_path):
 def test_qdq_export_and_int8_bench_of_a_codebook_whose_values_are_linear_codes(cli, tmp_path):
     """A chain codebook -> linear (the codebook's values quantized) is valid; --qdq and the int8
     interpreter used to take it for a quantized weight (AttributeError)."""
-    from deepcompress_cli.encoding import Quantized, Shared, WeightForm, build
+    from deepcompress_cli.encoding import Quantized, build
     from deepcompress_cli.files import read_model
     from deepcompress_cli.tensors import Step
 

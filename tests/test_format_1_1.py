@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import SAMPLES, assert_one_line_error
+from conftest import SAMPLES
 from deepcompress_cli import container, files
 from deepcompress_cli.codecs import bitpack, huffman
 from deepcompress_cli.errors import DczError

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import SAMPLES, assert_one_line_error, onnx_weights, ort_outputs
+from conftest import SAMPLES, onnx_weights, ort_outputs
 from deepcompress_cli.files import read_model
 from deepcompress_cli.stages import PerKind
 from deepcompress_cli.stages.entropy import huffman
