@@ -25,7 +25,7 @@ blas.tune()  # as the command line does, before numpy is imported
 import numpy as np  # noqa: E402
 
 from deepcompress_cli import zoo  # noqa: E402
-from deepcompress_cli.bench import latency  # noqa: E402
+from deepcompress_cli.benchmarking import latency  # noqa: E402
 from deepcompress_cli.files import read_model  # noqa: E402
 from deepcompress_cli.interp.graph import Interpreter  # noqa: E402
 from deepcompress_cli.interp.quant import Int8Interpreter  # noqa: E402

@@ -14,10 +14,6 @@ __all__ = ["DczError", "GateFailed", "__version__", *_API]
 
 
 def __getattr__(name):
-    if name == "bench":  # the submodule of that name, callable as the API function (see bench.py)
-        import importlib
-
-        return importlib.import_module(".bench", __name__)
     if name in _API:
         from . import api
 

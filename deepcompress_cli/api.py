@@ -213,8 +213,8 @@ def bench(*models, baseline=None, data=None, calibrate=None, runs=10, warmup=2, 
     Gates are evaluated (`report["gates"]`, `report["passed"]`) but do not raise: the caller decides
     (the CLI exits 1). `check=True` only lists the ops the interpreter lacks: {"unsupported": {..}}.
     """
-    from .bench import BenchConfig
-    from .bench import bench as run_bench
+    from .benchmarking import BenchConfig
+    from .benchmarking import bench as run_bench
 
     if len(models) == 1 and isinstance(models[0], (list, tuple)):
         models = tuple(models[0])

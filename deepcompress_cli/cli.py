@@ -615,7 +615,7 @@ def bench(ctx, models, baseline, data, calibrate, runs, warmup, batch_size, seed
       deepcompress bench model.onnx small.dcz --min-ratio 20 --max-accuracy-drop 0.5 --data test.npz
     """
     from . import api
-    from .bench import enforce
+    from .benchmarking import enforce
     from .report import format_bench
 
     report = api.bench(*models, baseline=baseline, data=data, calibrate=calibrate, runs=runs, warmup=warmup,

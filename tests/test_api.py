@@ -76,7 +76,7 @@ def test_load_info_export_bench(tmp_path):
     assert dc.info(tmp_path / "m.dcz")["totals"]["ratio_tensors"] == 1.0
     assert dc.export(tmp_path / "m.dcz", tmp_path / "m.onnx")["format"] == "onnx"
     assert (tmp_path / "m.onnx").read_bytes() == LENET.read_bytes()
-    import deepcompress_cli.bench  # noqa: F401 - the submodule must not hide the function
+    import deepcompress_cli.benchmarking  # noqa: F401 - a submodule must not hide an API function
 
     report = dc.bench(LENET, tmp_path / "m.dcz", data=TEST, runs=1, warmup=0, int8=False, max_accuracy_drop=0)
     assert report["passed"] and report["models"][1]["modes"]["fp32"]["accuracy"] > 0.95

@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import assert_one_line_error
-from deepcompress_cli.bench import make_inputs
+from deepcompress_cli.benchmarking import make_inputs
 from deepcompress_cli.errors import DczError
 from deepcompress_cli.files import read_model
 from deepcompress_cli.interp.graph import Interpreter

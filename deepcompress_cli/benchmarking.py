@@ -271,16 +271,3 @@ def enforce(report: dict) -> None:
         where = f"{g['model']}" + (f" ({g['mode']})" if g["mode"] else "")
         raise GateFailed(f"gate {g['gate']} failed for {where}: {g['value']} vs limit {g['limit']}"
                          + (f" (+{len(failed) - 1} more)" if len(failed) > 1 else ""))
-
-
-class _CallableModule(type(__import__("sys"))):
-    """`deepcompress_cli.bench` is both this module and the API's `dc.bench(...)`: importing a
-    submodule sets the package attribute of its name, which would hide the API function."""
-
-    def __call__(self, *models, **options):
-        from .api import bench as bench_api
-
-        return bench_api(*models, **options)
-
-
-__import__("sys").modules[__name__].__class__ = _CallableModule
