@@ -46,6 +46,10 @@ MAX_GRAPH = (1 << 31) - 1  # protobuf's 2 GiB message limit
 INFLATE_RATIO = 64
 INFLATE_FLOOR = 64 << 10
 MAX_DEPTH = 8
+# Separators and containers (`,` `:` `[` `{`) a header may hold, counted on its bytes before JSON
+# builds the tree: each becomes a Python object of ~50+ bytes, so a 64 MiB header of `0,0,0…`
+# would cost gigabytes.  Real headers hold ~40 per tensor (EfficientNet-Lite0: ~12,000).
+MAX_HEADER_TOKENS = 1 << 22
 MAX_NAME_BYTES = 4096
 MAX_DIMS = 32
 MAX_COUNT = 1 << 48  # elements of any one array (256 T: far past any real tensor, safe for numpy)
@@ -280,6 +284,9 @@ def _parse_json(raw: bytes) -> dict:
     def no_constants(name):
         raise DczError(f"header contains {name}, which JSON does not allow")
 
+    tokens = sum(raw.count(c) for c in (b",", b":", b"[", b"{"))  # an upper bound: strings count too
+    if tokens > MAX_HEADER_TOKENS:
+        raise DczError(f"header has {tokens:,} JSON separators, over the {MAX_HEADER_TOKENS:,} limit")
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=no_constants)
     except RecursionError:  # the C parser gives up at Python's recursion limit: linear time, small memory

@@ -602,3 +602,20 @@ def test_write_dcz_checks_the_graph_too(tmp_path):
     with pytest.raises(DczError, match="refusing to write an unreadable file: 1 table tensors are not used"):
         files.write_dcz(pkg, str(out))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_header_of_millions_of_tiny_values_is_refused_before_json_builds_it():
+    """Issue 12: a 66 MB header of small values cost 2.7 GB and 18 s before its rejection; the
+    separators are counted on the bytes first, so it fails at once and small."""
+    import time
+    import tracemalloc
+
+    raw = b'{"streams":[' + b"0," * 6_000_000 + b'0]}'
+    tracemalloc.start()
+    start = time.perf_counter()
+    with pytest.raises(DczError, match="JSON separators"):
+        container._parse_json(raw)
+    elapsed = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 16 << 20 and elapsed < 2, (peak, elapsed)
