@@ -16,6 +16,18 @@ from .interp.ops import MAX_VALUE_BYTES
 # Random inputs are sized by the shapes a model declares, which can be anything: all of them
 # together stay below this (fewer samples then), so a few bytes of model cannot take gigabytes.
 MAX_RANDOM_INPUT_BYTES = 64 << 20
+# How many random samples the fidelity figures use: 64, fewer for big models, since a sample's
+# compute grows with the weights (VGG-19's 143 M weights x 64 samples x 2 modes took minutes per
+# model).  Samples x weights stay below RANDOM_SAMPLE_WEIGHTS, at least MIN_RANDOM_SAMPLES.
+RANDOM_SAMPLES = 64
+RANDOM_SAMPLE_WEIGHTS = 1 << 30
+MIN_RANDOM_SAMPLES = 4
+
+
+def random_sample_count(package) -> int:
+    """Samples of random input for `package` (the baseline: every model compared uses as many)."""
+    weights = sum(t.numel for t in package.tensors)
+    return max(MIN_RANDOM_SAMPLES, min(RANDOM_SAMPLES, RANDOM_SAMPLE_WEIGHTS // max(weights, 1)))
 
 
 @dataclass
@@ -150,12 +162,13 @@ def bench(paths: list[str], config: BenchConfig, progress=lambda items, **kw: it
     data = load_npz(config.data, specs, "--data", config.max_data_bytes) if config.data else None
     labels = check_labels(data.pop("labels", None), data) if data else None
     check_gates_can_run(paths, config, labels)
+    count = len(labels) if labels is not None else (len(next(iter(data.values()))) if data else
+                                                    random_sample_count(first))
     results, reference = [], None
     for path in progress(models, desc="bench"):
         package, first = (first if first is not None else read_model(path)), None
         fp32 = Interpreter(package, config.max_value_bytes)
         batch = fixed_batch(fp32) or config.batch
-        count = len(labels) if labels is not None else (len(next(iter(data.values()))) if data else 64)
         feeds = make_inputs(fp32, data, count, config.seed)
         one_batch = {k: v[:batch] if len(v) >= batch else np.resize(v, (batch, *v.shape[1:])) for k, v in feeds.items()}
         size = package.file_bytes or 0
