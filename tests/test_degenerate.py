@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from conftest import SAMPLES, assert_one_line_error
 from deepcompress_cli import container
 from deepcompress_cli.errors import DczError
+from deepcompress_cli.files import read_dcz
 from deepcompress_cli.onnx_io import from_onnx
 from deepcompress_cli.stages import PerKind
 from deepcompress_cli.stages.compress import compress
@@ -73,7 +74,7 @@ def roundtrip(package):
     out = io.BytesIO()
     container.write(package, out)
     data = out.getvalue()
-    return container.read(data), len(data)
+    return read_dcz(data), len(data)
 
 
 def decoded(package) -> dict[str, np.ndarray]:
@@ -158,15 +159,15 @@ def test_degenerate_weights_survive_every_chain_of_two_stages(first, then):
 def test_forms_the_reader_would_refuse_fall_back_to_readable_ones():
     package = package_of({"w": CASES["float64_zero_long"]})
     prune(package, PruneConfig(sparsity=PerKind(0.5, 0.5), index_bits=PerKind(16, 16)))
-    pruned = container.read(_bytes(package))
+    pruned = read_dcz(_bytes(package))
     assert pruned.tensors[0].chain_label == "sparse16" and pruned.tensors[0].stored_bytes == 40
-    shared = container.read(_bytes(pruned))
+    shared = read_dcz(_bytes(pruned))
     share(shared, ShareConfig())  # a codebook of 4 indices could not claim 2.6 MB: values stay flat
     assert roundtrip(shared)[0].tensors[0].chain_label == "sparse16"
-    quantized = container.read(_bytes(pruned))
+    quantized = read_dcz(_bytes(pruned))
     quantize(quantized, QuantizeConfig())  # 4 codes could not either: codes for every weight
     assert roundtrip(quantized)[0].tensors[0].chain_label == "linear8"
-    coded = container.read(_bytes(pruned))
+    coded = read_dcz(_bytes(pruned))
     huffman(coded)
     assert roundtrip(coded)[0].tensors[0].chain_label == "sparse16"
     zero = package_of({"w": CASES["all_zero"]})
@@ -191,7 +192,7 @@ def test_per_channel_quantize_of_degenerate_weights():
     package = from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), None)
     stored = _bytes(package)
     for symmetric in (False, True):
-        p = container.read(stored)
+        p = read_dcz(stored)
         rows = {r["name"]: r for r in quantize(p, QuantizeConfig(bits=4, per_channel=True, symmetric=symmetric))}
         assert all(r["channels"] > 1 for r in rows.values() if r["name"] != "constant")  # 1 output channel
         back, _ = roundtrip(p)
@@ -374,7 +375,7 @@ def test_linear_check_refuses_a_layout_decoding_cannot_do(tmp_path):
                                 {"codes": Stream.of(np.zeros(0, np.uint8)), "scales": Stream.of(np.ones(1, np.float32)),
                                  "zero_points": Stream.of(np.zeros(1, np.uint8))})
     with pytest.raises(DczError, match="linear params do not fit"):
-        container.read(_bytes(package))
+        read_dcz(_bytes(package))
 
 
 def test_qdq_export_and_int8_bench_of_a_codebook_whose_values_are_linear_codes(cli, tmp_path):
@@ -435,7 +436,7 @@ def test_prune_on_a_bool_weight_is_no_internal_error(cli, tmp_path):
 
 
 def _read(path) -> dict[str, np.ndarray]:
-    return decoded(container.read(path.read_bytes()))
+    return decoded(read_dcz(path.read_bytes()))
 
 
 def _conv_model(path, w: np.ndarray) -> None:
