@@ -175,15 +175,17 @@ def bench(paths: list[str], config: BenchConfig, progress=lambda items, **kw: it
         row = {"model": path, "file_bytes": size,
                "weight_bytes": sum(t.stored_bytes for t in package.tensors if t.is_weight),
                "batch": batch, "modes": {}}
-        interpreters = {"fp32": fp32}
-        if config.int8:  # activation ranges: calibrated over --calibrate data, or measured per run
-            ranges = None
-            if config.calibrate:
-                calibration = load_npz(config.calibrate, data_specs(package.graph.graph), "--calibrate",
-                                       config.max_data_bytes, labels=False)
-                ranges = calibrate(package, calibration, batch, config.max_value_bytes)
-            interpreters["int8"] = Int8Interpreter(package, ranges, config.max_value_bytes)
-        for mode, interp in interpreters.items():
+        ranges = None
+        if config.int8 and config.calibrate:  # activation ranges: calibrated, or measured per run
+            calibration = load_npz(config.calibrate, data_specs(package.graph.graph), "--calibrate",
+                                   config.max_data_bytes, labels=False)
+            ranges = calibrate(package, calibration, batch, config.max_value_bytes)
+        for mode in ("fp32", "int8") if config.int8 else ("fp32",):
+            # One interpreter at a time: each holds its own decoded (or int8-prepared) weights.
+            interp, fp32 = fp32, None
+            if mode == "int8":
+                interp = None  # the float one's weights go before the int8 ones are made
+                interp = Int8Interpreter(package, ranges, config.max_value_bytes)
             out = run_batched(interp, feeds, batch)
             stats = {"latency": latency(lambda: interp.run(one_batch), config.runs, config.warmup)}
             if labels is not None:
@@ -195,6 +197,9 @@ def bench(paths: list[str], config: BenchConfig, progress=lambda items, **kw: it
         if config.ort:
             row["modes"]["ort"] = {"latency": ort_latency(package, one_batch, config)}
         results.append(row)
+        # Let this model's weights and prepared int8 matrices go before the next model is read:
+        # otherwise two big models are in memory at once.
+        package = interp = None
     base = results[0]
     for row in results:
         row["ratio"] = round(base["file_bytes"] / row["file_bytes"], 3) if row["file_bytes"] else None
