@@ -16,6 +16,18 @@ from .interp.ops import MAX_VALUE_BYTES
 # Random inputs are sized by the shapes a model declares, which can be anything: all of them
 # together stay below this (fewer samples then), so a few bytes of model cannot take gigabytes.
 MAX_RANDOM_INPUT_BYTES = 64 << 20
+# How many random samples the fidelity figures use: 64, fewer for big models, since a sample's
+# compute grows with the weights (VGG-19's 143 M weights x 64 samples x 2 modes took minutes per
+# model).  Samples x weights stay below RANDOM_SAMPLE_WEIGHTS, at least MIN_RANDOM_SAMPLES.
+RANDOM_SAMPLES = 64
+RANDOM_SAMPLE_WEIGHTS = 1 << 30
+MIN_RANDOM_SAMPLES = 4
+
+
+def random_sample_count(package) -> int:
+    """Samples of random input for `package` (the baseline: every model compared uses as many)."""
+    weights = sum(t.numel for t in package.tensors)
+    return max(MIN_RANDOM_SAMPLES, min(RANDOM_SAMPLES, RANDOM_SAMPLE_WEIGHTS // max(weights, 1)))
 
 
 @dataclass
@@ -161,27 +173,30 @@ def bench(paths: list[str], config: BenchConfig, progress=lambda items, **kw: it
     data = load_npz(config.data, specs, "--data", config.max_data_bytes) if config.data else None
     labels = check_labels(data.pop("labels", None), data) if data else None
     check_gates_can_run(paths, config, labels)
+    count = len(labels) if labels is not None else (len(next(iter(data.values()))) if data else
+                                                    random_sample_count(first))
     results, reference = [], None
     for path in models:
         package, first = (first if first is not None else _read(path, config)), None
         fp32 = Interpreter(package, config.max_value_bytes)
         batch = fixed_batch(fp32) or config.batch
-        count = len(labels) if labels is not None else (len(next(iter(data.values()))) if data else 64)
         feeds = make_inputs(fp32, data, count, config.seed)
         one_batch = {k: v[:batch] if len(v) >= batch else np.resize(v, (batch, *v.shape[1:])) for k, v in feeds.items()}
         size = package.file_bytes or 0
         row = {"model": path, "file_bytes": size,
                "weight_bytes": sum(t.stored_bytes for t in package.tensors if t.is_weight),
                "batch": batch, "modes": {}}
-        interpreters = {"fp32": fp32}
-        if config.int8:  # activation ranges: calibrated over --calibrate data, or measured per run
-            ranges = None
-            if config.calibrate:
-                calibration = load_npz(config.calibrate, data_specs(package.graph.graph), "--calibrate",
-                                       config.max_data_bytes, labels=False)
-                ranges = calibrate(package, calibration, batch, config.max_value_bytes)
-            interpreters["int8"] = Int8Interpreter(package, ranges, config.max_value_bytes)
-        for mode, interp in interpreters.items():
+        ranges = None
+        if config.int8 and config.calibrate:  # activation ranges: calibrated, or measured per run
+            calibration = load_npz(config.calibrate, data_specs(package.graph.graph), "--calibrate",
+                                   config.max_data_bytes, labels=False)
+            ranges = calibrate(package, calibration, batch, config.max_value_bytes)
+        for mode in ("fp32", "int8") if config.int8 else ("fp32",):
+            # One interpreter at a time: each holds its own decoded (or int8-prepared) weights.
+            interp, fp32 = fp32, None
+            if mode == "int8":
+                interp = None  # the float one's weights go before the int8 ones are made
+                interp = Int8Interpreter(package, ranges, config.max_value_bytes)
             out = run_batched(interp, feeds, batch, progress, f"{path} {mode}")
             if labels is not None and not results and mode == "fp32":  # class ids past the logits
                 check_classes(out, labels, "--data")
@@ -195,6 +210,9 @@ def bench(paths: list[str], config: BenchConfig, progress=lambda items, **kw: it
         if config.ort:
             row["modes"]["ort"] = {"latency": ort_latency(package, one_batch, config)}
         results.append(row)
+        # Let this model's weights and prepared int8 matrices go before the next model is read:
+        # otherwise two big models are in memory at once.
+        package = interp = None
     base = results[0]
     for row in results:  # named for what they divide: whole files (external data included), weights
         row["ratio_file"] = round(base["file_bytes"] / row["file_bytes"], 3) if row["file_bytes"] else None

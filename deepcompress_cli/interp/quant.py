@@ -95,23 +95,38 @@ def exact_matmul(a: np.ndarray, b: np.ndarray, bound: int) -> np.ndarray:
     return total
 
 
+# Weights quantized on the fly go through linear.quantize (float64 inside) this many elements at
+# a time: its temporaries are several times the weight, which on VGG-19's fc6 meant gigabytes.
+QUANTIZE_BLOCK = 1 << 22
+
+
 def prepare_weight(values: np.ndarray, stored: Quantized | None, out_axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """(code - zero point per element as int32, scale per output channel) of a weight.
+    """(code - zero point per element as int16, scale per output channel) of a weight.
 
     The codes `quantize` stored are used as they are when their ranges are per tensor or per
     output channel; otherwise (float, shared or other-axis weights) the weight is quantized now,
-    symmetric int8 per output channel.
+    symmetric int8 per output channel (a block of channels at a time: each channel's codes
+    depend only on its own values, so the result is the same).
     """
     n_out = values.shape[out_axis]
     channels, inner = linear.channel_layout(values.shape, out_axis)
     usable = stored is not None and stored.bits <= 8 and (
         stored.channels == 1 or (stored.channels, stored.inner) == (channels, inner))
     if usable:
-        codes, zero_points, scales, channels, inner = (stored.codes, stored.zero_points, stored.scales,
-                                                      stored.channels, stored.inner)
+        centered = stored.codes.astype(np.int16).reshape(-1, stored.channels, stored.inner)
+        centered -= stored.zero_points.astype(np.int16)[None, :, None]
+        scales = stored.scales
     else:
-        codes, scales, zero_points = linear.quantize(values.reshape(-1), 8, channels, inner, symmetric=True)
-    centered = codes.astype(np.int32).reshape(-1, channels, inner) - zero_points.astype(np.int32)[None, :, None]
+        grouped = values.reshape(-1, channels, inner)
+        centered = np.empty(grouped.shape, dtype=np.int16)
+        scales = np.empty(channels, dtype=np.float32)
+        step = max(1, QUANTIZE_BLOCK // max(1, grouped.shape[0] * inner))
+        for start in range(0, channels, step):
+            block = grouped[:, start:start + step, :]
+            codes, scales[start:start + step], zero_points = linear.quantize(
+                block.reshape(-1), 8, block.shape[1], inner, symmetric=True)
+            np.subtract(codes.reshape(block.shape), zero_points.astype(np.int16)[None, :, None],
+                        out=centered[:, start:start + step, :], dtype=np.int16)
     per_channel = np.broadcast_to(scales.astype(np.float64), (n_out,)) if len(scales) == 1 else scales.astype(np.float64)
     return centered.reshape(values.shape), per_channel
 

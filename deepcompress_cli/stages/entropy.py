@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import container
 from ..encoding import build, file_cost, parse, readable
 from ..tensors import Package, Tensor
 from . import map_weights, no_progress, require_compressible
 
-HEADER_ALIGN = 64  # the container pads the header to this
+HEADER_ALIGN = container.ALIGN  # the container pads the header to this
 
 
 def entropy_bits(symbols: np.ndarray) -> float:
