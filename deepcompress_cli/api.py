@@ -69,9 +69,10 @@ def export(model, output, *, qdq=False, metadata=None, format=None, max_decoded_
 
     metadata = check_metadata(metadata)
     package = load(model)
-    check_decoded_size(package, max_decoded_bytes, _path(model))
+    decoded = check_decoded_size(package, max_decoded_bytes, _path(model))
     size, fmt = _write(package, model, output, format, metadata, qdq=qdq, default="onnx")
-    return {"output": _path(output), "format": fmt, "bytes": size, "tensors": len(package.tensors)}
+    return {"output": _path(output), "format": fmt, "bytes": size, "tensors": len(package.tensors),
+            "decoded_bytes": decoded}
 
 
 def prune(model, output, *, sparsity=None, layer_sparsity=None, index_bits=None, layer_index_bits=None,

@@ -10,7 +10,7 @@ import numpy as np
 
 from .data import InputSpec, check_labels, convert, input_specs as data_specs, load_npz
 from .errors import DczError, GateFailed
-from .files import check_decoded_size, read_model
+from .files import check_decoded_size, decoded_bytes, read_model
 from .interp.ops import MAX_VALUE_BYTES
 
 # Random inputs are sized by the shapes a model declares, which can be anything: all of them
@@ -183,7 +183,7 @@ def bench(paths: list[str], config: BenchConfig, progress=lambda items, **kw: it
         feeds = make_inputs(fp32, data, count, config.seed)
         one_batch = {k: v[:batch] if len(v) >= batch else np.resize(v, (batch, *v.shape[1:])) for k, v in feeds.items()}
         size = package.file_bytes or 0
-        row = {"model": path, "file_bytes": size,
+        row = {"model": path, "file_bytes": size, "decoded_bytes": decoded_bytes(package),
                "weight_bytes": sum(t.stored_bytes for t in package.tensors if t.is_weight),
                "batch": batch, "modes": {}}
         ranges = None

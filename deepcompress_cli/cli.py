@@ -373,7 +373,8 @@ def export(ctx, model, output, fmt, metadata, qdq):
 
     data = api.export(model, output, qdq=qdq, metadata=metadata, format=fmt,
                       max_decoded_bytes=max_decoded_bytes(ctx))
-    emit(ctx, data, f"{output}: {human_bytes(data['bytes'])}, {data['tensors']} tensors", stdout_taken=output == "-")
+    emit(ctx, data, f"{output}: {human_bytes(data['bytes'])}, {data['tensors']} tensors "
+                    f"(decoded {human_bytes(data['decoded_bytes'])})", stdout_taken=output == "-")
 
 
 @main.command()

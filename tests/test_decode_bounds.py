@@ -208,3 +208,19 @@ def test_a_hostile_npy_header_prints_no_warning(tmp_path):
         with pytest.raises(DczError, match="not a readable .npy array"):
             load_npz(str(path), None)
     assert not [w for w in caught if issubclass(w.category, SyntaxWarning)]
+
+
+def test_export_and_bench_state_the_decoded_size(cli, tmp_path):
+    """The size a model decodes to is reported up front, beside the cap that refuses it."""
+    import json
+
+    from conftest import SAMPLES
+
+    model = SAMPLES / "lenet300.onnx"
+    assert cli("compress", model, "-o", tmp_path / "m.dcz").exit_code == 0
+    weights = 4 * (64 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10)
+    exported = json.loads(cli("--json", "export", tmp_path / "m.dcz", "-o", tmp_path / "m.onnx").stdout)
+    assert exported["decoded_bytes"] == weights
+    report = json.loads(cli("--json", "bench", model, tmp_path / "m.dcz", "--runs", "1", "--warmup", "0",
+                            "--no-int8").stdout)
+    assert [row["decoded_bytes"] for row in report["models"]] == [weights, weights]
