@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from deepcompress_cli.bench import MIN_RANDOM_SAMPLES, RANDOM_SAMPLES, random_sample_count
+from deepcompress_cli.benchmarking import MIN_RANDOM_SAMPLES, RANDOM_SAMPLES, random_sample_count
 from deepcompress_cli.codecs import linear
 from deepcompress_cli.interp import quant
 
