@@ -121,6 +121,13 @@ def convert(array: np.ndarray, spec: InputSpec, where: str = "--data") -> np.nda
     return array.astype(want)
 
 
+def check_classes(out: np.ndarray, labels: np.ndarray | None, option: str) -> None:
+    """Labels past the model's classes would score 0 % for every model and pass every gate."""
+    classes = int(np.prod(out.shape[1:]))
+    if labels is not None and labels.size and labels.max() >= classes:
+        raise DczError(f"{option} labels go up to {labels.max()}, but the model's output has {classes} classes")
+
+
 def check_labels(labels: np.ndarray | None, data: dict, option: str = "--data") -> np.ndarray | None:
     """`labels` must be class ids, one per sample of the data (and every array has samples)."""
     counts = {name: (len(array) if array.ndim else None) for name, array in data.items()}

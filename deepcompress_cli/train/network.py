@@ -9,7 +9,7 @@ and biases); BatchNormalization statistics stay frozen.
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from ..errors import DczError
 from ..graphs import graph_constants, opset_version, stored_constant, table_names, topological_order
@@ -116,15 +116,6 @@ class Network:
             if node.op_type not in NON_DIFFERENTIABLE and any(n in reached for n in node.input):
                 reached.update(node.output)
         return self.logits in reached
-
-    def cast_inputs(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Data arrays in the dtype each graph input declares (float32 when it says nothing)."""
-        out = {}
-        for name, array in feeds.items():
-            elem = self.input_types[name].elem_type
-            dtype = helper.tensor_dtype_to_np_dtype(elem) if elem else np.float32
-            out[name] = array.astype(dtype, copy=False)
-        return out
 
     def fixed_batch(self) -> int | None:
         """The first input's batch size when the model fixes it (e.g. 1), else None."""

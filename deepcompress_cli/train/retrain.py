@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..data import check_classes
 from ..errors import DczError
 from .network import Network, cross_entropy, distillation
 
@@ -96,12 +97,6 @@ def logits_of(network: Network, feeds: dict, batch: int = 256) -> np.ndarray:
 def accuracy(network: Network, feeds: dict, labels: np.ndarray) -> float:
     logits = logits_of(network, feeds)
     return float((logits.reshape(len(logits), -1).argmax(1) == labels).mean())
-
-
-def check_classes(logits: np.ndarray, labels: np.ndarray | None, option: str) -> None:
-    classes = int(np.prod(logits.shape[1:]))
-    if labels is not None and labels.size and labels.max() >= classes:
-        raise DczError(f"{option} labels go up to {labels.max()}, but the logits have {classes} classes")
 
 
 class Trainer:
