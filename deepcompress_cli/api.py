@@ -98,15 +98,16 @@ def prune(model, output, *, sparsity=None, layer_sparsity=None, index_bits=None,
 
 
 def share(model, output, *, bits=None, layer_bits=None, init="linear", max_iter=100, tol=1e-6, seed=0,
-          train=None, val=None, epochs=None, lr=None, batch_size=None, logits=None, include=(), exclude=(),
+          per_channel=False, train=None, val=None, epochs=None, lr=None, batch_size=None, logits=None, include=(), exclude=(),
           metadata=None, format=None, max_data_bytes=None, jobs=None, progress=None) -> dict:
     """k-means weight sharing: `bits` one integer or {"conv": .., "fc": ..}, `layer_bits` {glob: bits};
-    with `train=` the centroids are then trained."""
+    `per_channel` channel-scaled codebooks; with `train=` the centroids are then trained."""
     from .stages.retraining import share_retrain
     from .stages.share import share as share_stage
 
-    config = _share_config(bits, layer_bits, init, max_iter, tol, seed)
+    config = _share_config(bits, layer_bits, init, max_iter, tol, seed, per_channel)
     training = _train_config(train, val, epochs, lr, batch_size, seed, logits, max_data_bytes)
+    _no_trained_per_channel(config, training)
 
     def apply(package, bar):
         if training is None:
@@ -163,7 +164,7 @@ def svd(model, output, *, rank=None, energy=None, ratio=None, layer_rank=None, i
 
 def compress(model, output, *, sparsity=None, layer_sparsity=None, index_bits=None, layer_index_bits=None,
              threshold_std=None, bits=None, layer_bits=None, init="linear", max_iter=100, tol=1e-6, seed=0,
-             train=None, val=None, epochs=None, lr=None, batch_size=None, logits=None, steps=None, report=False,
+             per_channel=False, train=None, val=None, epochs=None, lr=None, batch_size=None, logits=None, steps=None, report=False,
              include=(), exclude=(), metadata=None, format=None, max_data_bytes=None, jobs=None, progress=None) -> dict:
     """prune -> share -> huffman with the options of `prune` and `share`; with `train=` retraining
     between the stages. `report=True` adds gzip -9 of the plain .onnx (`onnx_bytes`, `gzip9_bytes`)."""
@@ -177,8 +178,9 @@ def compress(model, output, *, sparsity=None, layer_sparsity=None, index_bits=No
 
     metadata = check_metadata(metadata)
     p_config = _prune_config(sparsity, layer_sparsity, index_bits, layer_index_bits, threshold_std)
-    s_config = _share_config(bits, layer_bits, init, max_iter, tol, seed)
+    s_config = _share_config(bits, layer_bits, init, max_iter, tol, seed, per_channel)
     training = _train_config(train, val, epochs, lr, batch_size, seed, logits, max_data_bytes)
+    _no_trained_per_channel(s_config, training)
     steps = _steps(steps, training, DEFAULT_TRAIN_STEPS)
     package = load(model, include, exclude)
     _check_names(package, [p_config, s_config])
@@ -360,11 +362,17 @@ def _prune_config(sparsity, layer_sparsity, index_bits, layer_index_bits, thresh
                        per_kind(index_bits, layer_index_bits, "--index-bits"), threshold_std)
 
 
-def _share_config(bits, layer_bits, init, max_iter, tol, seed):
+def _share_config(bits, layer_bits, init, max_iter, tol, seed, per_channel=False):
     from .stages import per_kind
     from .stages.share import ShareConfig
 
-    return ShareConfig(per_kind(bits, layer_bits, "--bits"), init, max_iter, tol, seed)
+    return ShareConfig(per_kind(bits, layer_bits, "--bits"), init, max_iter, tol, seed, per_channel)
+
+
+def _no_trained_per_channel(config, training) -> None:
+    """Before any work: the trainer ties each weight to one centroid, with no channel factor."""
+    if config.per_channel and training is not None:
+        raise DczError("--per-channel sharing cannot be combined with --train (trained centroids are per layer)")
 
 
 def _train_config(train, val, epochs, lr, batch_size, seed, logits, max_data_bytes=None):

@@ -346,6 +346,27 @@ def sparse_form(tensor_values: np.ndarray, keep: np.ndarray, index_bits: int, dt
     return WeightForm(tensor_values.shape, dtype, Plain(values), gaps=gaps, index_bits=index_bits)
 
 
+def entry_channels(form: WeightForm, channels: int, inner: int) -> np.ndarray:
+    """The channel of every entry of `form` (every element when dense): (position // inner) % channels."""
+    if form.is_sparse:
+        at = sparse.positions({"index_bits": form.index_bits}, Slot(form.dtype, form.numel), form.gaps)
+    else:
+        at = np.arange(form.numel, dtype=np.int64)
+    return (at // inner) % channels
+
+
+def channel_scaled(form: WeightForm, channels: int, inner: int, method: str = "max") -> WeightForm:
+    """`form` (no scale step yet) with one: each channel divided by its own scale
+    (codecs.scale.channel_scales of the decoded tensor), its entries Plain (float64) and in the same
+    positions; a stage then quantizes or clusters them (`form.with_(values=...)`)."""
+    if form.is_scaled:
+        raise ValueError("form is already channel-scaled")
+    scales = scale.channel_scales(form.dense_values(), channels, inner, method)
+    per_entry = scales.astype(np.float64)[entry_channels(form, channels, inner)]
+    normalized = form.entry_values().astype(np.float64) / per_entry
+    return form.with_(values=Plain(normalized), scales=scales, channels=channels, inner=inner)
+
+
 def dense_form(tensor_values: np.ndarray, dtype: str) -> WeightForm:
     return WeightForm(tensor_values.shape, dtype, Plain(tensor_values.reshape(-1)))
 

@@ -145,7 +145,7 @@ def format_share(rows: list[dict]) -> str:
 
 
 def format_quantize(rows: list[dict]) -> str:
-    table = [[r["name"], r["kind"], r["bits"], "tensor" if r["channels"] == 1 else f"axis {r['axis']}",
+    table = [[r["name"], r["kind"], r["bits"], "tensor" if r["channels"] == 1 else f"axis {r['axis']}" + (" (scale)" if r.get("scaled") else ""),
               "sym" if r["symmetric"] else "asym", f"{r['rmse']:.3g}", f"{r['max_error']:.3g}", f"{r['mean_error']:+.2g}",
               human_bytes(r["bytes_before"]), human_bytes(r["bytes_after"])] for r in rows]
     return format_table(["layer", "kind", "bits", "range per", "mode", "rmse", "max err", "bias", "before", "after"],
