@@ -52,6 +52,8 @@ def quantize_tensor(tensor: Tensor, config: QuantizeConfig, axis: int | None) ->
     new = None
     if form.is_sparse:
         sparse_form = channel_scaled(form, channels, inner) if channels > 1 else form
+        if sparse_form.is_scaled and np.all(sparse_form.scales == sparse_form.scales[0]):
+            sparse_form = form  # one scale for every channel (an all-zero layer): the step adds nothing
         new = _quantized(tensor, sparse_form, config, 1, 1)
         if not readable(new):  # too few entries for their positions: codes for every weight
             form, new = dense_form(tensor.decode(), tensor.dtype), None

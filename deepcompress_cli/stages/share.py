@@ -107,6 +107,8 @@ def share_tensor(tensor: Tensor, bits: int, config: ShareConfig, axis: int | Non
         channels, inner = linear.channel_layout(tensor.shape, axis)
         if channels > 1:
             base = channel_scaled(form, channels, inner, CHANNEL_SCALE)
+            if np.all(base.scales == base.scales[0]):  # one scale for all (an all-zero layer): no step
+                base = form
     centroids, indices, iterations = cluster(base.entry_values(), bits, config)
     shared = base.with_(values=Plain(centroids[indices]))  # the same values, stored flat
     new = build(tensor, base.with_(values=Shared(centroids, indices, bits)))
