@@ -594,3 +594,17 @@ def test_cli_share_per_channel_and_compress_per_channel(tmp_path, cli):
     bad = cli("share", LENET5, "--per-channel", "--train", SAMPLES / "digits_train.npz", "-o", tmp_path / "x.dcz")
     assert_one_line_error(bad)
     assert not (tmp_path / "x.dcz").exists()
+
+
+def test_info_counts_a_scaled_sparse_tensor_without_expanding_it(monkeypatch):
+    """`info` bounds its work by the stored entries: it looks through the scale step."""
+    from deepcompress_cli import report
+
+    package, weight, form = lenet5_with(FORMS["sparse-linear"][0])
+    t = read_dcz(write(package)).tensor(weight)
+    expected = round(1 - np.count_nonzero(t.decode()) / t.numel, 4)
+    monkeypatch.setattr(Tensor, "decode", lambda self: pytest.fail("info expanded a sparse tensor"))
+    assert report.sparsity(t) == expected
+    t.streams["channel_scales"] = type(t.streams["channel_scales"]).of(np.zeros(form.channels, np.float32))
+    with pytest.raises(DczError, match="finite and positive"):
+        report.sparsity(t)

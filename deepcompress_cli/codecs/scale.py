@@ -41,11 +41,15 @@ def check(params: dict, target, parts: dict) -> None:
         raise DczError("scale needs one float32 scale per channel")
 
 
+def check_scales(scales: np.ndarray) -> None:
+    if not np.all(np.isfinite(scales)) or not np.all(scales > 0):
+        raise DczError("scale is not finite and positive")
+
+
 def decode(params: dict, target, arrays: dict) -> np.ndarray:
     channels, inner = params["channels"], params["inner"]
     values, scales = arrays["values"], arrays["scales"]
-    if not np.all(np.isfinite(scales)) or not np.all(scales > 0):
-        raise DczError("scale is not finite and positive")
+    check_scales(scales)
     shaped = values.reshape(-1, channels, inner).astype(np.float32)
     with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf (float16 targets): what the file says
         return (shaped * scales[:, None]).astype(target.dtype).reshape(-1)
