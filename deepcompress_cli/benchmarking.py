@@ -43,7 +43,7 @@ class BenchConfig:
     data: str | None = None
     calibrate: str | None = None
     baseline: str | None = None
-    gates: dict = field(default_factory=dict)  # min_ratio, max_accuracy_drop (points), min_cosine
+    gates: dict = field(default_factory=dict)  # min_ratio, max_accuracy_drop (points), min_cosine, min_agreement (%)
     max_value_bytes: int = MAX_VALUE_BYTES  # one array an op sizes from tensor values (interp/ops)
     max_data_bytes: int | None = None  # cap on the decoded --data/--calibrate arrays (data.MAX_DATA_BYTES)
     max_decoded_bytes: int | None = None  # cap on a model's decoded tensors (files.check_decoded_size)
@@ -277,7 +277,10 @@ def check_gates_can_run(paths: list[str], config: BenchConfig, labels) -> None:
         raise DczError("--min-ratio needs a second model to compare with the baseline")
     if gates.get("max_accuracy_drop") is not None and labels is None:
         raise DczError("--max-accuracy-drop needs --data with `labels`")
-    quality = gates.get("max_accuracy_drop") is not None or gates.get("min_cosine") is not None
+    agreement = gates.get("min_agreement")
+    if agreement is not None and not (isinstance(agreement, (int, float)) and 0 <= agreement <= 100):
+        raise DczError(f"--min-agreement is a percentage 0..100, got {agreement!r}")
+    quality = any(gates.get(g) is not None for g in ("max_accuracy_drop", "min_cosine", "min_agreement"))
     if quality and others == 0 and not config.int8:
         raise DczError("quality gates need a second model, or int8 mode of the baseline")
 
@@ -303,6 +306,10 @@ def check_gates(report: dict, gates: dict) -> list[dict]:
                 cosine = stats["fidelity"]["cosine"]
                 checks.append(_gate("min-cosine", row, cosine, gates["min_cosine"],
                                     bool(cosine >= gates["min_cosine"]), mode))  # NaN fails
+            if gates.get("min_agreement") is not None:  # in %, as the option takes it
+                agreement = round(100 * stats["fidelity"]["top1_agreement"], 4)
+                checks.append(_gate("min-agreement", row, agreement, gates["min_agreement"],
+                                    agreement >= gates["min_agreement"], mode))
     return checks
 
 
