@@ -278,12 +278,15 @@ def _layout(specs: list[InputSpec], shapes: dict[str, tuple], where: str) -> dic
 
 
 def load_npz(path: str, specs: list[InputSpec] | None = None, option: str = "--data",
-             max_bytes: int | None = None, labels: bool = True) -> dict[str, np.ndarray]:
-    """The arrays of `path` the model needs: one per spec (in its declared dtype) and `labels`
-    when present and `labels` is true; every array when `specs` is None. All of them with one
-    row per sample and the same number of samples (>= 1). Any problem is a one-line DczError."""
+             max_bytes: int | None = None, labels: bool = True, keys: list[str] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of `path` the model needs: one per spec (in its declared dtype, laid out as
+    `sample_layout` says) and `labels` when present and `labels` is true; without `specs`, the
+    arrays named in `keys` (default: every one) with their samples on axis 0. All with the same
+    number of samples (>= 1). Any problem is a one-line DczError."""
     max_bytes = MAX_DATA_BYTES if max_bytes is None else max_bytes
     where = f"{option} {path}"
+    if specs is None and keys is not None:
+        specs, labels = None, False
     with _open_regular(path, where) as f:
         head = f.read(8)
         if head.startswith(np.lib.format.MAGIC_PREFIX):
@@ -295,6 +298,12 @@ def load_npz(path: str, specs: list[InputSpec] | None = None, option: str = "--d
         try:
             with zipfile.ZipFile(f) as archive:
                 members = _members(archive, where)
+                if keys is not None and specs is None:
+                    missing = next((k for k in keys if k not in members), None)
+                    if missing is not None:
+                        have = ", ".join(repr(k) for k in list(members)[:8]) or "none"
+                        raise DczError(f"{where}: no array named {missing!r} (the file has {have})")
+                    members = {k: members[k] for k in keys}
                 wanted = _wanted(members, specs, labels, where)
                 headers = {key: _header(archive, members[key], where, key) for key in wanted}
                 _check(headers, {s.name: s for s in specs or ()}, where, max_bytes)
@@ -305,6 +314,20 @@ def load_npz(path: str, specs: list[InputSpec] | None = None, option: str = "--d
     for spec in specs or ():
         arrays[spec.name] = convert(arrays[spec.name], spec, where)
     return arrays
+
+
+def npz_keys(path: str, option: str = "--data") -> list[str]:
+    """The names of the arrays in the .npz `path`, in file order (nothing is decompressed)."""
+    where = f"{option} {path}"
+    with _open_regular(path, where) as f:
+        if f.read(4) not in _ZIP_MAGIC:
+            raise DczError(f"{where}: not an .npz file (no zip header)")
+        f.seek(0)
+        try:
+            with zipfile.ZipFile(f) as archive:
+                return list(_members(archive, where))
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError) as e:
+            raise DczError(f"{where}: not a readable .npz ({str(e)[:80]})") from None
 
 
 def convert(array: np.ndarray, spec: InputSpec, where: str = "--data") -> np.ndarray:
