@@ -33,7 +33,8 @@ Sample layout (`sample_layout`): which axis of each input's array holds the samp
 - A shared input, the same for every sample and passed whole to every batch: a 0-d array for a
   scalar input (a sample rate `sr`), or, for an input with no symbolic dim, an array of exactly
   the declared shape when another input carries the samples. When no input has a symbolic dim
-  (a fixed-batch model), every input has its samples on axis 0 instead.
+  (a fixed-batch model), every input has its samples on axis 0 instead, unless the counts then
+  differ: arrays of exactly their declared shape are then the shared ones.
 - `labels` (and the model's outputs) have their samples on axis 0.
 Every input with samples must have as many as the others. A wrong rank, a wrong fixed dim, a
 scalar input given an array (or the reverse) is a one-line DczError naming the input, what the
@@ -212,7 +213,7 @@ def _layout(specs: list[InputSpec], shapes: dict[str, tuple], where: str) -> dic
     batch = _batch_name(specs)
     symbolic = any(s.dims is None or None in s.dims for s in specs)
     layout: dict[str, int | None] = {}
-    deferred = []
+    deferred, exact = [], []
 
     def mismatch(spec, axis=None, why=""):
         shape, dtype = shapes[spec.name]
@@ -247,6 +248,8 @@ def _layout(specs: list[InputSpec], shapes: dict[str, tuple], where: str) -> dic
                 layout[spec.name] = 0  # a fixed batch beside inputs with a symbolic one
             else:
                 check_dims(spec, 0)
+                if shape == spec.dims:
+                    exact.append(spec.name)
         else:
             axis = _named_axis(spec, batch)
             if axis is None and spec.dims[0] is None:
@@ -256,6 +259,13 @@ def _layout(specs: list[InputSpec], shapes: dict[str, tuple], where: str) -> dic
             else:
                 check_dims(spec, axis)
     counts = {name: shapes[name][0][axis] for name, axis in layout.items() if axis is not None}
+    if len(set(counts.values())) > 1 and len(exact) < len(counts):
+        # all dims fixed, counts differ: arrays of exactly their declared shape are shared
+        # ([1, 2] image sizes beside [1, 3, 416, 416] images given as [n, 3, 416, 416])
+        rest = {name: count for name, count in counts.items() if name not in exact}
+        if len(set(rest.values())) == 1:
+            layout.update({name: None for name in exact})
+            counts = rest
     if len(set(counts.values())) > 1:
         raise DczError(f"{where}: the inputs have different sample counts: "
                        + ", ".join(f"{k!r} {v} (axis {layout[k]})" for k, v in counts.items()))
