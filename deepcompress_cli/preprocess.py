@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import warnings
 import zipfile
 from dataclasses import dataclass
 
@@ -244,10 +245,12 @@ class FolderSource(Source):
         from PIL import Image
 
         try:
-            with open(path, "rb") as f, Image.open(f) as image:
-                image.load()  # its decompression-bomb check is Pillow's own (Image.MAX_IMAGE_PIXELS)
+            with warnings.catch_warnings(), _open_regular(path, path) as f, Image.open(f) as image:
+                # Pillow's decompression-bomb check (Image.MAX_IMAGE_PIXELS) is an error, not a stray warning
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image.load()
                 return np.asarray(image.convert(self.mode))
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise DczError(f"{path}: not a readable image ({str(e)[:80]})") from None
 
     def chunks(self, progress):

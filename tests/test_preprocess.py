@@ -267,3 +267,13 @@ def test_natural_images_for_efficientnet_lite0(cli, tmp_path):
     again = tmp_path / "again.npz"  # the model's input says the same
     assert data(cli, source, again, "--model", model, "--mean", 127, "--std", 128, "--take", 32).exit_code == 0
     assert again.read_bytes() == out.read_bytes()
+
+
+def test_an_unreadable_image_is_one_line(cli, tmp_path):
+    pytest.importorskip("PIL.Image")
+    root = tmp_path / "imgs"
+    root.mkdir()
+    (root / "a.png").write_bytes(b"\x89PNG not really")
+    result = data(cli, root, tmp_path / "o.npz", "--input", "x")
+    assert_one_line_error(result)
+    assert "a.png" in result.stderr
