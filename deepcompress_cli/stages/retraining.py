@@ -52,8 +52,6 @@ def prune_retrain(package: Package, config: PruneConfig, train: TrainConfig, ste
     """(per-layer rows as `prune` reports them, per-step history).  `teacher`: the original
     model's logits on the training data, for distillation when it has no labels."""
     config = config.resolved(train=True)  # None: the --train defaults
-    if config.per_channel:  # the trainer ties each weight to one centroid, with no channel factor
-        raise DczError("--per-channel sharing cannot be combined with --train (trained centroids are per layer)")
     network = Network(package, train.logits)
     trainer = Trainer(network, train, progress, teacher)
     index = _table_index(package)
