@@ -642,3 +642,35 @@ def test_random_scaled_forms_decode_as_the_form_says(shape, axis, dtype, sparsit
     if dtype != "float16":
         assert np.abs(decoded.astype(np.float64) - np.where(keep, w, 0).reshape(-1)).max() <= \
             (0.11 if kind != "plain" else 1e-6) * np.abs(w).max() + 1e-30
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("bits", [2, 4, 8, 12])
+def test_grid_form_stores_levels_times_steps(sparse, bits):
+    """What a reconstruction (GPTQ-style: integer levels, a step per output channel) stores."""
+    w = conv_weight()
+    c, i = linear.channel_layout(w.shape, 0)
+    steps = (np.abs(w).reshape(c, -1).max(axis=1) / ((1 << (bits - 1)) - 1)).astype(np.float32)
+    levels = np.clip(np.round(w.reshape(c, -1) / steps[:, None]), -(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+    levels = levels.astype(np.int64).reshape(-1)
+    expected = (levels.reshape(c, -1).astype(np.float32) * steps[:, None]).reshape(-1)
+    gaps = None
+    if sparse:
+        keep = levels != 0
+        gaps, entries = encoding.sparse.encode(levels, keep, 4)
+        levels = entries
+    form = encoding.grid_form(w.shape, "float32", levels, steps, bits, c, i, gaps, 4)
+    assert form.is_scaled == sparse
+    t = Tensor(name="w", dtype="float32", shape=w.shape, kind="conv", chain=[], slots={}, streams={})
+    package = read_model(str(LENET5))
+    package.tensors.append(build(t, form))
+    package.tensors[-1].kind = "other"
+    data = write(package)
+    assert header_of(data)["encoding_version"] == (2 if sparse else 1)
+    back = container.read(data)[0].tensors[-1]
+    assert back.decode().reshape(-1).tobytes() == expected.tobytes()
+    q = quantized_form(back)
+    assert q.values.scales.tobytes() == steps.tobytes() and (q.values.channels, q.values.inner) == (c, i)
+    assert q.values.floats().tobytes() == expected.tobytes()
+    with pytest.raises(ValueError):
+        encoding.grid_form(w.shape, "float32", np.full(w.size, 1 << (bits - 1)), steps, bits, c, i)
