@@ -167,8 +167,8 @@ def compress(model, output, *, sparsity=None, layer_sparsity=None, index_bits=No
              threshold_std=None, bits=None, layer_bits=None, init="linear", max_iter=100, tol=1e-6, seed=0,
              per_channel=False, train=None, val=None, epochs=None, lr=None, batch_size=None, logits=None, steps=None, report=False,
              include=(), exclude=(), metadata=None, format=None, max_data_bytes=None, jobs=None, progress=None) -> dict:
-    """prune -> share -> huffman with the options of `prune` and `share`; with `train=` retraining
-    between the stages. `report=True` adds gzip -9 of the plain .onnx (`onnx_bytes`, `gzip9_bytes`)."""
+    """prune -> share -> huffman with the options of `prune` and `share` (`per_channel`: channel-scaled
+    codebooks, not with `train=`); with `train=` retraining between the stages. `report=True` adds gzip -9 of the plain .onnx (`onnx_bytes`, `gzip9_bytes`)."""
     import zlib
 
     from .container import serialize

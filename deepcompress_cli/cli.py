@@ -472,7 +472,8 @@ def share(ctx, model, output, fmt, metadata, bits, layer_bits, init, max_iter, t
 @click.option("--layer-bits", type=LayerValue(int), multiple=True,
               help="Per-layer bits override, NAME (or glob) = bits (repeatable).")
 @click.option("--per-channel", is_flag=True, help="One range per output channel (Conv axis 0, ConvTranspose "
-                                                   "axis 1, Gemm by transB, MatMul the last axis) instead of one per tensor.")
+                                                   "axis 1, Gemm by transB, MatMul the last axis) instead of one per tensor; "
+                                                   "a pruned tensor's channels are scaled to one range first.")
 @click.option("--symmetric", is_flag=True, help="Range +-max|w| with zero point 0 (int8 values, stored offset "
                                                  "by 128) instead of [min, max].")
 @selection_options
