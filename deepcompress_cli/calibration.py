@@ -32,6 +32,11 @@ from .tensors import Package
 # Columns drawn per layer and batch: H of a K-input layer converges long before this many
 # columns (K <= 1280 on EfficientNet-Lite0), while its 112 x 112 maps have 200 000 per batch.
 MAX_COLUMNS = 4096
+# ... but copying the columns out costs as much as their H on depthwise convs (K = 25, C = 1152):
+# fewer there, down to MIN_COLUMNS, so that one batch's columns of a layer stay below MAX_GATHER
+# values.  A 25 x 25 H from 512 columns a batch is still hundreds of samples per entry.
+MAX_GATHER = 1 << 23
+MIN_COLUMNS = 512
 SEED = 0
 
 
@@ -223,17 +228,25 @@ def _columns(use: _Use, x: np.ndarray, weight_shape: tuple, rng: np.random.Gener
         out_spatial = conv_output_shape(x.shape[2:], kernel_shape, strides, pads, dilations)
         view = _patch_view(pad_spatial(x, pads), kernel_shape, strides, dilations, out_spatial)
         n, c, nk = x.shape[0], x.shape[1], len(kernel_shape)
-        # [N, C, *k, *out] -> [C, N, *out, *k]: a column is (input channel, kernel offset), as im2col
-        view = view.transpose(1, 0, *range(2 + nk, 2 + 2 * nk), *range(2, 2 + nk))
+        out_axes, k_axes = tuple(range(2 + nk, 2 + 2 * nk)), tuple(range(2, 2 + nk))
+        # A column is (input channel, kernel offset) as in im2col.  [N, C, *k, *out] is read as
+        # [N, *out, C, *k] (one group: rows are columns) or [C, N, *out, *k] (groups first).
+        if group == 1:
+            view, lead = view.transpose(0, *out_axes, 1, *k_axes), ()
+        else:
+            view, lead = view.transpose(1, 0, *out_axes, *k_axes), (slice(None),)
         total = n * math.prod(out_spatial)
-        if total <= max_columns:
-            cols = view.reshape(c, total, -1)  # copies: every column
-        else:  # positions drawn without replacement, gathered as [C, S, *k]
-            picked = np.sort(rng.choice(total, max_columns, replace=False))
-            cols = view[(slice(None), *np.unravel_index(picked, (n, *out_spatial)))].reshape(c, max_columns, -1)
-        s = cols.shape[1]
+        limit = min(max_columns, max(MIN_COLUMNS, MAX_GATHER // (c * math.prod(kernel_shape))))
+        if total <= limit:
+            cols = view.reshape(*(c,) * len(lead), total, -1)  # copies: every column
+        else:  # positions drawn without replacement
+            picked = np.sort(rng.choice(total, limit, replace=False))
+            cols = view[(*lead, *np.unravel_index(picked, (n, *out_spatial)))].reshape(*(c,) * len(lead), limit, -1)
+        if group == 1:
+            return cols[None]
         if group == c:  # depthwise: already [G, S, K]
             return cols
+        s = cols.shape[1]
         return np.ascontiguousarray(cols.reshape(group, c // group, s, -1).transpose(0, 2, 1, 3)).reshape(group, s, -1)
     if use.op == "Gemm":
         a = x.reshape(-1, x.shape[-1]) if x.ndim != 2 else x
