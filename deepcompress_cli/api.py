@@ -20,7 +20,8 @@ import sys
 
 from .errors import DczError
 
-__all__ = ["load", "info", "pack", "export", "prune", "share", "quantize", "huffman", "svd", "compress", "bench"]
+__all__ = ["load", "info", "pack", "export", "prune", "share", "quantize", "huffman", "svd", "compress", "bench",
+           "prepare_data"]
 
 # Bounds of one `metadata` entry, in UTF-8 bytes, and of the entries of a file (the reader's are wider).
 METADATA_KEY_BYTES = 256
@@ -207,10 +208,11 @@ def compress(model, output, *, sparsity=None, layer_sparsity=None, index_bits=No
 # ----------------------------------------------------------------------------------- bench
 
 def bench(*models, baseline=None, data=None, calibrate=None, runs=10, warmup=2, batch_size=1, seed=0, int8=True,
-          ort=False, min_ratio=None, max_accuracy_drop=None, min_cosine=None, check=False, max_data_bytes=None,
-          max_decoded_bytes=None, progress=None) -> dict:
+          ort=False, min_ratio=None, max_accuracy_drop=None, min_cosine=None, min_agreement=None, check=False,
+          max_data_bytes=None, max_decoded_bytes=None, progress=None) -> dict:
     """Size, latency and accuracy (or fidelity) of `models`, as `bench --json` prints it.
 
+    `min_agreement`: top-1 agreement with the baseline's float32 outputs, in % (like `min_cosine`).
     Gates are evaluated (`report["gates"]`, `report["passed"]`) but do not raise: the caller decides
     (the CLI exits 1). `check=True` only lists the ops the interpreter lacks: {"unsupported": {..}}.
     """
@@ -226,13 +228,31 @@ def bench(*models, baseline=None, data=None, calibrate=None, runs=10, warmup=2, 
         from .interp.graph import unsupported_ops
 
         return {"unsupported": {m: sorted(unsupported_ops(load(m).graph)) for m in models}}
-    gates = {"min_ratio": min_ratio, "max_accuracy_drop": max_accuracy_drop, "min_cosine": min_cosine}
+    gates = {"min_ratio": min_ratio, "max_accuracy_drop": max_accuracy_drop, "min_cosine": min_cosine,
+             "min_agreement": min_agreement}
     config = BenchConfig(runs, warmup, batch_size, seed, int8, ort, _opt_path(data), _opt_path(calibrate),
                          _opt_path(baseline), gates, max_data_bytes=max_data_bytes,
                          max_decoded_bytes=max_decoded_bytes)
     report = run_bench(models, config, progress_bar(progress))
     report["passed"] = all(g["passed"] for g in report["gates"])
     return report
+
+
+# ----------------------------------------------------------------------------------- data
+
+def prepare_data(source, output, *, model=None, input=None, key=None, labels=None, layout=None,
+                 source_layout="NHWC", size=None, scale=1.0, mean=0.0, std=1.0, dtype=None, take=None,
+                 max_data_bytes=None, progress=None) -> dict:
+    """The `data` command: raw arrays (`source` an .npz/.npy) or a folder of image files (with
+    Pillow) -> a model-ready .npz at `output`, value = (x * scale - mean) / std, as `data --json`
+    reports it. `model` fills in the input name, layout, size and dtype its graph input declares.
+    `size` is H, (H, W) or "H,W"; `mean`/`std` one number or one per channel. See preprocess.py."""
+    from .preprocess import PrepConfig, prepare
+
+    config = PrepConfig(input, key, labels, layout, source_layout, size, scale, mean, std, dtype, take)
+    bar = progress_bar(progress)
+    return prepare(_path(source), _path(output), config, _opt_path(model), max_data_bytes,
+                   lambda items, **kw: bar(items, **kw))
 
 
 # ----------------------------------------------------------------------------------- helpers
