@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .blas import single_threaded
+from .data import sample_count, take
 from .graphs import output_channel_axis, table_names
 from .interp.ops.conv import _patch_view, conv_attrs, conv_output_shape, pad_spatial
 from .tensors import Package
@@ -262,24 +263,20 @@ def _columns(use: _Use, x: np.ndarray, weight_shape: tuple, rng: np.random.Gener
 
 # ------------------------------------------------------------------------------ collecting
 
-def _take(arrays: dict, layout: dict, start: int, stop: int) -> dict:
-    # TODO: data.take (helper data's sample layout) once it lands: this slices axis 0 only.
-    return {k: v[start:stop] for k, v in arrays.items()}
-
-
 def collect(package: Package, feeds: dict[str, np.ndarray], batch: int = 16, progress=None,
             names: set[str] | None = None, max_columns: int = MAX_COLUMNS) -> dict[str, LayerStats]:
     """LayerStats of every Conv/Gemm/MatMul weight of `package` (or of `names`) over `feeds`.
 
-    One float pass of the interpreter, `batch` samples at a time; `progress(iterable, desc=,
-    total=, unit=)` wraps the batches when given.  Layers no sample reached are left out.
+    One float pass of the interpreter, `batch` samples at a time (the model's own batch size if
+    it fixes one), each input sliced on its sample axis (data.sample_layout); `progress(iterable,
+    desc=, total=, unit=)` wraps the batches when given.  Layers no sample reached are left out.
     """
-    from .benchmarking import make_inputs
+    from .benchmarking import feeds_layout, fixed_batch, make_inputs
     from .interp.graph import Interpreter
 
     uses = layer_uses(package, names)
     interp = Interpreter(package)
-    feeds = make_inputs(interp, feeds, 0, 0)
+    feeds = make_inputs(interp, feeds, 0, 0, option="--calibrate")
     shapes = {t.name: t.shape for t in package.tensors}
     accumulators = {name: _Accumulator(name, found, i) for i, (name, found) in enumerate(sorted(uses.items()))}
     by_value: dict[str, list] = {}  # input value -> (accumulator, use)
@@ -297,13 +294,13 @@ def collect(package: Package, feeds: dict[str, np.ndarray], batch: int = 16, pro
             acc.add(_columns(use, value, shapes[acc.name], rng, max_columns))
 
     interp.observe = observe
-    layout = {k: 0 for k in feeds}
-    n = len(next(iter(feeds.values()))) if feeds else 0
-    starts = range(0, n, batch)
+    layout = feeds_layout(interp, feeds)
+    batch = fixed_batch(interp, layout) or batch
+    starts = range(0, sample_count(feeds, layout), batch)
     if progress is not None:
         starts = progress(starts, desc="calibrate", total=len(starts), unit="batch")
     for start in starts:
-        interp.run(_take(feeds, layout, start, start + batch))
+        interp.run(take(feeds, layout, start, start + batch))
     folded = _folded_weights(package, interp, uses)
     weights = {t.name: t for t in package.tensors}
     return {name: acc.stats(interp.weights[name] if name in interp.weights else weights[name].decode(),

@@ -150,3 +150,15 @@ def test_batch_norm_folded_by_the_interpreter_gives_row_scale():
     stats = calibration.collect(package, {"x": RNG.standard_normal((2, 2, 5, 5)).astype(np.float32)})["w"]
     np.testing.assert_allclose(stats.row_scale, (gamma / np.sqrt(var))[None], rtol=1e-6)
     assert stats.bias is None  # the conv has none: the folded one is the interpreter's, not stored
+
+
+def test_inputs_batched_on_axis_1_are_sliced_there():
+    w = RNG.standard_normal((4, 3))
+    package = package_of([helper.make_node("MatMul", ["h", "w"], ["y"])],
+                         [helper.make_tensor_value_info("h", TensorProto.FLOAT, [2, "N", 4])],
+                         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], {"w": w})
+    h = RNG.standard_normal((2, 7, 4)).astype(np.float32)
+    stats = calibration.collect(package, {"h": h}, batch=3)["w"]
+    cols = h.reshape(-1, 4).astype(np.float64)
+    assert stats.count == 14
+    np.testing.assert_allclose(stats.hessian[0], cols.T @ cols / 14, rtol=1e-5, atol=1e-6)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepcompress_cli.reconstruct import Grid, bias_shift, layer_error, reconstruct
+from deepcompress_cli.reconstruct import Grid, bias_shift, layer_error, reconstruct, uniform_step
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 RNG = np.random.default_rng(0)
@@ -169,6 +169,19 @@ def test_degenerate_layers():
     Wd = RNG.standard_normal((3000, 1, 9))
     Hd = hessian(correlated_inputs(30, 9, 1, groups=3000))
     assert reconstruct(Wd, Hd, uniform_grid(Wd, 7)).weights.shape == (3000, 1, 9)
+
+
+def test_uniform_step_search_never_loses_to_the_full_range():
+    W = RNG.standard_t(3, (2, 6, 50))  # heavy tails: clipping pays
+    H = hessian(correlated_inputs(200, 50, 0, groups=2))
+    for h in (None, H):
+        step = uniform_step(W, 7, h)
+        top = np.abs(W).max(-1) / 7
+        assert np.all(step <= top + 1e-15) and np.all(step >= 0.4 * top - 1e-15)
+        weight = 1 if h is None else np.diagonal(H, axis1=1, axis2=2)[:, None, :]
+        cost = lambda s: (weight * (W - Grid(s, 7).round(W)[0]) ** 2).sum(-1)  # noqa: E731
+        assert np.all(cost(step) <= cost(top) + 1e-12) and cost(step).sum() < cost(top).sum()
+    assert np.all(uniform_step(np.zeros((1, 2, 3)), 7) == 0)
 
 
 def test_layer_error_is_the_output_mse():
