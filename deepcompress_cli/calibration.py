@@ -47,7 +47,7 @@ class LayerStats:
     op: str  # "Conv" | "Gemm" | "MatMul"
     axis: int  # output-channel axis of the stored weight
     groups: int  # conv groups (1 for Gemm/MatMul)
-    hessian: np.ndarray  # (G, K, K) float64: mean of x xᵀ over the sampled input columns
+    hessian: np.ndarray | None  # (G, K, K) float64: mean of x xᵀ over the sampled input columns
     mean: np.ndarray  # (G, K) float64: mean input column (for bias correction)
     count: int  # columns accumulated
     bias: str | None  # the bias tensor (Conv input 2, Gemm C, the Add after a MatMul) if stored
@@ -88,13 +88,13 @@ class _Use:
 
 
 class _Accumulator:
-    def __init__(self, name: str, uses: list[_Use], index: int):
+    def __init__(self, name: str, uses: list[_Use], index: int, hessian: bool = True):
         first = uses[0]
         self.name, self.op, self.axis, self.groups, self.uses, self.index = \
             name, first.op, first.axis, first.groups, uses, index
         biases = {u.bias for u in uses}
         self.bias = first.bias if len(biases) == 1 else None
-        self.h = np.zeros((first.groups, first.k, first.k))
+        self.h = np.zeros((first.groups, first.k, first.k)) if hessian else None
         self.sum = np.zeros((first.groups, first.k))
         self.count = 0
         self.batch = 0  # batches seen, for the sampling seed
@@ -104,7 +104,9 @@ class _Accumulator:
         if cols.shape[1] == 0:
             return
         # float32 BLAS over one batch (a few thousand columns), float64 across batches.
-        if cols.shape[0] == 1:
+        if self.h is None:
+            pass
+        elif cols.shape[0] == 1:
             self.h[0] += cols[0].T @ cols[0]
         else:
             with single_threaded():  # one small product per group (blas.single_threaded)
@@ -114,11 +116,13 @@ class _Accumulator:
 
     def stats(self, weight: np.ndarray, folded: np.ndarray | None) -> LayerStats:
         n = max(self.count, 1)
-        hessian, mean = self.h / n, self.sum / n
-        hessian = (hessian + hessian.transpose(0, 2, 1)) / 2  # exactly symmetric
+        hessian, mean = None if self.h is None else self.h / n, self.sum / n
+        if hessian is not None:
+            hessian = (hessian + hessian.transpose(0, 2, 1)) / 2  # exactly symmetric
         s = LayerStats(self.name, self.op, self.axis, self.groups, hessian, mean, self.count, self.bias)
         w = to_matrix(weight, s)
-        s.output_energy = float((np.matmul(w, hessian) * w).sum())
+        if hessian is not None:
+            s.output_energy = float((np.matmul(w, hessian) * w).sum())
         if folded is not None:
             f = to_matrix(folded, s)
             norm = (w * w).sum(-1)
@@ -264,12 +268,15 @@ def _columns(use: _Use, x: np.ndarray, weight_shape: tuple, rng: np.random.Gener
 # ------------------------------------------------------------------------------ collecting
 
 def collect(package: Package, feeds: dict[str, np.ndarray], batch: int = 16, progress=None,
-            names: set[str] | None = None, max_columns: int = MAX_COLUMNS) -> dict[str, LayerStats]:
+            names: set[str] | None = None, max_columns: int = MAX_COLUMNS,
+            hessians: bool = True) -> dict[str, LayerStats]:
     """LayerStats of every Conv/Gemm/MatMul weight of `package` (or of `names`) over `feeds`.
 
     One float pass of the interpreter, `batch` samples at a time (the model's own batch size if
     it fixes one), each input sliced on its sample axis (data.sample_layout); `progress(iterable,
     desc=, total=, unit=)` wraps the batches when given.  Layers no sample reached are left out.
+    `hessians=False`: the mean input columns only (hessian None), e.g. to measure how a
+    compressed model's layers see their inputs shifted, for bias correction of what is upstream.
     """
     from .benchmarking import feeds_layout, fixed_batch, make_inputs
     from .interp.graph import Interpreter
@@ -278,7 +285,8 @@ def collect(package: Package, feeds: dict[str, np.ndarray], batch: int = 16, pro
     interp = Interpreter(package)
     feeds = make_inputs(interp, feeds, 0, 0, option="--calibrate")
     shapes = {t.name: t.shape for t in package.tensors}
-    accumulators = {name: _Accumulator(name, found, i) for i, (name, found) in enumerate(sorted(uses.items()))}
+    accumulators = {name: _Accumulator(name, found, i, hessians)
+                    for i, (name, found) in enumerate(sorted(uses.items()))}
     by_value: dict[str, list] = {}  # input value -> (accumulator, use)
     for acc in accumulators.values():
         for use in acc.uses:

@@ -63,7 +63,8 @@ def test_conv_hessian_is_brute_force_im2col(x_shape, w_shape, attrs):
     stats = calibration.collect(package, {"x": x}, batch=2, max_columns=10 ** 6)["w"]
     h, mean, count = brute_conv(x, w_shape, attrs.get("strides", (1, 1)), attrs.get("pads", (0, 0, 0, 0)),
                                 attrs.get("dilations", (1, 1)), attrs.get("group", 1))
-    assert (stats.op, stats.axis, stats.groups, stats.count, stats.bias) == ("Conv", 0, attrs.get("group", 1), count, "b")
+    group = attrs.get("group", 1)
+    assert (stats.op, stats.axis, stats.groups, stats.count, stats.bias) == ("Conv", 0, group, count, "b")
     np.testing.assert_allclose(stats.hessian, h, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(stats.mean, mean, rtol=1e-5, atol=1e-6)
     wm = calibration.to_matrix(w, stats)
@@ -162,3 +163,12 @@ def test_inputs_batched_on_axis_1_are_sliced_there():
     cols = h.reshape(-1, 4).astype(np.float64)
     assert stats.count == 14
     np.testing.assert_allclose(stats.hessian[0], cols.T @ cols / 14, rtol=1e-5, atol=1e-6)
+
+
+def test_means_only():
+    package, _ = conv_package((2, 3, 6, 6), (4, 3, 3, 3), pads=[1, 1, 1, 1])
+    x = RNG.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    full = calibration.collect(package, {"x": x})["w"]
+    means = calibration.collect(package, {"x": x}, hessians=False)["w"]
+    assert means.hessian is None and means.count == full.count
+    np.testing.assert_allclose(means.mean, full.mean)
