@@ -105,7 +105,7 @@ class Result:
     keep: np.ndarray  # (G, R, K) bool: False where pruned (a kept weight may still round to 0)
 
 
-def reconstruct(W: np.ndarray, H: np.ndarray | None, grid: Grid | None, density: float = 1.0,
+def reconstruct(W: np.ndarray, H: "np.ndarray | Factor | None", grid: Grid | None, density: float = 1.0,
                 damp: float = 0.01, block: int = 128, mask: str = "layer",
                 act_order: bool = False) -> Result:
     """Ŵ on `grid` (None: any float) with `density` of the weights kept, minimizing
@@ -118,7 +118,8 @@ def reconstruct(W: np.ndarray, H: np.ndarray | None, grid: Grid | None, density:
     (`mask="row"`).  `damp` · mean diag(H) is added to H's diagonal (H of correlated or
     constant inputs is singular); columns no sample ever excited (H_jj = 0) are decoupled,
     rounded to nearest, and pruned first when pruning, since they cost nothing.
-    `act_order` processes columns by decreasing H_jj (GPTQ's "act-order").
+    `act_order` processes columns by decreasing H_jj (GPTQ's "act-order").  H may be a
+    `factor(H, damp, act_order)` computed once for several calls on the same layer.
     """
     W = np.asarray(W, dtype=np.float64)
     if W.ndim != 3:
@@ -133,22 +134,40 @@ def reconstruct(W: np.ndarray, H: np.ndarray | None, grid: Grid | None, density:
     drop = int(round((1 - density) * W.size))
     if H is None:
         return _data_free(W, grid, drop)
-    H = np.asarray(H, dtype=np.float64)
-    if H.shape != (G, K, K):
-        raise DczError(f"reconstruct: H must be {(G, K, K)}, got {H.shape}")
+    f = H if isinstance(H, Factor) else factor(H, damp, act_order)
+    if f.U.shape != (G, K, K):
+        raise DczError(f"reconstruct: H must be {(G, K, K)}, got {f.U.shape}")
     if W.size == 0:
         return Result(W.copy(), np.zeros(W.shape, np.int64), np.ones(W.shape, bool))
+    if f.order is not None:
+        W = np.take_along_axis(W, f.order[:, None, :], axis=2)
+    result = _gptq(W, f.U, f.dead, grid, drop, block, mask)
+    if f.order is not None:
+        inverse = np.argsort(f.order, axis=1)[:, None, :]
+        result = Result(*(np.take_along_axis(a, inverse, axis=2) for a in (result.weights, result.codes, result.keep)))
+    return result
+
+
+@dataclass
+class Factor:
+    """What `reconstruct` needs of H, computed once for all the grids and densities tried on a layer."""
+    U: np.ndarray  # (G, K, K) upper, UᵀU = (H + λI)⁻¹ (columns in `order`)
+    dead: np.ndarray  # (G, K) bool: inputs no sample excited
+    order: np.ndarray | None  # (G, K) column order (act-order), None: as stored
+
+
+def factor(H: np.ndarray, damp: float = 0.01, act_order: bool = False) -> Factor:
+    """The inverse Cholesky factor of damped H: pass it to `reconstruct` in place of H (its
+    `damp` and `act_order` then come from here)."""
+    H = np.asarray(H, dtype=np.float64)
+    if H.ndim != 3 or H.shape[1] != H.shape[2]:
+        raise DczError(f"reconstruct: H must be (groups, inputs, inputs), got shape {H.shape}")
     order = None
     if act_order:  # one order for all groups would not fit them all: sort each group's columns
         order = np.argsort(-np.diagonal(H, axis1=1, axis2=2), axis=1, kind="stable")  # (G, K)
-        W = np.take_along_axis(W, order[:, None, :], axis=2)
         H = np.take_along_axis(np.take_along_axis(H, order[:, :, None], axis=1), order[:, None, :], axis=2)
     U, dead = _inverse_cholesky(H, damp)
-    result = _gptq(W, U, dead, grid, drop, block, mask)
-    if order is not None:
-        inverse = np.argsort(order, axis=1)[:, None, :]
-        result = Result(*(np.take_along_axis(a, inverse, axis=2) for a in (result.weights, result.codes, result.keep)))
-    return result
+    return Factor(U, dead, order)
 
 
 def _data_free(W: np.ndarray, grid: Grid | None, drop: int) -> Result:

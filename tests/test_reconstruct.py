@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepcompress_cli.reconstruct import Grid, bias_shift, layer_error, reconstruct, uniform_step
+from deepcompress_cli.reconstruct import Grid, bias_shift, factor, layer_error, reconstruct, uniform_step
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 RNG = np.random.default_rng(0)
@@ -64,6 +64,9 @@ def test_blocks_and_act_order_do_not_change_the_algorithm():
     a, b = reconstruct(W, H, grid, block=128), reconstruct(W, H, grid, block=7)
     np.testing.assert_allclose(a.weights, b.weights, atol=1e-9)
     ordered = reconstruct(W, H, grid, act_order=True)
+    np.testing.assert_array_equal(reconstruct(W, factor(H, act_order=True), grid).weights, ordered.weights)
+    np.testing.assert_array_equal(reconstruct(W, factor(H), grid, density=0.5).weights,
+                                  reconstruct(W, H, grid, density=0.5).weights)
     assert layer_error(W, ordered.weights, H) < layer_error(W, reconstruct(W, None, grid).weights, H)
 
 
