@@ -72,6 +72,7 @@ def test_conv_hessian_is_brute_force_im2col(x_shape, w_shape, attrs):
     np.testing.assert_array_equal(calibration.from_matrix(wm, w.shape, stats), w)
     # output energy = mean squared output of the bias-free layer over the columns
     assert stats.output_energy == pytest.approx(np.einsum("grk,gkl,grl->", wm, h, wm), rel=1e-5)
+    np.testing.assert_allclose(stats.covariance(), h - mean[:, :, None] * mean[:, None, :], rtol=1e-4, atol=1e-5)
 
 
 def test_sampled_columns_are_deterministic_and_converge():
