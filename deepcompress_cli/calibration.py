@@ -14,7 +14,8 @@ drawn (seeded, so the same data gives the same H).
 Not covered (no entry in the result, so those weights take the data-free path): weights inside
 subgraphs (If/Loop/Scan bodies), weights also read by something that is not a layer weight input,
 weights shared by layers whose matrices disagree in shape, ConvTranspose, batched (> 2-D) MatMul
-weights, and layers whose input never reached the observer (a constant input).
+weights, layers of more than MAX_INPUTS inputs per group (H would not fit in memory), and layers
+whose input never reached the observer (a constant input).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ MAX_COLUMNS = 4096
 # values.  A 25 x 25 H from 512 columns a batch is still hundreds of samples per entry.
 MAX_GATHER = 1 << 23
 MIN_COLUMNS = 512
+# H is K x K float64 per group: a layer with more inputs than this (VGG's 25088-input fc6 would
+# take 5 GB) is left to the data-free path.
+MAX_INPUTS = 8192
 SEED = 0
 
 
@@ -202,7 +206,7 @@ def layer_uses(package: Package, names: set[str] | None = None) -> dict[str, lis
     for table, found in uses.items():
         if table in bad or (names is not None and table not in names):
             continue
-        if len({(u.op, u.axis, u.groups, u.k) for u in found}) == 1:
+        if len({(u.op, u.axis, u.groups, u.k) for u in found}) == 1 and found[0].k <= MAX_INPUTS:
             result[table] = found
     return result
 

@@ -141,6 +141,12 @@ def test_shared_weight_accumulates_every_use_and_odd_uses_are_skipped():
     assert set(calibration.collect(package, {"x": x, "x2": x2}, names={"v"})) == {"v"}
 
 
+def test_layers_too_wide_for_their_hessian_are_left_out(monkeypatch):
+    package, _ = conv_package((2, 4, 5, 5), (3, 4, 3, 3))
+    monkeypatch.setattr(calibration, "MAX_INPUTS", 35)
+    assert calibration.collect(package, {"x": RNG.standard_normal((2, 4, 5, 5)).astype(np.float32)}) == {}
+
+
 def test_batch_norm_folded_by_the_interpreter_gives_row_scale():
     w = RNG.standard_normal((3, 2, 3, 3))
     gamma, var = np.array([2.0, -1.0, 0.5]), np.array([1.0, 3.0, 0.25])
