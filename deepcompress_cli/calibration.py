@@ -285,8 +285,8 @@ def collect(package: Package, feeds: dict[str, np.ndarray], batch: int = 16, pro
     One float pass of the interpreter, `batch` samples at a time (the model's own batch size if
     it fixes one), each input sliced on its sample axis (data.sample_layout); `progress(iterable,
     desc=, total=, unit=)` wraps the batches when given.  Layers no sample reached are left out.
-    `hessians=False`: the mean input columns only (hessian None), e.g. to measure how a
-    compressed model's layers see their inputs shifted, for bias correction of what is upstream.
+    `hessians=False`: the mean input columns only (hessian None), e.g. to see how far a
+    compressed model shifts its layers' inputs.
     """
     from .benchmarking import feeds_layout, fixed_batch, make_inputs
     from .interp.graph import Interpreter

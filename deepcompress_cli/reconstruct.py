@@ -115,7 +115,8 @@ def reconstruct(W: np.ndarray, H: "np.ndarray | Factor | None", grid: Grid | Non
     |w| of the layer go; stages.prune.magnitude_mask).  Pruning keeps exactly
     K·R·G − round((1 − density)·K·R·G) weights: chosen per block of columns among all the
     block's weights (`mask="layer"`, SparseGPT's choice) or the same count in every row
-    (`mask="row"`).  `damp` · mean diag(H) is added to H's diagonal (H of correlated or
+    (`mask="row"`; on EfficientNet-Lite0 it leaves 28 % more output error at density 0.5, 40 %
+    more at 0.3).  `damp` · mean diag(H) is added to H's diagonal (H of correlated or
     constant inputs is singular); columns no sample ever excited (H_jj = 0) are decoupled,
     rounded to nearest, and pruned first when pruning, since they cost nothing.
     `act_order` processes columns by decreasing H_jj (GPTQ's "act-order").  H may be a
@@ -308,7 +309,12 @@ def _lowest_in_rows(score: np.ndarray, count: int) -> np.ndarray:
 
 
 def bias_shift(W: np.ndarray, W_hat: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    """(G, R): (W − Ŵ)·μ, to ADD to the bias so that the layer's mean output stays what it was."""
+    """(G, R): (W − Ŵ)·μ, to ADD to the bias so that the layer's mean output stays what it was.
+
+    μ is the float model's mean input.  Measuring μ on the compressed model instead and
+    correcting every layer at once double-counts: each layer also undoes the shifts its upstream
+    layers' corrections already removed (EfficientNet-Lite0 at 4 bits: 2 % top-1 agreement
+    that way, 87 % with this local shift, 71 % with none)."""
     delta = np.asarray(W, np.float64) - np.asarray(W_hat, np.float64)
     return np.matmul(delta, np.asarray(mean, np.float64)[:, :, None])[:, :, 0]
 
