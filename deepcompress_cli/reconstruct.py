@@ -114,8 +114,8 @@ def reconstruct(W: np.ndarray, H: "np.ndarray | Factor | None", grid: Grid | Non
     H None: the data-free result: nearest rounding after magnitude pruning (the smallest
     |w| of the layer go; stages.prune.magnitude_mask).  Pruning keeps exactly
     K·R·G − round((1 − density)·K·R·G) weights: chosen per block of columns among all the
-    block's weights (`mask="layer"`, SparseGPT's choice) or the same count in every row
-    (`mask="row"`; on EfficientNet-Lite0 it leaves 28 % more output error at density 0.5, 40 %
+    block's weights (`mask="layer"`, SparseGPT's choice), or round((1 − density)·K) go in every
+    row (`mask="row"`; on EfficientNet-Lite0 it leaves 28 % more output error at density 0.5, 40 %
     more at 0.3).  `damp` · mean diag(H) is added to H's diagonal (H of correlated or
     constant inputs is singular); columns no sample ever excited (H_jj = 0) are decoupled,
     rounded to nearest, and pruned first when pruning, since they cost nothing.
