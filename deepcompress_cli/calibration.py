@@ -65,7 +65,8 @@ class LayerStats:
     def covariance(self) -> np.ndarray:
         """(G, K, K) H − μμᵀ: the H to reconstruct with when the bias will absorb the mean shift
         (reconstruct.bias_shift), since the output error left after that is tr(ΔW (H − μμᵀ) ΔWᵀ).
-        On EfficientNet-Lite0 at 4 bits it leaves less error than H on 49 of the 50 layers."""
+        On EfficientNet-Lite0 at 4 bits it leaves less such error than H on 49 of the 50 layers,
+        but end to end it measured no better (logit cosine 0.938 vs 0.940 on 100 eval crops)."""
         return self.hessian - self.mean[:, :, None] * self.mean[:, None, :]
 
 
