@@ -207,10 +207,11 @@ def compress(model, output, *, sparsity=None, layer_sparsity=None, index_bits=No
 # ----------------------------------------------------------------------------------- bench
 
 def bench(*models, baseline=None, data=None, calibrate=None, runs=10, warmup=2, batch_size=1, seed=0, int8=True,
-          ort=False, min_ratio=None, max_accuracy_drop=None, min_cosine=None, check=False, max_data_bytes=None,
-          max_decoded_bytes=None, progress=None) -> dict:
+          ort=False, min_ratio=None, max_accuracy_drop=None, min_cosine=None, min_agreement=None, check=False,
+          max_data_bytes=None, max_decoded_bytes=None, progress=None) -> dict:
     """Size, latency and accuracy (or fidelity) of `models`, as `bench --json` prints it.
 
+    `min_agreement`: top-1 agreement with the baseline's float32 outputs, in % (like `min_cosine`).
     Gates are evaluated (`report["gates"]`, `report["passed"]`) but do not raise: the caller decides
     (the CLI exits 1). `check=True` only lists the ops the interpreter lacks: {"unsupported": {..}}.
     """
@@ -226,7 +227,8 @@ def bench(*models, baseline=None, data=None, calibrate=None, runs=10, warmup=2, 
         from .interp.graph import unsupported_ops
 
         return {"unsupported": {m: sorted(unsupported_ops(load(m).graph)) for m in models}}
-    gates = {"min_ratio": min_ratio, "max_accuracy_drop": max_accuracy_drop, "min_cosine": min_cosine}
+    gates = {"min_ratio": min_ratio, "max_accuracy_drop": max_accuracy_drop, "min_cosine": min_cosine,
+             "min_agreement": min_agreement}
     config = BenchConfig(runs, warmup, batch_size, seed, int8, ort, _opt_path(data), _opt_path(calibrate),
                          _opt_path(baseline), gates, max_data_bytes=max_data_bytes,
                          max_decoded_bytes=max_decoded_bytes)

@@ -599,16 +599,18 @@ def compress(ctx, model, output, fmt, metadata, sparsity, layer_sparsity, index_
                                               "smaller than the baseline's.")
 @click.option("--max-accuracy-drop", type=float, metavar="P", help="Gate: top-1 at most P points below the baseline.")
 @click.option("--min-cosine", type=float, metavar="C", help="Gate: output cosine similarity to the baseline >= C.")
+@click.option("--min-agreement", type=float, metavar="PCT",
+              help="Gate: top-1 agreement with the baseline's float32 outputs >= PCT percent.")
 @click.option("--check", is_flag=True, help="Only list ops the interpreter does not support (exit 2 if any).")
 @data_bytes_option
 @decoded_bytes_option
 @json_option
 @click.pass_context
 def bench(ctx, models, baseline, data, calibrate, runs, warmup, batch_size, seed, int8, ort, min_ratio,
-          max_accuracy_drop, min_cosine, check):
+          max_accuracy_drop, min_cosine, min_agreement, check):
     """Size, latency (fp32 and int8) and accuracy or fidelity of models, side by side.
 
-    Exit status 1 when a gate (--min-ratio, --max-accuracy-drop, --min-cosine) fails.
+    Exit status 1 when a gate (--min-ratio, --max-accuracy-drop, --min-cosine, --min-agreement) fails.
 
     \b
     Examples:
@@ -621,7 +623,8 @@ def bench(ctx, models, baseline, data, calibrate, runs, warmup, batch_size, seed
 
     report = api.bench(*models, baseline=baseline, data=data, calibrate=calibrate, runs=runs, warmup=warmup,
                        batch_size=batch_size, seed=seed, int8=int8, ort=ort, min_ratio=min_ratio,
-                       max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, check=check,
+                       max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, min_agreement=min_agreement,
+                       check=check,
                        max_data_bytes=max_data_bytes(ctx), max_decoded_bytes=max_decoded_bytes(ctx),
                        progress=settings(ctx)["progress"])
     if check:
