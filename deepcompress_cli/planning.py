@@ -163,49 +163,30 @@ def calibration_evidence(package, path: str, max_bytes: int | None = None) -> Ev
     specs = data_mod.input_specs(package.graph.graph)
     arrays = data_mod.load_npz(path, specs, "--calibrate", max_bytes)
     labels = arrays.pop(data_mod.LABELS, None)
-    layout = _layout(specs, arrays)
-    count = _count(arrays, layout)
-    if labels is not None:
-        labels = data_mod.check_labels(labels, {k: v for k, v in arrays.items() if layout.get(k) == 0},
-                                       "--calibrate")
+    layout = data_mod.sample_layout(specs, arrays, "--calibrate")
+    labels = data_mod.check_labels(labels, arrays, "--calibrate", layout)
+    count = data_mod.sample_count(arrays, layout)
     return Evidence(arrays, layout, count, "calibration", path, file_sha256(path), labels)
 
 
 def synthesized_evidence(package, count: int = SYNTHESIZED_SAMPLES, seed: int = 0) -> Evidence:
     """Seeded random inputs shaped as the graph declares (benchmarking.make_inputs); DczError when
     they cannot be made (non-numeric inputs, too large) or the interpreter cannot run the model."""
-    from .benchmarking import make_inputs
+    from .benchmarking import feeds_layout, make_inputs
+    from .data import sample_count
     from .interp.graph import Interpreter
 
     interp = Interpreter(package)
     feeds = make_inputs(interp, None, count, seed)
-    layout = {name: 0 for name in feeds}
-    return Evidence(feeds, layout, _count(feeds, layout), "synthesized")
-
-
-def _layout(specs, arrays) -> dict:
-    try:
-        from .data import sample_layout
-    except ImportError:  # before the data rules land: samples on axis 0
-        return {name: 0 for name in arrays}
-    return sample_layout(specs, arrays)
-
-
-def _count(arrays, layout) -> int:
-    try:
-        from .data import sample_count
-    except ImportError:
-        return len(next(iter(arrays.values())))
-    return sample_count(arrays, layout)
+    layout = feeds_layout(interp, feeds, random=True)
+    return Evidence(feeds, layout, sample_count(feeds, layout), "synthesized")
 
 
 def _select(feeds: dict, layout: dict, index: np.ndarray) -> dict:
     """The samples `index` of every input along its sample axis (shared inputs whole)."""
-    out = {}
-    for name, array in feeds.items():
-        axis = layout.get(name, 0)
-        out[name] = array if axis is None else np.take(array, index, axis=axis)
-    return out
+    from .data import pick
+
+    return pick(feeds, layout, index)
 
 
 # ------------------------------------------------------------------------------------- running
@@ -220,7 +201,7 @@ class Runner:
         self.interp = Interpreter(package)
         self.base = dict(self.interp.weights)
         self.evidence = evidence
-        self.batch = fixed_batch(self.interp) or batch
+        self.batch = fixed_batch(self.interp, evidence.layout) or batch
         self.runs = 0
 
     def run(self, weights: dict | None = None, index: np.ndarray | None = None, progress=None,
@@ -1058,7 +1039,7 @@ def run(package, mode: str, *, goal: list[Target], evidence: Evidence | None, gi
         entries, decoded, facts, biases = planner.realize(settings)
         planner._phase("apply plan", start)
         fid = planner.verify(decoded, biases) if evidence is not None else None
-        _enforce(goal, fid, evidence)
+        _enforce(goal, fid, evidence, "--plan")
         return _outcome(planner, settings, entries, facts, biases, fid, goal, notes=["applied --plan"])
     if evidence is None:
         planner.prepare(need_candidates=False)
@@ -1068,13 +1049,14 @@ def run(package, mode: str, *, goal: list[Target], evidence: Evidence | None, gi
         outcome = _outcome(planner, settings, entries, facts, biases, None, goal)
         outcome.notes.append(f"fidelity not measured: {not_measured or 'no data'}")
         return outcome
-    if not goal:  # the given settings, data-aware where the layer has statistics
+    if given is not None or not goal:  # the given settings, data-aware where the layer has statistics
         planner.prepare(need_candidates=False)
         settings = {layer.name: (given or {}).get(layer.name) or default_setting(mode) for layer in planner.layers}
         start = time.perf_counter()
         entries, decoded, facts, biases = planner.realize(settings)
         planner._phase("apply", start)
         fid = planner.verify(decoded, biases)
+        _enforce(goal, fid, evidence, "the given settings")  # a target with settings: a gate
         return _outcome(planner, settings, entries, facts, biases, fid, goal)
     if any(t.kind == "max_accuracy_drop" for t in goal) and evidence.labels is None:
         raise DczError("--max-accuracy-drop needs `labels` in the --calibrate data")
@@ -1097,10 +1079,10 @@ def run(package, mode: str, *, goal: list[Target], evidence: Evidence | None, gi
     return outcome
 
 
-def _enforce(goal, fid, evidence) -> None:
+def _enforce(goal, fid, evidence, what: str) -> None:
     if goal and fid is not None and not all(t.met(fid) for t in goal):
         failed = next(t for t in goal if not t.met(fid))
-        raise GateFailed(f"--plan reaches {failed.option[2:]} {_figure(failed, fid)}, short of {failed} "
+        raise GateFailed(f"{what} reach {failed.option[2:]} {_figure(failed, fid)}, short of {failed} "
                          f"(on {evidence.describe()}); nothing written")
 
 
@@ -1185,3 +1167,30 @@ def progress_log(enabled) -> callable:
     if enabled is False or (enabled is None and not sys.stderr.isatty()):
         return lambda message: None
     return lambda message: print(f"deepcompress: {message}", file=sys.stderr, flush=True)
+
+
+class Probe:
+    """Fidelity of a stage's result against the model before it: the reference outputs are taken
+    first (the stage changes the package in place), the compressed weights are run after."""
+
+    def __init__(self, package, evidence: Evidence):
+        self.evidence = evidence
+        self.runner = Runner(package, evidence)
+        self.reference = self.runner.run()
+
+    def finish(self, package) -> dict:
+        weights = {t.name: t.decode().reshape(t.shape) for t in package.tensors}
+        fid = measure(self.runner.run(weights), self.reference, self.evidence.labels)
+        ev = self.evidence
+        return {**rounded(fid), "measured": True, "data": ev.kind, "source": ev.source, "described": ev.describe()}
+
+
+def evidence_for(package, calibrate: str | None, max_bytes: int | None = None) -> tuple[Evidence | None, str | None]:
+    """(evidence, None) from --calibrate, else synthesized inputs; (None, why) when neither can be
+    had (bad --calibrate data is an error instead: exit 2)."""
+    if calibrate is not None:
+        return calibration_evidence(package, calibrate, max_bytes), None
+    try:
+        return synthesized_evidence(package), None
+    except DczError as e:
+        return None, str(e)
