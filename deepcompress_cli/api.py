@@ -322,6 +322,16 @@ def _planned(mode, model, output, searching, given_fn, configs, include, exclude
     _check_names(package, configs)
     input_bytes = package.file_bytes
     before = sum(t.stored_bytes for t in package.tensors)
+    peer = None
+    if report:  # the peer: gzip of the model as a plain .onnx (over 2 GiB: one line, nothing written)
+        import zlib
+
+        from .container import serialize
+        from .onnx_io import to_onnx
+
+        original = serialize(to_onnx(package), "ONNX model")
+        peer = len(original), len(zlib.compress(original, 9))
+        del original
     plan = planning.read_plan(searching["plan"]) if searching["plan"] else None
     goal, default = list(searching["goal"]), searching["default"]
     calibrate = searching["calibrate"]
@@ -373,14 +383,8 @@ def _planned(mode, model, output, searching, given_fn, configs, include, exclude
             "lossless": outcome.lossless, "notes": outcome.notes, "phases": outcome.phases,
             "verify_runs": outcome.verifies, "plan_out": searching["plan_out"], "plan": searching["plan"],
             "warnings": []}
-    if report:
-        import zlib
-
-        from .container import serialize
-        from .onnx_io import to_onnx
-
-        original = serialize(to_onnx(load(model, include, exclude)), "ONNX model")
-        data["onnx_bytes"], data["gzip9_bytes"] = len(original), len(zlib.compress(original, 9))
+    if peer is not None:
+        data["onnx_bytes"], data["gzip9_bytes"] = peer
     return data
 
 
