@@ -52,6 +52,11 @@ DEFAULT_MIN_COSINE = 0.995
 DEFAULT_MIN_COSINE_SYNTHESIZED = 0.999
 SYNTHESIZED_SAMPLES = 32
 WARN_COSINE = 0.99  # the fixed recipe (explicit --sparsity/--bits) warns below this
+# On synthesized inputs only settings that are safe whatever the real data: fine steps (at most
+# RMS/8 per channel), no pruning (prune: at most half), nearest rounding, no bias correction.
+SYNTHESIZED_MIN_STEP = 6
+SYNTHESIZED_MIN_BITS = 5
+SYNTHESIZED_MIN_DENSITY = 0.5
 
 # The candidate spaces. A step is the row's RMS × 2^(-j/2): j = 0 is about 3 levels per row, each
 # +2 halves the step (one more bit); codes are exact integers n, |n| <= LEVELS.
@@ -434,7 +439,7 @@ def gap_cost(keep_flat: np.ndarray) -> tuple[int, int, int]:
 
 # ------------------------------------------------------------------------------------- candidates
 
-def _candidates(layer: Layer, mode: str, scale_codec: bool) -> list:
+def _candidates(layer: Layer, mode: str, scale_codec: bool, synthesized: bool = False) -> list:
     """[(Setting, bytes, D)] of one layer: D from the layer's Hessian, bytes from exact histograms.
 
     To stay fast the quantization part is estimated with nearest rounding of the (SparseGPT-updated)
@@ -455,6 +460,8 @@ def _candidates(layer: Layer, mode: str, scale_codec: bool) -> list:
     densities = DENSITIES if mode in ("compress", "prune") else (1.0,)
     if mode == "compress" and not scale_codec:
         densities = (1.0,)  # sparse codes with per-channel steps need the scale codec
+    if synthesized:  # random inputs say nothing about which weights real data needs: no pruning
+        densities = (1.0,) if mode != "prune" else tuple(d for d in DENSITIES if d >= SYNTHESIZED_MIN_DENSITY)
     for d in densities:
         if d < 1 and d * W.size < 1:
             continue
@@ -474,9 +481,11 @@ def _candidates(layer: Layer, mode: str, scale_codec: bool) -> list:
             out.append((Setting(density=d), gap_bytes + 4 * (kept + fillers) + STREAM_OVERHEAD, Dp))
             continue
         if mode == "share":
-            out.extend(_share_candidates(layer, Wd, keep, diag, base, rms_c, scale_codec))
+            out.extend(_share_candidates(layer, Wd, keep, diag, base, rms_c, scale_codec, synthesized))
             continue
         for j in STEP_EXPONENTS:
+            if synthesized and j < SYNTHESIZED_MIN_STEP:
+                continue
             step = _matrix_rows(layer, _channel_steps(rms_c, j))[..., None]
             n = np.clip(np.rint(Wd / step), -LEVELS, LEVELS)
             n[~keep] = 0
@@ -495,7 +504,7 @@ def _candidates(layer: Layer, mode: str, scale_codec: bool) -> list:
     return out
 
 
-def _share_candidates(layer, Wd, keep, diag, base, rms_c, scale_codec):
+def _share_candidates(layer, Wd, keep, diag, base, rms_c, scale_codec, synthesized=False):
     from .kmeans import kmeans_1d
 
     scale = _matrix_rows(layer, rms_c.astype(np.float32).astype(np.float64))[..., None] if scale_codec \
@@ -505,6 +514,8 @@ def _share_candidates(layer, Wd, keep, diag, base, rms_c, scale_codec):
     channels, _ = _channel_layout(layer)
     out = []
     for bits in SHARE_BITS:
+        if synthesized and bits < SYNTHESIZED_MIN_BITS:
+            continue
         centroids, labels, _ = kmeans_1d(scaled.reshape(-1), 1 << bits)
         centroids = np.asarray(centroids, dtype=np.float32).astype(np.float64)
         err = (centroids[labels].reshape(Wd.shape) - scaled) * scale
@@ -749,7 +760,8 @@ def _apply_share(layer: Layer, setting: Setting, aware: bool, scale_codec: bool)
     return new, new.decode().reshape(shape), {"levels": len(centroids), "index_bits": None}
 
 
-def bias_corrections(layers: list[Layer], decoded: dict[str, np.ndarray], package) -> dict[str, np.ndarray]:
+def bias_corrections(layers: list[Layer], decoded: dict[str, np.ndarray], package,
+                     settings: dict | None = None) -> dict[str, np.ndarray]:
     """Bias name -> corrected bias: each output's mean shift (W − Ŵ)·μ over the calibration inputs
     moved into the layer's stored bias. A layer without a stored bias is left as it is (adding
     one would change the graph, for an error GPTQ already keeps small)."""
@@ -761,6 +773,8 @@ def bias_corrections(layers: list[Layer], decoded: dict[str, np.ndarray], packag
     for layer in layers:
         stats = layer.stats
         if stats is None or stats.bias is None or stats.bias not in by_name or layer.name not in decoded:
+            continue
+        if settings is not None and layer.name in settings and not settings[layer.name].data_aware:
             continue
         bias_t = by_name[stats.bias]
         bias = out.get(stats.bias, bias_t.decode()).astype(np.float64).reshape(-1)
@@ -837,8 +851,13 @@ class Planner:
         work = [layer for layer in self.layers if layer.stats is not None and layer.gain is not None and layer.base > 0]
         work.sort(key=lambda layer: -layer.weight.size)
 
+        synthesized = ev.kind == "synthesized"
+
         def evaluate(layer):
-            layer.candidates = _candidates(layer, self.mode, self.scale_codec)
+            layer.candidates = _candidates(layer, self.mode, self.scale_codec, synthesized)
+            if synthesized:  # GPTQ/SparseGPT would fit the random inputs: nearest rounding, magnitude
+                layer.candidates = [(Setting(c[0].density, c[0].step, c[0].bits, False), *c[1:])
+                                    for c in layer.candidates]
             return layer
 
         bar = self.progress
@@ -876,7 +895,8 @@ class Planner:
             results = [one(layer) for layer in work]
         for name, (entry, weight, fact) in results:
             entries[name], decoded[name], facts[name] = entry, weight, fact
-        biases = bias_corrections(self.layers, decoded, self.package) if self.evidence is not None else {}
+        aware = self.evidence is not None and self.evidence.kind == "calibration"
+        biases = bias_corrections(self.layers, decoded, self.package, settings) if aware else {}
         return entries, decoded, facts, biases
 
     def verify(self, decoded: dict, biases: dict, index: np.ndarray | None = None) -> dict | None:
