@@ -187,3 +187,13 @@ def test_mnist_cnn_accuracy_target(cli, tmp_path):
                       "--max-accuracy-drop", "0.3")
     assert report["target_met"] and report["fidelity"]["accuracy_drop"] <= 0.3
     assert report["ratio_file"] > 20
+
+
+def test_planned_output_does_not_depend_on_jobs(cli, tmp_path):
+    outs = []
+    for jobs in ("1", "2"):
+        out = tmp_path / f"j{jobs}.dcz"
+        result = cli("-j", jobs, "compress", LENET5, "-o", out, "--calibrate", TRAIN, "--min-agreement", "98")
+        assert result.exit_code == 0, result.stderr
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
