@@ -20,7 +20,8 @@ import sys
 
 from .errors import DczError
 
-__all__ = ["load", "info", "pack", "export", "prune", "share", "quantize", "huffman", "svd", "compress", "bench"]
+__all__ = ["load", "info", "pack", "export", "prune", "share", "quantize", "huffman", "svd", "compress", "bench",
+           "prepare_data"]
 
 # Bounds of one `metadata` entry, in UTF-8 bytes, and of the entries of a file (the reader's are wider).
 METADATA_KEY_BYTES = 256
@@ -419,6 +420,23 @@ def bench(*models, baseline=None, data=None, calibrate=None, runs=10, warmup=2, 
     report = run_bench(models, config, progress_bar(progress))
     report["passed"] = all(g["passed"] for g in report["gates"])
     return report
+
+
+# ----------------------------------------------------------------------------------- data
+
+def prepare_data(source, output, *, model=None, input=None, key=None, labels=None, layout=None,
+                 source_layout="NHWC", size=None, scale=1.0, mean=0.0, std=1.0, dtype=None, take=None,
+                 max_data_bytes=None, progress=None) -> dict:
+    """The `data` command: raw arrays (`source` an .npz/.npy) or a folder of image files (with
+    Pillow) -> a model-ready .npz at `output`, value = (x * scale - mean) / std, as `data --json`
+    reports it. `model` fills in the input name, layout, size and dtype its graph input declares.
+    `size` is H, (H, W) or "H,W"; `mean`/`std` one number or one per channel. See preprocess.py."""
+    from .preprocess import PrepConfig, prepare
+
+    config = PrepConfig(input, key, labels, layout, source_layout, size, scale, mean, std, dtype, take)
+    bar = progress_bar(progress)
+    return prepare(_path(source), _path(output), config, _opt_path(model), max_data_bytes,
+                   lambda items, **kw: bar(items, **kw))
 
 
 # ----------------------------------------------------------------------------------- helpers

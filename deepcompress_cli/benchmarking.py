@@ -70,23 +70,24 @@ def graph_specs(interp) -> list[InputSpec]:
 
 
 def make_inputs(interp, data: dict | None, count: int, seed: int,
-                max_bytes: int = MAX_RANDOM_INPUT_BYTES) -> dict[str, np.ndarray]:
+                max_bytes: int = MAX_RANDOM_INPUT_BYTES, option: str = "--data") -> dict[str, np.ndarray]:
     """`count` samples per input: the arrays of `data` (checked against the inputs, in their
     dtypes), or seeded random numbers laid out as `data.declared_layout` says (as many of `count`
-    as fit in `max_bytes`; not even one is a one-line error)."""
+    as fit in `max_bytes`; not even one is a one-line error). `option`: the data option the
+    messages name (bench's --data, compress's --calibrate)."""
     specs = graph_specs(interp)
     if data is not None:
-        sample_layout(specs, data)  # names, shapes and dtypes, one line each
+        sample_layout(specs, data, option)  # names, shapes and dtypes, one line each
         return {s.name: convert(data[s.name], s) for s in specs}
     layout = declared_layout(specs)
     scalar = next((s for s in specs if layout[s.name] is None and not s.dims), None)
     if scalar is not None:
         raise DczError(f"random inputs: the model's input {scalar.name!r} is a scalar {scalar.dtype}, a setting "
                        "shared by every sample (such as a sample rate) that random numbers cannot stand for: give "
-                       f"--data with a 0-d array {scalar.name!r}")
+                       f"{option} with a 0-d array {scalar.name!r}")
     text = next((s.name for s in specs if s.dtype.kind not in "biuf"), None)
     if text is not None:
-        raise DczError(f"random inputs: input {text!r} is not numeric; give --data")
+        raise DczError(f"random inputs: input {text!r} is not numeric; give {option}")
 
     def shape(spec, n):
         dims = [d if d else 1 for d in (spec.dims if spec.dims is not None else (None,))]
@@ -102,7 +103,7 @@ def make_inputs(interp, data: dict | None, count: int, seed: int,
             spec = max((s for s in specs if layout[s.name] is not None),
                        key=lambda s: math.prod(shape(s, 1)) * s.dtype.itemsize)
             raise DczError(f"random inputs: one sample takes {sample_bytes:,} bytes (input {spec.name!r} is "
-                           f"{shape(spec, 1)} {spec.dtype}), over the {max_bytes:,}-byte limit: give --data")
+                           f"{shape(spec, 1)} {spec.dtype}), over the {max_bytes:,}-byte limit: give {option}")
     rng = np.random.default_rng(seed)
     feeds = {}
     for spec in specs:

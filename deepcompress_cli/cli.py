@@ -716,5 +716,60 @@ def bench(ctx, models, baseline, data, calibrate, runs, warmup, batch_size, seed
     enforce(report)
 
 
+@main.command("data")
+@click.argument("source", metavar="SRC")
+@click.option("-o", "--output", required=True, metavar="OUT.npz",
+              help="Output .npz ('-' for stdout). Written atomically; never the source, an image or the model.")
+@click.option("--model", metavar="MODEL", help="Take the input name, layout, size and dtype from this model's graph "
+                                               "input when not given, and check the result against it.")
+@click.option("--input", "input_name", metavar="NAME", help="Name of the output array: the model's input.")
+@click.option("--key", metavar="KEY", help="The array of SRC (.npz) to convert [default: the only one besides the labels].")
+@click.option("--labels", metavar="KEY", help="SRC's array of class ids, written as `labels` [default: `labels` if present].")
+@click.option("--layout", type=click.Choice(["NCHW", "NHWC"], case_sensitive=False),
+              help="Axis order of the output [default: the model's, else the source's].")
+@click.option("--source-layout", type=click.Choice(["NHWC", "NCHW"], case_sensitive=False), default="NHWC",
+              show_default=True, help="Axis order of 4-D source arrays (N x H x W arrays are gray images).")
+@click.option("--size", metavar="H[,W]", help="Center-crop to this aspect ratio and resize (antialiased bilinear) "
+                                              "[default: the model's fixed H and W, else no resize].")
+@click.option("--scale", type=float, default=1.0, show_default=True, help="value = (x * SCALE - MEAN) / STD.")
+@click.option("--mean", default="0", show_default=True, metavar="M[,M,M]", help="One value, or one per channel.")
+@click.option("--std", default="1", show_default=True, metavar="S[,S,S]", help="One value, or one per channel.")
+@click.option("--dtype", metavar="DTYPE", help="float32, float16, float64, uint8, int8, int16, int32 or int64 "
+                                               "[default: the model's input dtype, else float32].")
+@click.option("--take", type=int, metavar="N", help="Only the first N samples (images: by sorted path).")
+@data_bytes_option
+@json_option
+@click.pass_context
+def data_command(ctx, source, output, model, input_name, key, labels, layout, source_layout, size, scale, mean, std,
+                 dtype, take):
+    """Turn raw arrays or image files (SRC) into a model-ready .npz for --data, --calibrate, --train.
+
+    SRC is an .npz or .npy of raw samples (e.g. uint8 images N x H x W x 3) or, with Pillow
+    (pip install 'deepcompress[images]'), a folder of image files, sorted by path, labelled by
+    their sub-folder when they are in sub-folders. value = (x * scale - mean) / std, computed in
+    float64 and cast once to --dtype. The same command writes the same bytes.
+
+    \b
+    Examples:
+      deepcompress data photos.npz --key images -o calib.npz --model efficientnet_lite0.onnx --mean 127 --std 128
+      deepcompress data mnist.npz --key images -o test.npz --input input --layout NCHW --scale 0.00392156862745098 --mean 0.5 --std 0.5
+      deepcompress data images/ -o calib.npz --model resnet50.onnx --size 224 --scale 0.00392156862745098 \\
+          --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --take 256
+    """
+    from . import api
+    from .report import human_bytes
+
+    data = api.prepare_data(source, output, model=model, input=input_name, key=key, labels=labels, layout=layout,
+                            source_layout=source_layout, size=size, scale=scale, mean=mean, std=std, dtype=dtype,
+                            take=take, max_data_bytes=max_data_bytes(ctx), progress=settings(ctx)["progress"])
+    layout_text = f" ({data['layout']})" if data["layout"] else ""
+    labels_text = (f"labels ({len(data['classes'])} classes: {', '.join(data['classes'][:5])}"
+                   f"{', ...' if len(data['classes']) > 5 else ''})" if data.get("classes")
+                   else "labels" if data["labels"] else "no labels")
+    size_text = human_bytes(data["bytes"]) if data["bytes"] is not None else "written"
+    emit(ctx, data, f"{output}: {data['samples']} samples, {data['input']!r} {data['dtype']} {data['shape']}"
+                    f"{layout_text}, {labels_text}, {size_text}", stdout_taken=output == "-")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -33,7 +33,8 @@ Sample layout (`sample_layout`): which axis of each input's array holds the samp
 - A shared input, the same for every sample and passed whole to every batch: a 0-d array for a
   scalar input (a sample rate `sr`), or, for an input with no symbolic dim, an array of exactly
   the declared shape when another input carries the samples. When no input has a symbolic dim
-  (a fixed-batch model), every input has its samples on axis 0 instead.
+  (a fixed-batch model), every input has its samples on axis 0 instead, unless the counts then
+  differ: arrays of exactly their declared shape are then the shared ones.
 - `labels` (and the model's outputs) have their samples on axis 0.
 Every input with samples must have as many as the others. A wrong rank, a wrong fixed dim, a
 scalar input given an array (or the reverse) is a one-line DczError naming the input, what the
@@ -212,7 +213,7 @@ def _layout(specs: list[InputSpec], shapes: dict[str, tuple], where: str) -> dic
     batch = _batch_name(specs)
     symbolic = any(s.dims is None or None in s.dims for s in specs)
     layout: dict[str, int | None] = {}
-    deferred = []
+    deferred, exact = [], []
 
     def mismatch(spec, axis=None, why=""):
         shape, dtype = shapes[spec.name]
@@ -247,6 +248,8 @@ def _layout(specs: list[InputSpec], shapes: dict[str, tuple], where: str) -> dic
                 layout[spec.name] = 0  # a fixed batch beside inputs with a symbolic one
             else:
                 check_dims(spec, 0)
+                if shape == spec.dims:
+                    exact.append(spec.name)
         else:
             axis = _named_axis(spec, batch)
             if axis is None and spec.dims[0] is None:
@@ -256,6 +259,13 @@ def _layout(specs: list[InputSpec], shapes: dict[str, tuple], where: str) -> dic
             else:
                 check_dims(spec, axis)
     counts = {name: shapes[name][0][axis] for name, axis in layout.items() if axis is not None}
+    if len(set(counts.values())) > 1 and len(exact) < len(counts):
+        # all dims fixed, counts differ: arrays of exactly their declared shape are shared
+        # ([1, 2] image sizes beside [1, 3, 416, 416] images given as [n, 3, 416, 416])
+        rest = {name: count for name, count in counts.items() if name not in exact}
+        if len(set(rest.values())) == 1:
+            layout.update({name: None for name in exact})
+            counts = rest
     if len(set(counts.values())) > 1:
         raise DczError(f"{where}: the inputs have different sample counts: "
                        + ", ".join(f"{k!r} {v} (axis {layout[k]})" for k, v in counts.items()))
@@ -278,12 +288,15 @@ def _layout(specs: list[InputSpec], shapes: dict[str, tuple], where: str) -> dic
 
 
 def load_npz(path: str, specs: list[InputSpec] | None = None, option: str = "--data",
-             max_bytes: int | None = None, labels: bool = True) -> dict[str, np.ndarray]:
-    """The arrays of `path` the model needs: one per spec (in its declared dtype) and `labels`
-    when present and `labels` is true; every array when `specs` is None. All of them with one
-    row per sample and the same number of samples (>= 1). Any problem is a one-line DczError."""
+             max_bytes: int | None = None, labels: bool = True, keys: list[str] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of `path` the model needs: one per spec (in its declared dtype, laid out as
+    `sample_layout` says) and `labels` when present and `labels` is true; without `specs`, the
+    arrays named in `keys` (default: every one) with their samples on axis 0. All with the same
+    number of samples (>= 1). Any problem is a one-line DczError."""
     max_bytes = MAX_DATA_BYTES if max_bytes is None else max_bytes
     where = f"{option} {path}"
+    if specs is None and keys is not None:
+        specs, labels = None, False
     with _open_regular(path, where) as f:
         head = f.read(8)
         if head.startswith(np.lib.format.MAGIC_PREFIX):
@@ -295,6 +308,12 @@ def load_npz(path: str, specs: list[InputSpec] | None = None, option: str = "--d
         try:
             with zipfile.ZipFile(f) as archive:
                 members = _members(archive, where)
+                if keys is not None and specs is None:
+                    missing = next((k for k in keys if k not in members), None)
+                    if missing is not None:
+                        have = ", ".join(repr(k) for k in list(members)[:8]) or "none"
+                        raise DczError(f"{where}: no array named {missing!r} (the file has {have})")
+                    members = {k: members[k] for k in keys}
                 wanted = _wanted(members, specs, labels, where)
                 headers = {key: _header(archive, members[key], where, key) for key in wanted}
                 _check(headers, {s.name: s for s in specs or ()}, where, max_bytes)
@@ -305,6 +324,20 @@ def load_npz(path: str, specs: list[InputSpec] | None = None, option: str = "--d
     for spec in specs or ():
         arrays[spec.name] = convert(arrays[spec.name], spec, where)
     return arrays
+
+
+def npz_keys(path: str, option: str = "--data") -> list[str]:
+    """The names of the arrays in the .npz `path`, in file order (nothing is decompressed)."""
+    where = f"{option} {path}"
+    with _open_regular(path, where) as f:
+        if f.read(4) not in _ZIP_MAGIC:
+            raise DczError(f"{where}: not an .npz file (no zip header)")
+        f.seek(0)
+        try:
+            with zipfile.ZipFile(f) as archive:
+                return list(_members(archive, where))
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError) as e:
+            raise DczError(f"{where}: not a readable .npz ({str(e)[:80]})") from None
 
 
 def convert(array: np.ndarray, spec: InputSpec, where: str = "--data") -> np.ndarray:

@@ -68,6 +68,27 @@ class Grid:
         return (q * step if step is not None else q), codes
 
 
+def uniform_step(W: np.ndarray, levels: int, H: np.ndarray | None = None, shrinks: int = 16,
+                 lowest: float = 0.4) -> np.ndarray:
+    """(G, R) per-row steps of a [-levels, levels] grid: max|w_row| / levels shrunk by the factor
+    in [lowest, 1] whose nearest rounding costs the row least, Σ_k H_kk (w_k − q_k)² (H None: plain
+    squared error).  Clipping a few large weights buys a finer step for all the others; at 4 bits
+    and below that is worth more than the range (the "mse" grid of GPTQ's code)."""
+    W = np.asarray(W, dtype=np.float64)
+    top = np.abs(W).max(-1) / levels  # (G, R)
+    weight = np.ones(W.shape[::2])[:, None, :] if H is None else \
+        np.maximum(np.diagonal(np.asarray(H, np.float64), axis1=1, axis2=2), 0)[:, None, :]
+    best, best_err = top.copy(), np.full(top.shape, np.inf)
+    for factor in np.linspace(1.0, lowest, shrinks):
+        step = (top * factor)[..., None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = np.where(step > 0, np.clip(np.rint(W / step), -levels, levels), 0) * step
+        err = (weight * (W - q) ** 2).sum(-1)
+        better = err < best_err
+        best[better], best_err[better] = top[better] * factor, err[better]
+    return best
+
+
 def nearest(values: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Index of the nearest of the sorted `values` to each x (ties: the lower one)."""
     if len(values) == 1:
@@ -84,7 +105,7 @@ class Result:
     keep: np.ndarray  # (G, R, K) bool: False where pruned (a kept weight may still round to 0)
 
 
-def reconstruct(W: np.ndarray, H: np.ndarray | None, grid: Grid | None, density: float = 1.0,
+def reconstruct(W: np.ndarray, H: "np.ndarray | Factor | None", grid: Grid | None, density: float = 1.0,
                 damp: float = 0.01, block: int = 128, mask: str = "layer",
                 act_order: bool = False) -> Result:
     """Ŵ on `grid` (None: any float) with `density` of the weights kept, minimizing
@@ -93,11 +114,13 @@ def reconstruct(W: np.ndarray, H: np.ndarray | None, grid: Grid | None, density:
     H None: the data-free result: nearest rounding after magnitude pruning (the smallest
     |w| of the layer go; stages.prune.magnitude_mask).  Pruning keeps exactly
     K·R·G − round((1 − density)·K·R·G) weights: chosen per block of columns among all the
-    block's weights (`mask="layer"`, SparseGPT's choice) or the same count in every row
-    (`mask="row"`).  `damp` · mean diag(H) is added to H's diagonal (H of correlated or
+    block's weights (`mask="layer"`, SparseGPT's choice), or round((1 − density)·K) go in every
+    row (`mask="row"`; on EfficientNet-Lite0 it leaves 28 % more output error at density 0.5, 40 %
+    more at 0.3).  `damp` · mean diag(H) is added to H's diagonal (H of correlated or
     constant inputs is singular); columns no sample ever excited (H_jj = 0) are decoupled,
     rounded to nearest, and pruned first when pruning, since they cost nothing.
-    `act_order` processes columns by decreasing H_jj (GPTQ's "act-order").
+    `act_order` processes columns by decreasing H_jj (GPTQ's "act-order").  H may be a
+    `factor(H, damp, act_order)` computed once for several calls on the same layer.
     """
     W = np.asarray(W, dtype=np.float64)
     if W.ndim != 3:
@@ -112,22 +135,40 @@ def reconstruct(W: np.ndarray, H: np.ndarray | None, grid: Grid | None, density:
     drop = int(round((1 - density) * W.size))
     if H is None:
         return _data_free(W, grid, drop)
-    H = np.asarray(H, dtype=np.float64)
-    if H.shape != (G, K, K):
-        raise DczError(f"reconstruct: H must be {(G, K, K)}, got {H.shape}")
+    f = H if isinstance(H, Factor) else factor(H, damp, act_order)
+    if f.U.shape != (G, K, K):
+        raise DczError(f"reconstruct: H must be {(G, K, K)}, got {f.U.shape}")
     if W.size == 0:
         return Result(W.copy(), np.zeros(W.shape, np.int64), np.ones(W.shape, bool))
+    if f.order is not None:
+        W = np.take_along_axis(W, f.order[:, None, :], axis=2)
+    result = _gptq(W, f.U, f.dead, grid, drop, block, mask)
+    if f.order is not None:
+        inverse = np.argsort(f.order, axis=1)[:, None, :]
+        result = Result(*(np.take_along_axis(a, inverse, axis=2) for a in (result.weights, result.codes, result.keep)))
+    return result
+
+
+@dataclass
+class Factor:
+    """What `reconstruct` needs of H, computed once for all the grids and densities tried on a layer."""
+    U: np.ndarray  # (G, K, K) upper, UᵀU = (H + λI)⁻¹ (columns in `order`)
+    dead: np.ndarray  # (G, K) bool: inputs no sample excited
+    order: np.ndarray | None  # (G, K) column order (act-order), None: as stored
+
+
+def factor(H: np.ndarray, damp: float = 0.01, act_order: bool = False) -> Factor:
+    """The inverse Cholesky factor of damped H: pass it to `reconstruct` in place of H (its
+    `damp` and `act_order` then come from here)."""
+    H = np.asarray(H, dtype=np.float64)
+    if H.ndim != 3 or H.shape[1] != H.shape[2]:
+        raise DczError(f"reconstruct: H must be (groups, inputs, inputs), got shape {H.shape}")
     order = None
     if act_order:  # one order for all groups would not fit them all: sort each group's columns
         order = np.argsort(-np.diagonal(H, axis1=1, axis2=2), axis=1, kind="stable")  # (G, K)
-        W = np.take_along_axis(W, order[:, None, :], axis=2)
         H = np.take_along_axis(np.take_along_axis(H, order[:, :, None], axis=1), order[:, None, :], axis=2)
     U, dead = _inverse_cholesky(H, damp)
-    result = _gptq(W, U, dead, grid, drop, block, mask)
-    if order is not None:
-        inverse = np.argsort(order, axis=1)[:, None, :]
-        result = Result(*(np.take_along_axis(a, inverse, axis=2) for a in (result.weights, result.codes, result.keep)))
-    return result
+    return Factor(U, dead, order)
 
 
 def _data_free(W: np.ndarray, grid: Grid | None, drop: int) -> Result:
@@ -268,7 +309,12 @@ def _lowest_in_rows(score: np.ndarray, count: int) -> np.ndarray:
 
 
 def bias_shift(W: np.ndarray, W_hat: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    """(G, R): (W − Ŵ)·μ, to ADD to the bias so that the layer's mean output stays what it was."""
+    """(G, R): (W − Ŵ)·μ, to ADD to the bias so that the layer's mean output stays what it was.
+
+    μ is the float model's mean input.  Measuring μ on the compressed model instead and
+    correcting every layer at once double-counts: each layer also undoes the shifts its upstream
+    layers' corrections already removed (EfficientNet-Lite0 at 4 bits: 2 % top-1 agreement
+    that way, 87 % with this local shift, 71 % with none)."""
     delta = np.asarray(W, np.float64) - np.asarray(W_hat, np.float64)
     return np.matmul(delta, np.asarray(mean, np.float64)[:, :, None])[:, :, 0]
 

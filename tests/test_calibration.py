@@ -63,7 +63,8 @@ def test_conv_hessian_is_brute_force_im2col(x_shape, w_shape, attrs):
     stats = calibration.collect(package, {"x": x}, batch=2, max_columns=10 ** 6)["w"]
     h, mean, count = brute_conv(x, w_shape, attrs.get("strides", (1, 1)), attrs.get("pads", (0, 0, 0, 0)),
                                 attrs.get("dilations", (1, 1)), attrs.get("group", 1))
-    assert (stats.op, stats.axis, stats.groups, stats.count, stats.bias) == ("Conv", 0, attrs.get("group", 1), count, "b")
+    group = attrs.get("group", 1)
+    assert (stats.op, stats.axis, stats.groups, stats.count, stats.bias) == ("Conv", 0, group, count, "b")
     np.testing.assert_allclose(stats.hessian, h, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(stats.mean, mean, rtol=1e-5, atol=1e-6)
     wm = calibration.to_matrix(w, stats)
@@ -71,6 +72,7 @@ def test_conv_hessian_is_brute_force_im2col(x_shape, w_shape, attrs):
     np.testing.assert_array_equal(calibration.from_matrix(wm, w.shape, stats), w)
     # output energy = mean squared output of the bias-free layer over the columns
     assert stats.output_energy == pytest.approx(np.einsum("grk,gkl,grl->", wm, h, wm), rel=1e-5)
+    np.testing.assert_allclose(stats.covariance(), h - mean[:, :, None] * mean[:, None, :], rtol=1e-4, atol=1e-5)
 
 
 def test_sampled_columns_are_deterministic_and_converge():
@@ -139,6 +141,12 @@ def test_shared_weight_accumulates_every_use_and_odd_uses_are_skipped():
     assert set(calibration.collect(package, {"x": x, "x2": x2}, names={"v"})) == {"v"}
 
 
+def test_layers_too_wide_for_their_hessian_are_left_out(monkeypatch):
+    package, _ = conv_package((2, 4, 5, 5), (3, 4, 3, 3))
+    monkeypatch.setattr(calibration, "MAX_INPUTS", 35)
+    assert calibration.collect(package, {"x": RNG.standard_normal((2, 4, 5, 5)).astype(np.float32)}) == {}
+
+
 def test_batch_norm_folded_by_the_interpreter_gives_row_scale():
     w = RNG.standard_normal((3, 2, 3, 3))
     gamma, var = np.array([2.0, -1.0, 0.5]), np.array([1.0, 3.0, 0.25])
@@ -150,3 +158,24 @@ def test_batch_norm_folded_by_the_interpreter_gives_row_scale():
     stats = calibration.collect(package, {"x": RNG.standard_normal((2, 2, 5, 5)).astype(np.float32)})["w"]
     np.testing.assert_allclose(stats.row_scale, (gamma / np.sqrt(var))[None], rtol=1e-6)
     assert stats.bias is None  # the conv has none: the folded one is the interpreter's, not stored
+
+
+def test_inputs_batched_on_axis_1_are_sliced_there():
+    w = RNG.standard_normal((4, 3))
+    package = package_of([helper.make_node("MatMul", ["h", "w"], ["y"])],
+                         [helper.make_tensor_value_info("h", TensorProto.FLOAT, [2, "N", 4])],
+                         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], {"w": w})
+    h = RNG.standard_normal((2, 7, 4)).astype(np.float32)
+    stats = calibration.collect(package, {"h": h}, batch=3)["w"]
+    cols = h.reshape(-1, 4).astype(np.float64)
+    assert stats.count == 14
+    np.testing.assert_allclose(stats.hessian[0], cols.T @ cols / 14, rtol=1e-5, atol=1e-6)
+
+
+def test_means_only():
+    package, _ = conv_package((2, 3, 6, 6), (4, 3, 3, 3), pads=[1, 1, 1, 1])
+    x = RNG.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    full = calibration.collect(package, {"x": x})["w"]
+    means = calibration.collect(package, {"x": x}, hessians=False)["w"]
+    assert means.hessian is None and means.count == full.count
+    np.testing.assert_allclose(means.mean, full.mean)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepcompress_cli.reconstruct import Grid, bias_shift, layer_error, reconstruct
+from deepcompress_cli.reconstruct import Grid, bias_shift, factor, layer_error, reconstruct, uniform_step
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 RNG = np.random.default_rng(0)
@@ -64,6 +64,9 @@ def test_blocks_and_act_order_do_not_change_the_algorithm():
     a, b = reconstruct(W, H, grid, block=128), reconstruct(W, H, grid, block=7)
     np.testing.assert_allclose(a.weights, b.weights, atol=1e-9)
     ordered = reconstruct(W, H, grid, act_order=True)
+    np.testing.assert_array_equal(reconstruct(W, factor(H, act_order=True), grid).weights, ordered.weights)
+    np.testing.assert_array_equal(reconstruct(W, factor(H), grid, density=0.5).weights,
+                                  reconstruct(W, H, grid, density=0.5).weights)
     assert layer_error(W, ordered.weights, H) < layer_error(W, reconstruct(W, None, grid).weights, H)
 
 
@@ -171,9 +174,59 @@ def test_degenerate_layers():
     assert reconstruct(Wd, Hd, uniform_grid(Wd, 7)).weights.shape == (3000, 1, 9)
 
 
+def test_uniform_step_search_never_loses_to_the_full_range():
+    W = RNG.standard_t(3, (2, 6, 50))  # heavy tails: clipping pays
+    H = hessian(correlated_inputs(200, 50, 0, groups=2))
+    for h in (None, H):
+        step = uniform_step(W, 7, h)
+        top = np.abs(W).max(-1) / 7
+        assert np.all(step <= top + 1e-15) and np.all(step >= 0.4 * top - 1e-15)
+        weight = 1 if h is None else np.diagonal(H, axis1=1, axis2=2)[:, None, :]
+        cost = lambda s: (weight * (W - Grid(s, 7).round(W)[0]) ** 2).sum(-1)  # noqa: E731
+        assert np.all(cost(step) <= cost(top) + 1e-12) and cost(step).sum() < cost(top).sum()
+    assert np.all(uniform_step(np.zeros((1, 2, 3)), 7) == 0)
+
+
 def test_layer_error_is_the_output_mse():
     X = correlated_inputs(300, 10, 0)
     W, W_hat = RNG.standard_normal((1, 4, 10)), RNG.standard_normal((1, 4, 10))
     mse_sum = ((X[0] @ (W - W_hat)[0].T) ** 2).sum(1).mean()
     assert layer_error(W, W_hat, hessian(X)) == pytest.approx(mse_sum)
     assert layer_error(W, W_hat, None) == pytest.approx(((W - W_hat) ** 2).sum())
+
+
+def mnist(name: str, count: int):
+    data = np.load(SHARED / "data" / f"{name}.npz")
+    return ((data["images"][:count].astype(np.float32) / 255 - 0.5) / 0.5)[:, None], data["labels"][:count]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED / "models" / "mnist_cnn.onnx").exists(), reason="needs ../shared")
+def test_mnist_cnn_4_bit_per_channel_gptq_vs_nearest_rounding():
+    """4-bit per channel (step = max|w_row| / 7): GPTQ keeps test top-1 at least as well as RTN."""
+    from deepcompress_cli import calibration
+    from deepcompress_cli.files import read_model
+    from deepcompress_cli.interp.graph import Interpreter
+    from deepcompress_cli.tensors import Tensor
+
+    model = SHARED / "models" / "mnist_cnn.onnx"
+    package = read_model(str(model))
+    stats = calibration.collect(package, {"input": mnist("mnist_train10k", 128)[0]}, batch=128)
+    assert set(stats) == {"conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"}
+    x, labels = mnist("mnist_test", 600)
+
+    def accuracy(H: bool) -> float:
+        p = read_model(str(model))
+        for i, t in enumerate(p.tensors):
+            if t.name in stats:
+                s = stats[t.name]
+                W = calibration.to_matrix(t.decode(), s)
+                result = reconstruct(W, s.hessian if H else None, Grid(np.abs(W).max(-1) / 7, 7))
+                p.tensors[i] = Tensor.raw(t.name, calibration.from_matrix(result.weights, t.shape, s)
+                                          .astype(np.float32), t.kind, t.op)
+        out = Interpreter(p).run({"input": x})[0]
+        return float((out.argmax(1) == labels).mean())
+
+    rtn, gptq = accuracy(False), accuracy(True)
+    print(f"mnist_cnn 4-bit per channel, first 600 test images: RTN {rtn:.3f}, GPTQ {gptq:.3f}")
+    assert gptq >= rtn - 0.002 and gptq >= 0.975

@@ -214,3 +214,16 @@ def test_random_inputs_lay_out_a_state_and_a_shared_table(cli, tmp_path):
     feeds = make_inputs(Interpreter(read_model(shared_table(tmp_path))), None, 8, 0)
     assert feeds["x"].shape == (8, 3) and feeds["table"].shape == (3, 4)
     assert cli("bench", shared_table(tmp_path), "--runs", 1, "--no-int8").exit_code == 0
+
+
+def test_a_fixed_batch_model_with_a_shared_fixed_input():
+    """All dims fixed: axis 0 holds samples, unless counts then differ and an array has exactly
+    its declared shape (an image-size input [1, 2] beside images [1, 3, 4, 4] given as [6, 3, 4, 4])."""
+    specs = [InputSpec("images", (1, 3, 4, 4), np.dtype(np.float32)), InputSpec("size", (1, 2), np.dtype(np.float32))]
+    data = {"images": np.zeros((6, 3, 4, 4), np.float32), "size": np.zeros((1, 2), np.float32)}
+    assert sample_layout(specs, data) == {"images": 0, "size": None}
+    data["size"] = np.zeros((6, 2), np.float32)
+    assert sample_layout(specs, data) == {"images": 0, "size": 0}
+    data["size"] = np.zeros((5, 2), np.float32)
+    with pytest.raises(DczError, match="different sample counts"):
+        sample_layout(specs, data)
