@@ -329,6 +329,7 @@ class Layer:
     rms: np.ndarray | None = None  # (G, R) row RMS
     gain: float | None = None
     candidates: list = field(default_factory=list)  # [(Setting, bytes, D)]
+    factor: object = None  # reconstruct.Factor of its H, once needed
 
     @property
     def name(self) -> str:
@@ -362,6 +363,15 @@ def _layers(package, stats: dict) -> list[Layer]:
             layer.rms = np.sqrt(np.mean(layer.matrix ** 2, axis=2))
         layers.append(layer)
     return layers
+
+
+def _factor(layer: Layer):
+    """H's damped inverse Cholesky factor, computed once per layer for every setting tried."""
+    if layer.factor is None:
+        from .reconstruct import factor
+
+        layer.factor = factor(layer.stats.hessian)
+    return layer.factor
 
 
 def _error(layer: Layer, W_hat: np.ndarray) -> float:
@@ -468,7 +478,7 @@ def _candidates(layer: Layer, mode: str, scale_codec: bool, synthesized: bool = 
         if d >= 1:
             Wd, keep, Dp = W, np.ones(W.shape, dtype=bool), 0.0
         else:
-            res = reconstruct(W, H, None, density=d)
+            res = reconstruct(W, _factor(layer), None, density=d)
             Wd, keep = res.weights, res.keep
             Dp = _error(layer, Wd) / base
         if d < 1:
@@ -691,7 +701,7 @@ def _codes(layer: Layer, steps: np.ndarray, levels: int, density: float, aware: 
         from .reconstruct import Grid, reconstruct
 
         grid = Grid(step=_matrix_rows(layer, steps), levels=levels)
-        res = reconstruct(layer.matrix, layer.stats.hessian, grid, density=density)
+        res = reconstruct(layer.matrix, _factor(layer), grid, density=density)
         n = np.rint(from_matrix(res.codes.astype(np.float64), layer.weight.shape, layer.stats)).astype(np.int64)
         keep = from_matrix(res.keep.astype(np.uint8), layer.weight.shape, layer.stats).astype(bool)
         n[~keep] = 0
@@ -712,7 +722,7 @@ def _pruned(layer: Layer, density: float, aware: bool):
         from .calibration import from_matrix
         from .reconstruct import reconstruct
 
-        res = reconstruct(layer.matrix, layer.stats.hessian, None, density=density)
+        res = reconstruct(layer.matrix, _factor(layer), None, density=density)
         shape = layer.weight.shape
         keep = from_matrix(res.keep.astype(np.uint8), shape, layer.stats).astype(bool)
         dense = from_matrix(res.weights, shape, layer.stats).astype(layer.weight.dtype)
@@ -745,7 +755,7 @@ def _apply_share(layer: Layer, setting: Setting, aware: bool, scale_codec: bool)
 
         rows = _matrix_rows(layer, scales.astype(np.float64)) if scale_codec else None
         grid = Grid(step=rows, levels=None, codebook=np.sort(centroids.astype(np.float64)))
-        res = reconstruct(layer.matrix, layer.stats.hessian, grid)
+        res = reconstruct(layer.matrix, _factor(layer), grid)
         centroids = np.sort(centroids)
         labels = np.rint(from_matrix(res.codes.astype(np.float64), shape, layer.stats)).astype(np.int64).reshape(-1)
     used = np.flatnonzero(np.bincount(labels, minlength=len(centroids)))
