@@ -266,6 +266,41 @@ def train_options(with_seed: bool, with_steps: bool):
     return decorate
 
 
+def target_options(f):
+    """Quality targets and plans: compress, prune, share and quantize (see planning.py)."""
+    f = click.option("--plan", "plan", metavar="PLAN.json",
+                     help="Apply the per-layer settings of this plan (from --plan-out) without searching; "
+                          "with the same --calibrate data the output is byte-identical.")(f)
+    f = click.option("--plan-out", metavar="PLAN.json",
+                     help="Write the chosen per-layer settings (with the model's and data's SHA-256) here.")(f)
+    f = click.option("--max-accuracy-drop", type=float, metavar="P",
+                     help="Target: top-1 at most P points below the original on the --calibrate labels.")(f)
+    f = click.option("--min-agreement", type=float, metavar="PCT",
+                     help="Target: top-1 agreement with the original model >= PCT % on the calibration inputs.")(f)
+    f = click.option("--min-cosine", type=float, metavar="C",
+                     help="Target: cosine of the outputs (all samples as one vector, as bench reports) >= C.")(f)
+    return click.option("--calibrate", metavar="DATA.npz",
+                        help="Calibration inputs (by graph input name, optional `labels`): data-aware rounding and "
+                             "pruning (GPTQ, SparseGPT, bias correction); targets are measured on them.")(f)
+
+
+def target_kwargs(calibrate, min_cosine, min_agreement, max_accuracy_drop, plan_out, plan) -> dict:
+    return {"calibrate": calibrate, "min_cosine": min_cosine, "min_agreement": min_agreement,
+            "max_accuracy_drop": max_accuracy_drop, "plan_out": plan_out, "plan": plan}
+
+
+def emit_planned(ctx, data: dict, formatter) -> None:
+    """A stage's report: the plan's table when it was planned, else the stage's own."""
+    from .report import format_planned
+
+    for warning in data.get("warnings") or ():
+        click.echo(printable(f"deepcompress: warning: {warning}"), err=True)
+    if "fidelity" in data and data.get("mode") != "recipe":
+        emit(ctx, data, format_planned(data), stdout_taken=data["output"] == "-")
+    else:
+        emit_stage(ctx, data, formatter)
+
+
 def settings(ctx) -> dict:
     """The global options the API takes: threads and progress bars."""
     options = ctx.find_root().obj or {}
@@ -403,11 +438,13 @@ def info(ctx, model):
 @output_option
 @prune_options
 @train_options(with_seed=True, with_steps=True)
+@target_options
 @selection_options
 @json_option
 @click.pass_context
 def prune(ctx, model, output, fmt, metadata, sparsity, layer_sparsity, index_bits, layer_index_bits, threshold_std,
-          train, val, epochs, lr, batch_size, logits, seed, steps, include, exclude):
+          train, val, epochs, lr, batch_size, logits, seed, steps, calibrate, min_cosine, min_agreement,
+          max_accuracy_drop, plan_out, plan, include, exclude):
     """Magnitude-prune each weight layer; store survivors with relative indices.
 
     Each kept weight is stored with the gap to the previous one in --index-bits bits; a longer
@@ -415,10 +452,13 @@ def prune(ctx, model, output, fmt, metadata, sparsity, layer_sparsity, index_bit
     With --train, prune -> retrain in --steps increasing steps (pruned weights stay 0); the
     defaults then become: a layer of n weights keeps 12/sqrt(n) of them, index bits conv=5,fc=8.
     A NAME glob that matches no weight is an error.
+    With --calibrate: SparseGPT masks (the weights kept are updated to make up for those
+    pruned); with a target the kept fraction of each layer is searched (see compress).
 
     \b
     Examples:
       deepcompress prune model.onnx -o pruned.dcz
+      deepcompress prune model.onnx -o pruned.dcz --calibrate calib.npz --min-cosine 0.99
       deepcompress prune lenet300.onnx -o pruned.dcz --sparsity conv=0.5,fc=0.9 --layer-sparsity 'fc3*=0.75'
       deepcompress prune model.onnx -o pruned.dcz --train train.npz --val test.npz --steps 4
     """
@@ -428,8 +468,10 @@ def prune(ctx, model, output, fmt, metadata, sparsity, layer_sparsity, index_bit
     data = api.prune(model, output, sparsity=sparsity, layer_sparsity=layer_sparsity, index_bits=index_bits,
                      layer_index_bits=layer_index_bits, threshold_std=threshold_std, train=train, val=val,
                      epochs=epochs, lr=lr, batch_size=batch_size, logits=logits, seed=seed, steps=steps,
-                     include=include, exclude=exclude, metadata=metadata, format=fmt, max_data_bytes=max_data_bytes(ctx), **settings(ctx))
-    emit_stage(ctx, data, format_prune)
+                     include=include, exclude=exclude, metadata=metadata, format=fmt, max_data_bytes=max_data_bytes(ctx),
+                     **target_kwargs(calibrate, min_cosine, min_agreement, max_accuracy_drop, plan_out, plan),
+                     **settings(ctx))
+    emit_planned(ctx, data, format_prune)
 
 
 @main.command()
@@ -437,17 +479,20 @@ def prune(ctx, model, output, fmt, metadata, sparsity, layer_sparsity, index_bit
 @output_option
 @share_options
 @train_options(with_seed=False, with_steps=False)
+@target_options
 @selection_options
 @json_option
 @click.pass_context
-def share(ctx, model, output, fmt, metadata, bits, layer_bits, init, max_iter, tol, seed, per_channel, train, val,
-          epochs, lr, batch_size, logits, include, exclude):
+def share(ctx, model, output, fmt, metadata, bits, layer_bits, init, max_iter, tol, seed, per_channel, train, val, epochs,
+          lr, batch_size, logits, calibrate, min_cosine, min_agreement, max_accuracy_drop, plan_out, plan, include, exclude):
     """Weight sharing: k-means per layer, weights replaced by 2^bits centroid indices.
 
     Only the kept weights of a pruned layer are clustered; zeros stay exactly zero. With
     --train, the centroids are then fine-tuned (each moves by lr x the summed gradients of its
     weights; indices stay fixed) and --bits defaults to conv=4,fc=4. --per-channel suits
     layers whose channels differ in range (batch norm folded into convs, depthwise convs).
+    With --calibrate: centroids per layer on channel-scaled weights, assigned by GPTQ; with a
+    target each layer's bits are searched (see compress).
 
     \b
     Examples:
@@ -461,8 +506,10 @@ def share(ctx, model, output, fmt, metadata, bits, layer_bits, init, max_iter, t
 
     data = api.share(model, output, bits=bits, layer_bits=layer_bits, init=init, max_iter=max_iter, tol=tol,
                      seed=seed, per_channel=per_channel, train=train, val=val, epochs=epochs, lr=lr, batch_size=batch_size, logits=logits,
-                     include=include, exclude=exclude, metadata=metadata, format=fmt, max_data_bytes=max_data_bytes(ctx), **settings(ctx))
-    emit_stage(ctx, data, format_share)
+                     include=include, exclude=exclude, metadata=metadata, format=fmt, max_data_bytes=max_data_bytes(ctx),
+                     **target_kwargs(calibrate, min_cosine, min_agreement, max_accuracy_drop, plan_out, plan),
+                     **settings(ctx))
+    emit_planned(ctx, data, format_share)
 
 
 @main.command()
@@ -476,14 +523,19 @@ def share(ctx, model, output, fmt, metadata, bits, layer_bits, init, max_iter, t
                                                    "a pruned tensor's channels are scaled to one range first.")
 @click.option("--symmetric", is_flag=True, help="Range +-max|w| with zero point 0 (int8 values, stored offset "
                                                  "by 128) instead of [min, max].")
+@target_options
+@data_bytes_option
 @selection_options
 @json_option
 @click.pass_context
-def quantize(ctx, model, output, fmt, metadata, bits, layer_bits, per_channel, symmetric, include, exclude):
+def quantize(ctx, model, output, fmt, metadata, bits, layer_bits, per_channel, symmetric, calibrate, min_cosine,
+             min_agreement, max_accuracy_drop, plan_out, plan, include, exclude):
     """Linear quantization of each weight tensor from its min/max (TensorFlow style).
 
     The range always includes 0.0, which stays exact; the zero point is rounded before use,
     so rounding errors do not accumulate in one direction. Chains with huffman.
+    With --calibrate: GPTQ rounding on a symmetric per-channel grid, bias correction; with a
+    target each layer's step is searched (see compress).
 
     \b
     Examples:
@@ -495,8 +547,10 @@ def quantize(ctx, model, output, fmt, metadata, bits, layer_bits, per_channel, s
 
     data = api.quantize(model, output, bits=bits, layer_bits=layer_bits, per_channel=per_channel,
                         symmetric=symmetric, include=include, exclude=exclude, metadata=metadata, format=fmt,
+                        max_data_bytes=max_data_bytes(ctx),
+                        **target_kwargs(calibrate, min_cosine, min_agreement, max_accuracy_drop, plan_out, plan),
                         **settings(ctx))
-    emit_stage(ctx, data, format_quantize)
+    emit_planned(ctx, data, format_quantize)
 
 
 @main.command()
@@ -557,25 +611,39 @@ def huffman(ctx, model, output, fmt, metadata):
 @share_options
 @train_options(with_seed=False, with_steps=True)
 @click.option("--report", is_flag=True, help="Print the paper's table (P, P+Q, P+Q+H per layer) and gzip -9 of the plain .onnx.")
+@target_options
 @selection_options
 @json_option
 @click.pass_context
 def compress(ctx, model, output, fmt, metadata, sparsity, layer_sparsity, index_bits, layer_index_bits,
-             threshold_std, bits, layer_bits, init, max_iter, tol, seed, per_channel, train, val, epochs, lr,
-             batch_size, logits, steps, report, include, exclude):
-    """The whole recipe: prune -> share -> huffman, with the same options as those commands.
+             threshold_std, bits, layer_bits, init, max_iter, tol, seed, per_channel, train, val, epochs, lr, batch_size,
+             logits, steps, report, calibrate, min_cosine, min_agreement, max_accuracy_drop, plan_out, plan, include, exclude):
+    """The smallest file that meets a quality target; or the paper's recipe (prune -> share -> huffman).
 
-    With --train: prune -> retrain in --steps steps, share -> train the centroids, huffman; the
-    defaults then are those of `prune --train` and `share --train`.
+    With a target (--min-cosine, --min-agreement, --max-accuracy-drop) measured on --calibrate
+    data: per layer, kept fraction x per-channel step are chosen from each layer's sensitivity
+    and exact Huffman sizes, rounded and pruned by GPTQ/SparseGPT, and verified end to end.
+    Exit 1 (nothing written) when not even the lossless form meets the target.
+
+    Default (no target, no --train, no --sparsity/--bits/--index-bits/--threshold-std): the
+    target min cosine 0.995 on --calibrate data, or 0.999 on synthesized inputs without it (the
+    report says so); a model the interpreter cannot run gets a fine per-channel grid, no pruning.
+
+    Explicit --sparsity/--bits (no target): the paper's fixed recipe, fidelity reported on
+    synthesized inputs (or --calibrate data), a warning below cosine 0.99. With --train:
+    prune -> retrain in --steps steps, share -> train the centroids, huffman; the defaults then
+    are those of `prune --train` and `share --train`.
 
     \b
     Examples:
-      deepcompress compress model.onnx -o model.dcz --report
+      deepcompress compress model.onnx -o model.dcz --calibrate calib.npz --min-agreement 95
+      deepcompress compress model.onnx -o model.dcz --calibrate calib.npz --plan-out plan.json
+      deepcompress compress model.onnx -o model.dcz --calibrate calib.npz --plan plan.json
       deepcompress compress model.onnx -o model.dcz --sparsity fc=0.95 --bits conv=6,fc=4
       deepcompress compress model.onnx -o model.dcz --train train.npz --val test.npz --report
     """
     from . import api
-    from .report import format_compress, format_compress_line
+    from .report import format_compress, format_compress_line, format_fidelity
 
     data = api.compress(model, output, sparsity=sparsity, layer_sparsity=layer_sparsity, index_bits=index_bits,
                         layer_index_bits=layer_index_bits, threshold_std=threshold_std, bits=bits,
@@ -583,8 +651,18 @@ def compress(ctx, model, output, fmt, metadata, sparsity, layer_sparsity, index_
                         per_channel=per_channel, train=train,
                         val=val, epochs=epochs, lr=lr, batch_size=batch_size, logits=logits, steps=steps,
                         report=report, include=include, exclude=exclude, metadata=metadata, format=fmt,
-                        max_data_bytes=max_data_bytes(ctx), **settings(ctx))
+                        max_data_bytes=max_data_bytes(ctx),
+                        **target_kwargs(calibrate, min_cosine, min_agreement, max_accuracy_drop, plan_out, plan),
+                        **settings(ctx))
+    for warning in data.get("warnings") or ():
+        click.echo(printable(f"deepcompress: warning: {warning}"), err=True)
+    if data.get("mode") == "compress":
+        from .report import format_planned
+
+        emit(ctx, data, format_planned(data), stdout_taken=output == "-")
+        return
     text = format_compress(data) if report else format_compress_line(data)
+    text += "\n" + format_fidelity(data.get("fidelity"))
     if "training" in data:
         text = f"{format_training(data['training'])}\n\n{text}"
     emit(ctx, data, text, stdout_taken=output == "-")
