@@ -28,7 +28,7 @@ import numpy as np
 from .blas import single_threaded
 from .data import sample_count, take
 from .graphs import output_channel_axis, table_names
-from .interp.ops.conv import _patch_view, conv_attrs, conv_output_shape, pad_spatial
+from .interp.ops.conv import patch_view, conv_attrs, conv_output_shape, pad_spatial
 from .tensors import Package
 
 # Columns drawn per layer and batch: H of a K-input layer converges long before this many
@@ -242,7 +242,7 @@ def _columns(use: _Use, x: np.ndarray, weight_shape: tuple, rng: np.random.Gener
     if use.op == "Conv":
         kernel_shape, strides, pads, dilations, group = conv_attrs(use.attrs, x.shape, weight_shape)
         out_spatial = conv_output_shape(x.shape[2:], kernel_shape, strides, pads, dilations)
-        view = _patch_view(pad_spatial(x, pads), kernel_shape, strides, dilations, out_spatial)
+        view = patch_view(pad_spatial(x, pads), kernel_shape, strides, dilations, out_spatial)
         n, c, nk = x.shape[0], x.shape[1], len(kernel_shape)
         out_axes, k_axes = tuple(range(2 + nk, 2 + 2 * nk)), tuple(range(2, 2 + nk))
         # A column is (input channel, kernel offset) as in im2col.  [N, C, *k, *out] is read as

@@ -116,7 +116,7 @@ def sample_layout(specs: list[InputSpec], arrays: dict, where: str = "--data") -
         if hasattr(array, "dtype"):
             _check_dtype(spec.name, np.dtype(array.dtype), spec.dtype, where)
         shapes[spec.name] = (tuple(np.shape(array)), getattr(array, "dtype", None))
-    return _layout(specs, shapes, where)
+    return layout_of_shapes(specs, shapes, where)
 
 
 def declared_layout(specs: list[InputSpec]) -> dict[str, int | None]:
@@ -208,7 +208,7 @@ def _array(shape: tuple, dtype) -> str:
     return f"a 0-d {dtype} array" if not shape else f"{dtype} {list(shape)}"
 
 
-def _layout(specs: list[InputSpec], shapes: dict[str, tuple], where: str) -> dict[str, int | None]:
+def layout_of_shapes(specs: list[InputSpec], shapes: dict[str, tuple], where: str) -> dict[str, int | None]:
     """`sample_layout` on (shape, dtype) pairs: from .npy headers before decoding, or arrays."""
     batch = _batch_name(specs)
     symbolic = any(s.dims is None or None in s.dims for s in specs)
@@ -297,7 +297,7 @@ def load_npz(path: str, specs: list[InputSpec] | None = None, option: str = "--d
     where = f"{option} {path}"
     if specs is None and keys is not None:
         specs, labels = None, False
-    with _open_regular(path, where) as f:
+    with open_npz_file(path, where) as f:
         head = f.read(8)
         if head.startswith(np.lib.format.MAGIC_PREFIX):
             raise DczError(f"{where}: a single array (.npy), not named arrays (.npz): "
@@ -329,7 +329,7 @@ def load_npz(path: str, specs: list[InputSpec] | None = None, option: str = "--d
 def npz_keys(path: str, option: str = "--data") -> list[str]:
     """The names of the arrays in the .npz `path`, in file order (nothing is decompressed)."""
     where = f"{option} {path}"
-    with _open_regular(path, where) as f:
+    with open_npz_file(path, where) as f:
         if f.read(4) not in _ZIP_MAGIC:
             raise DczError(f"{where}: not an .npz file (no zip header)")
         f.seek(0)
@@ -388,7 +388,7 @@ def check_labels(labels: np.ndarray | None, data: dict, option: str = "--data",
 
 # ------------------------------------------------------------------------------ internals
 
-def _open_regular(path: str, where: str):
+def open_npz_file(path: str, where: str):
     """`path` opened for reading if it is a regular file. Checked on the open descriptor (no
     race), and opened non-blocking so that a FIFO without a writer cannot hang the open itself:
     FIFOs and devices would be read forever."""
@@ -469,7 +469,7 @@ def _check(headers: dict, specs: dict[str, InputSpec], where: str, max_bytes: in
         elif not shape:
             raise DczError(f"{where}: {key!r} is a scalar, not an array with one row per sample")
     used = [spec for key, spec in specs.items() if key in headers]
-    layout = _layout(used, {s.name: headers[s.name] for s in used}, where)
+    layout = layout_of_shapes(used, {s.name: headers[s.name] for s in used}, where)
     others = [key for key in headers if key not in specs]  # labels (or every array, without specs)
     counts = {key: headers[key][0][axis] for key, axis in layout.items() if axis is not None}
     counts.update({key: headers[key][0][0] for key in others})

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import LABELS, InputSpec, _layout, _open_regular, input_specs, load_npz, npz_keys
+from .data import LABELS, InputSpec, layout_of_shapes, open_npz_file, input_specs, load_npz, npz_keys
 from .errors import DczError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
@@ -245,7 +245,7 @@ class FolderSource(Source):
         from PIL import Image
 
         try:
-            with warnings.catch_warnings(), _open_regular(path, path) as f, Image.open(f) as image:
+            with warnings.catch_warnings(), open_npz_file(path, path) as f, Image.open(f) as image:
                 # Pillow's decompression-bomb check (Image.MAX_IMAGE_PIXELS) is an error, not a stray warning
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 image.load()
@@ -295,7 +295,7 @@ def open_source(source: str, config: PrepConfig, channels: int | None, size, max
             raise DczError("--key and --labels choose arrays of an .npz; a folder's labels are its sub-folders")
         mode = {1: "L", 4: "RGBA"}.get(channels, "RGB")
         return FolderSource(source, mode, size)
-    with _open_regular(source, where) as f:
+    with open_npz_file(source, where) as f:
         npy = f.read(6) == np.lib.format.MAGIC_PREFIX
     if npy:
         if config.key is not None or config.labels is not None:
@@ -330,7 +330,7 @@ def _load_npy(path: str, where: str, max_bytes) -> np.ndarray:
 
     limit = MAX_DATA_BYTES if max_bytes is None else max_bytes
     fmt = np.lib.format
-    with _open_regular(path, where) as f:
+    with open_npz_file(path, where) as f:
         try:
             version = fmt.read_magic(f)
             shape, fortran, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
@@ -449,7 +449,7 @@ def prepare(source: str, output: str, config: PrepConfig, model: str | None = No
                            f"{channels if src.image else 'no'} channel{'s' * (channels != 1 or not src.image)}")
     shape = (count, *per)
     if goal.spec is not None:
-        _layout([goal.spec], {goal.name: (shape, goal.dtype)}, f"--model {model}")
+        layout_of_shapes([goal.spec], {goal.name: (shape, goal.dtype)}, f"--model {model}")
 
     out = np.empty(shape, goal.dtype)
     done = 0

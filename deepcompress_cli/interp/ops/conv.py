@@ -97,7 +97,7 @@ def pad_spatial(x: np.ndarray, pads, value=0) -> np.ndarray:
     return out
 
 
-def _patch_view(xp: np.ndarray, kernel_shape, strides, dilations, out_spatial) -> np.ndarray:
+def patch_view(xp: np.ndarray, kernel_shape, strides, dilations, out_spatial) -> np.ndarray:
     """Read-only [N, C, *kernel_shape, *out_spatial] view of an already padded input: no copy."""
     n_sp = len(kernel_shape)
     st = xp.strides
@@ -124,7 +124,7 @@ def im2col(x: np.ndarray, kernel_shape, strides, pads, dilations, pad_value=0):
     large inputs instead (`conv`), an int8 kernel may want to call this per image.
     """
     out_spatial = conv_output_shape(x.shape[2:], kernel_shape, strides, pads, dilations)
-    view = _patch_view(pad_spatial(x, pads, pad_value), kernel_shape, strides, dilations,
+    view = patch_view(pad_spatial(x, pads, pad_value), kernel_shape, strides, dilations,
                        out_spatial)
     n, c = x.shape[:2]
     cols = view.reshape(n, c * math.prod(kernel_shape), math.prod(out_spatial))
@@ -231,7 +231,7 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, attrs: dict) -> np.
         if wide:
             patches = _wide_view(slab, kernel_shape, dilations, (r1 - r0) * row)
         else:
-            patches = _patch_view(slab, kernel_shape, strides, dilations,
+            patches = patch_view(slab, kernel_shape, strides, dilations,
                                   (r1 - r0, *out_spatial[1:]))
         if depthwise:
             tile = _depthwise(patches, w).reshape(n1 - n0, M, -1)

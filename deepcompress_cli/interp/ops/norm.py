@@ -39,7 +39,7 @@ def lrn(inputs, attrs, ctx):
     alpha = attrs.get("alpha", 1e-4)
     beta = attrs.get("beta", 0.75)
     bias = attrs.get("bias", 1.0)
-    before, after = (size - 1) // 2, size - 1 - (size - 1) // 2
+    before = (size - 1) // 2
     channels = x.shape[1]
     squares = np.zeros((x.shape[0], channels + size - 1, *x.shape[2:]), dtype=x.dtype)
     np.square(x, out=squares[:, before:before + channels])
