@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -301,6 +302,25 @@ def run_ours(model: RealModel, package, feeds: dict) -> np.ndarray:
     interp = Interpreter(package)
     index = interp.plan.outputs.index(model.output)
     return np.concatenate([np.asarray(interp.run(part)[index]) for part in batches(model, feeds)])
+
+
+def deepcompress(*args: str, timeout: float = 3600) -> tuple[float, dict | None, str | None]:
+    """Run the CLI (`--json`) in a child process: (wall seconds, its report or None, None or the
+    last line of its stderr when it failed)."""
+    start = time.perf_counter()
+    try:
+        done = subprocess.run([sys.executable, "-m", "deepcompress_cli", "--json", *args], capture_output=True,
+                              text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": ROOT})
+    except subprocess.TimeoutExpired:
+        return time.perf_counter() - start, None, f"timed out after {timeout:.0f} s"
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"exit {done.returncode}"]
+        return seconds, None, f"exit {done.returncode}: {lines[-1][:200]}"
+    try:
+        return seconds, json.loads(done.stdout), None
+    except json.JSONDecodeError:
+        return seconds, {}, None
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

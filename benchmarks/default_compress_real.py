@@ -1,0 +1,99 @@
+"""Default `compress` and `quantize --per-channel` on the real models of real_models.py.
+
+    python benchmarks/default_compress_real.py [--models NAME ...] [--targeted] [--workdir DIR]
+
+For each model (fetched into the cache by real_models.fetch), the real command line runs in a child
+process: `compress M` with no options, `quantize --per-channel M`, and with `--targeted` also
+`compress M --calibrate CALIB.npz --min-cosine 0.99` (calibration inputs drawn with another seed
+than the judged ones; a recurrent state is stored [2, N, 128] and a sample rate as a scalar, the
+`.npz` rule of issue 13).  Each `.dcz` is exported to `.onnx` and judged by onnxruntime, not by our
+interpreter, on the model's synthetic inputs: output cosine over all samples against the original
+in onnxruntime, the whole-file ratio (original .onnx bytes / .dcz bytes) and the command's wall time.
+A command that fails is a row "failed: <last line of its stderr>"; the next one still runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+
+import real_models as rm  # noqa: E402
+
+TARGET_COSINE = 0.99
+
+
+def variants(targeted: bool, calib: str) -> dict[str, list[str]]:
+    rows = {"compress (default)": ["compress"], "quantize --per-channel": ["quantize", "--per-channel"]}
+    if targeted:
+        rows[f"compress --calibrate --min-cosine {TARGET_COSINE}"] = [
+            "compress", "--calibrate", calib, "--min-cosine", str(TARGET_COSINE)]
+    return rows
+
+
+def judge(model: rm.RealModel, path: str, args: list[str], work: str, tag: str, feeds: dict,
+          reference: np.ndarray) -> dict:
+    dcz, onnx_out = os.path.join(work, f"{tag}.dcz"), os.path.join(work, f"{tag}.onnx")
+    seconds, report, error = rm.deepcompress(args[0], path, "-o", dcz, *args[1:])
+    row = {"seconds": seconds}
+    if error is not None:
+        return {**row, "error": error}
+    row["ratio_file"] = os.path.getsize(path) / os.path.getsize(dcz)
+    fidelity = (report or {}).get("fidelity")  # what our command says it reached, if it says
+    if fidelity:
+        row["claimed"] = fidelity
+    _, _, error = rm.deepcompress("export", dcz, "-o", onnx_out)
+    if error is not None:
+        return {**row, "error": f"export {error}"}
+    try:
+        row["cosine"] = rm.cosine(rm.run_ort(model, onnx_out, feeds), reference)
+    except Exception as e:  # noqa: BLE001 - onnxruntime refusing the export is a figure too
+        row["error"] = f"onnxruntime: {str(e).splitlines()[0][:150]}"
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", choices=sorted(rm.BY_NAME), default=[m.name for m in rm.MODELS])
+    parser.add_argument("--targeted", action="store_true", help=f"also compress --min-cosine {TARGET_COSINE}")
+    parser.add_argument("--samples", type=int, help="judged samples per model [default: each model's own]")
+    parser.add_argument("--workdir", default=None)
+    args = parser.parse_args()
+    print(f"{'model':18}{'size':>9}  {'command':44}{'ratio':>8}{'cosine':>10}{'wall s':>8}")
+    below = []
+    with tempfile.TemporaryDirectory(dir=args.workdir) as work:
+        for name in args.models:
+            model = rm.BY_NAME[name]
+            try:
+                path = str(rm.fetch(model))
+                feeds = rm.inputs(model, args.samples, seed=1)
+                reference = rm.run_ort(model, path, feeds)
+            except Exception as e:  # noqa: BLE001
+                print(f"{name:18}  failed to fetch or run: {str(e).splitlines()[0][:150]}")
+                continue
+            calib = os.path.join(work, f"{name}.calib.npz")
+            np.savez(calib, **rm.inputs(model, args.samples, seed=2))
+            size = f"{os.path.getsize(path) / 1e6:.2f}MB"
+            for i, (label, cmd) in enumerate(variants(args.targeted, calib).items()):
+                r = judge(model, path, cmd, work, f"{name}.{i}", feeds, reference)
+                head = f"{name if i == 0 else '':18}{size if i == 0 else '':>9}  {label:44}"
+                if "error" in r and "ratio_file" not in r:
+                    print(f"{head}failed: {r['error']}  ({r['seconds']:.1f} s)")
+                    continue
+                cos = f"{r['cosine']:.4f}" if "cosine" in r else "-"
+                print(f"{head}{r['ratio_file']:>7.2f}x{cos:>10}{r['seconds']:>8.1f}"
+                      + (f"  {r['error']}" if "error" in r else "")
+                      + (f"  (reported: {str(r['claimed'])[:90]})" if "claimed" in r else ""))
+                if label.startswith("compress (default)") and r.get("cosine", 0) < 0.99:
+                    below.append(f"{name} {r.get('cosine', float('nan')):.3f}")
+    print(f"\ndefault compress below cosine 0.99: {len(below)} of {len(args.models)}"
+          + (f" ({', '.join(below)})" if below else ""))
+
+
+if __name__ == "__main__":
+    main()
