@@ -134,12 +134,13 @@ def token_inputs(n: int, rng: np.random.Generator, length: int = 32) -> dict:
 
 def file_bytes(n: int, rng: np.random.Generator) -> dict:
     """magika's features: the first 1024 and last 1024 bytes of a file (whitespace stripped),
-    padded with token 256, from real files on this machine (sources, text, binaries)."""
-    pools = [sorted(glob.glob(os.path.join(ROOT, "**", "*.py"), recursive=True)),
-             sorted(glob.glob(os.path.join(ROOT, "**", "*.md"), recursive=True)),
-             sorted(glob.glob(os.path.join(os.path.dirname(os.__file__), "*.py"))),
+    padded with token 256, from real files on this machine (Python sources, JSON, executables,
+    licence texts, gzip files, ONNX models)."""
+    stdlib = os.path.dirname(os.__file__)
+    pools = [sorted(glob.glob(os.path.join(stdlib, "*.py"))), sorted(glob.glob(os.path.join(stdlib, "**", "*.json"),
+                                                                              recursive=True))[:400],
              sorted(glob.glob("/usr/bin/*"))[:400], sorted(glob.glob("/usr/share/doc/*/copyright"))[:400],
-             sorted(glob.glob(os.path.join(ROOT, "**", "*.onnx"), recursive=True))]
+             sorted(glob.glob("/usr/share/doc/*/*.gz"))[:400], sorted(glob.glob(os.path.join(ROOT, "sample_models", "*")))]
     pools = [p for p in pools if p]
     out = np.full((n, 2048), 256, np.int32)
     for k in range(n):
@@ -147,11 +148,12 @@ def file_bytes(n: int, rng: np.random.Generator) -> dict:
         path = pool[int(rng.integers(len(pool)))]
         try:
             with open(path, "rb") as f:
-                data = f.read(1 << 20)
+                head = f.read(4096)
+                f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+                tail = f.read(4096)
         except OSError:
-            data = b""
-        data = data.strip()
-        beg, end = data[:1024], data[-1024:] if data else b""
+            head = tail = b""
+        beg, end = head.lstrip()[:1024], tail.rstrip()[-1024:] if tail.rstrip() else b""
         out[k, :len(beg)] = np.frombuffer(beg, np.uint8)
         out[k, 2048 - len(end):] = np.frombuffer(end, np.uint8)
     return {"bytes": out}
@@ -306,11 +308,13 @@ def run_ours(model: RealModel, package, feeds: dict) -> np.ndarray:
 
 def deepcompress(*args: str, timeout: float = 3600) -> tuple[float, dict | None, str | None]:
     """Run the CLI (`--json`) in a child process: (wall seconds, its report or None, None or the
-    last line of its stderr when it failed)."""
+    last line of its stderr when it failed).  The code run is this checkout's, or the one
+    $DEEPCOMPRESS_SOURCE names (to measure another branch without switching)."""
+    source = os.environ.get("DEEPCOMPRESS_SOURCE") or ROOT
     start = time.perf_counter()
     try:
         done = subprocess.run([sys.executable, "-m", "deepcompress_cli", "--json", *args], capture_output=True,
-                              text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": ROOT})
+                              text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": source})
     except subprocess.TimeoutExpired:
         return time.perf_counter() - start, None, f"timed out after {timeout:.0f} s"
     seconds = time.perf_counter() - start
