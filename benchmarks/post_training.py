@@ -221,12 +221,42 @@ def lossless(setup: Setup) -> list[dict]:
 # Runs in /work/peers-venv (torch, nncodec, onnx): code the float initializers with NNCodec's
 # data-free coder at one qp, decode them back into an .onnx; prints the bitstream size.
 NNCODEC_SCRIPT = r'''
-import sys, os, types
-for missing in ("torchvision", "cv2", "ptflops", "torchmetrics"):  # imported by nncodec.framework, unused here
+import importlib.abc, importlib.machinery, os, sys, types
+
+
+class Any:
+    """Stands for anything of the optional packages nncodec.framework imports (torchvision, cv2,
+    ptflops, torchmetrics: its training and data-set code), which the coder never calls."""
+    def __init__(self, *a, **k): pass
+    def __call__(self, *a, **k): return Any()
+    def __getattr__(self, name): return Any()
+    def __mro_entries__(self, bases): return (object,)
+
+
+class Stub(types.ModuleType):
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return Any()
+
+
+class Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("torchvision", "cv2", "ptflops", "torchmetrics"):
+            return importlib.machinery.ModuleSpec(name, self, is_package=True)
+    def create_module(self, spec):
+        module = Stub(spec.name)
+        module.__path__ = []
+        return module
+    def exec_module(self, module): pass
+
+
+for name in ("torchvision", "cv2", "ptflops", "torchmetrics"):
     try:
-        __import__(missing)
+        __import__(name)
     except ImportError:
-        sys.modules[missing] = types.ModuleType(missing)
+        sys.meta_path.insert(0, Finder())
+        break
 import numpy as np, onnx
 from onnx import numpy_helper
 from nncodec.nnc import compression as nnc
