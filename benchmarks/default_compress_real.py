@@ -67,6 +67,7 @@ def main() -> None:
     print(f"{'model':18}{'size':>9}  {'command':44}{'ratio':>8}{'cosine':>10}{'wall s':>8}")
     below = []
     with tempfile.TemporaryDirectory(dir=args.workdir) as work:
+        work = os.path.abspath(work)  # the CLI runs in its source folder
         for name in args.models:
             model = rm.BY_NAME[name]
             try:

@@ -391,6 +391,7 @@ def main() -> None:
     print(f"numpy {np.__version__}, onnxruntime {ort.__version__}, {os.cpu_count()} cores"
           + ("; --quick" if args.quick else ""))
     with tempfile.TemporaryDirectory(dir=args.workdir) as work:
+        work = os.path.abspath(work)  # the CLI runs in its source folder
         for key in keys:
             bench(key, args, work)
 

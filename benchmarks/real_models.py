@@ -316,7 +316,8 @@ def deepcompress(*args: str, timeout: float = 3600) -> tuple[float, dict | None,
     start = time.perf_counter()
     try:
         done = subprocess.run([sys.executable, "-m", "deepcompress_cli", "--json", *args], capture_output=True,
-                              text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": source})
+                              text=True, timeout=timeout, cwd=source,  # `-m` puts the cwd first on sys.path
+                              env={**os.environ, "PYTHONPATH": source})
     except subprocess.TimeoutExpired:
         return time.perf_counter() - start, None, f"timed out after {timeout:.0f} s"
     seconds = time.perf_counter() - start
