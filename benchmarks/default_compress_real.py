@@ -4,7 +4,9 @@
 
 For each model (fetched into the cache by real_models.fetch), the real command line runs in a child
 process: `compress M` with no options, `quantize --per-channel M`, and with `--targeted` also
-`compress M --calibrate CALIB.npz --min-cosine 0.99` (calibration inputs drawn with another seed
+`compress M --calibrate CALIB.npz --min-cosine 0.99`, and with `--peers` onnxruntime's
+`quantize_dynamic` (per-channel) and NNCodec's data-free coder at qp -38 and -30 (peers.py; its
+ratio counts the bitstream, the weights only) (calibration inputs drawn with another seed
 than the judged ones; a recurrent state is stored [2, N, 128] and a sample rate as a scalar, the
 `.npz` rule of issue 13).  Each `.dcz` is exported to `.onnx` and judged by onnxruntime, not by our
 interpreter, on the model's synthetic inputs: output cosine over all samples against the original
@@ -15,6 +17,7 @@ A command that fails is a row "failed: <last line of its stderr>"; the next one 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -23,13 +26,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
+import peers  # noqa: E402
 import real_models as rm  # noqa: E402
 
 TARGET_COSINE = 0.99
+NNCODEC_QPS = (-38, -30)  # NNCodec's finest step in the issue's table, and a coarser one
 
 
 def variants(targeted: bool, calib: str) -> dict[str, list[str]]:
     rows = {"compress (default)": ["compress"], "quantize --per-channel": ["quantize", "--per-channel"]}
+    # (the targeted row needs --calibrate: the default stays what a user without data gets)
     if targeted:
         rows[f"compress --calibrate --min-cosine {TARGET_COSINE}"] = [
             "compress", "--calibrate", calib, "--min-cosine", str(TARGET_COSINE)]
@@ -57,15 +63,33 @@ def judge(model: rm.RealModel, path: str, args: list[str], work: str, tag: str, 
     return row
 
 
+def judge_peer(model: rm.RealModel, path: str, row: dict, feeds: dict, reference: np.ndarray) -> dict:
+    if "error" in row:
+        return row
+    row = {**row, "ratio_file": os.path.getsize(path) / row["bytes"]}
+    try:
+        row["cosine"] = rm.cosine(rm.run_ort(model, row["onnx"], feeds), reference)
+    except Exception as e:  # noqa: BLE001
+        row["error"] = f"onnxruntime: {str(e).splitlines()[0][:150]}"
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", choices=sorted(rm.BY_NAME), default=[m.name for m in rm.MODELS])
     parser.add_argument("--targeted", action="store_true", help=f"also compress --min-cosine {TARGET_COSINE}")
+    parser.add_argument("--peers", action="store_true",
+                        help=f"also NNCodec (qp {', '.join(map(str, NNCODEC_QPS))}; bitstream = weights only) and "
+                             "onnxruntime quantize_dynamic")
     parser.add_argument("--samples", type=int, help="judged samples per model [default: each model's own]")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
+    logging.getLogger().setLevel(logging.ERROR)  # onnxruntime quantizer's "consider pre-processing" advice
     print(f"{'model':18}{'size':>9}  {'command':44}{'ratio':>8}{'cosine':>10}{'wall s':>8}")
     below = []
+    nncodec_missing = peers.nncodec_unavailable() if args.peers else None
+    if nncodec_missing:
+        print(f"NNCodec not run: {nncodec_missing}")
     with tempfile.TemporaryDirectory(dir=args.workdir) as work:
         work = os.path.abspath(work)  # the CLI runs in its source folder
         for name in args.models:
@@ -80,11 +104,19 @@ def main() -> None:
             calib = os.path.join(work, f"{name}.calib.npz")
             np.savez(calib, **rm.inputs(model, args.samples, seed=2))
             size = f"{os.path.getsize(path) / 1e6:.2f}MB"
-            for i, (label, cmd) in enumerate(variants(args.targeted, calib).items()):
-                r = judge(model, path, cmd, work, f"{name}.{i}", feeds, reference)
+            rows = [(label, lambda cmd=cmd, i=i: judge(model, path, cmd, work, f"{name}.{i}", feeds, reference))
+                    for i, (label, cmd) in enumerate(variants(args.targeted, calib).items())]
+            if args.peers:
+                rows.append(("ORT quantize_dynamic per-channel", lambda: judge_peer(
+                    model, path, peers.ort_dynamic(path, work, name), feeds, reference)))
+                if nncodec_missing is None:
+                    rows += [(f"NNCodec qp {qp} (bitstream)", lambda qp=qp: judge_peer(
+                        model, path, peers.nncodec(path, qp, work, name), feeds, reference)) for qp in NNCODEC_QPS]
+            for i, (label, make) in enumerate(rows):
+                r = make()
                 head = f"{name if i == 0 else '':18}{size if i == 0 else '':>9}  {label:44}"
                 if "error" in r and "ratio_file" not in r:
-                    print(f"{head}failed: {r['error']}  ({r['seconds']:.1f} s)")
+                    print(f"{head}failed: {r['error']}" + (f"  ({r['seconds']:.1f} s)" if "seconds" in r else ""))
                     continue
                 cos = f"{r['cosine']:.4f}" if "cosine" in r else "-"
                 print(f"{head}{r['ratio_file']:>7.2f}x{cos:>10}{r['seconds']:>8.1f}"

@@ -33,22 +33,18 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
-import time
-import zlib
 from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
+import peers  # noqa: E402
 import real_models as rm  # noqa: E402
 
 SHARED = rm.SHARED
-PEERS_PYTHON = "/work/peers-venv/bin/python"
 
 # The issue's own measurements (issue 13, "Why"), printed when NNCodec cannot run here.
 QUOTED = {
@@ -155,153 +151,6 @@ def run_ours(label: str, args: list[str], work: str, tag: str) -> dict:
     return row
 
 
-def ort_source(setup: Setup, work: str) -> str:
-    """The model onnxruntime's quantizer starts from: per-channel QDQ needs opset >= 13, so an older
-    model (mnist_cnn is opset 11) is converted first (onnx.version_converter; same weights)."""
-    import onnx
-    from onnx import version_converter
-
-    model = onnx.load(setup.model)
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
-    if opset >= 13:
-        return setup.model
-    out = os.path.join(work, f"{setup.key}.opset13.onnx")
-    onnx.save(version_converter.convert_version(model, 13), out)
-    return out
-
-
-def ort_static(setup: Setup, work: str) -> dict:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    x = np.load(setup.calib)["input"][:64]
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{"input": x[i:i + 1]} for i in range(len(x))])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    out = os.path.join(work, f"{setup.key}.ort_static.onnx")
-    start = time.perf_counter()
-    quantize_static(ort_source(setup, work), out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    weight_type=QuantType.QInt8, activation_type=QuantType.QInt8)
-    return {"label": "ORT quantize_static QDQ per-channel int8 (64 calib)", "seconds": time.perf_counter() - start,
-            "bytes": os.path.getsize(out), "onnx": out}
-
-
-def ort_dynamic(setup: Setup, work: str) -> dict:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    out = os.path.join(work, f"{setup.key}.ort_dynamic.onnx")
-    start = time.perf_counter()
-    quantize_dynamic(ort_source(setup, work), out, per_channel=True, weight_type=QuantType.QInt8)
-    return {"label": "ORT quantize_dynamic per-channel int8", "seconds": time.perf_counter() - start,
-            "bytes": os.path.getsize(out), "onnx": out}
-
-
-def lossless(setup: Setup) -> list[dict]:
-    data = open(setup.model, "rb").read()
-    start = time.perf_counter()
-    rows = [{"label": "zlib -9 of the .onnx (lossless)", "bytes": len(zlib.compress(data, 9)),
-             "seconds": time.perf_counter() - start, "lossless": True}]
-    start = time.perf_counter()
-    try:
-        import zstandard
-        size = len(zstandard.ZstdCompressor(level=19).compress(data))
-    except ImportError:
-        if shutil.which("zstd") is None:
-            return rows
-        size = len(subprocess.run(["zstd", "-19", "-c", setup.model], capture_output=True, check=True).stdout)
-    rows.append({"label": "zstd -19 of the .onnx (lossless)", "bytes": size, "seconds": time.perf_counter() - start,
-                 "lossless": True})
-    return rows
-
-
-# Runs in /work/peers-venv (torch, nncodec, onnx): code the float initializers with NNCodec's
-# data-free coder at one qp, decode them back into an .onnx; prints the bitstream size.
-NNCODEC_SCRIPT = r'''
-import importlib.abc, importlib.machinery, os, sys, types
-
-
-class Any:
-    """Stands for anything of the optional packages nncodec.framework imports (torchvision, cv2,
-    ptflops, torchmetrics: its training and data-set code), which the coder never calls."""
-    def __init__(self, *a, **k): pass
-    def __call__(self, *a, **k): return Any()
-    def __getattr__(self, name): return Any()
-    def __mro_entries__(self, bases): return (object,)
-
-
-class Stub(types.ModuleType):
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return Any()
-
-
-class Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def find_spec(self, name, path, target=None):
-        if name.split(".")[0] in ("torchvision", "cv2", "ptflops", "torchmetrics"):
-            return importlib.machinery.ModuleSpec(name, self, is_package=True)
-    def create_module(self, spec):
-        module = Stub(spec.name)
-        module.__path__ = []
-        return module
-    def exec_module(self, module): pass
-
-
-for name in ("torchvision", "cv2", "ptflops", "torchmetrics"):
-    try:
-        __import__(name)
-    except ImportError:
-        sys.meta_path.insert(0, Finder())
-        break
-import numpy as np, onnx
-from onnx import numpy_helper
-from nncodec.nnc import compression as nnc
-src, qp, bitstream, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-model = onnx.load(src)
-params = {t.name: numpy_helper.to_array(t).astype(np.float32) for t in model.graph.initializer
-          if t.data_type == onnx.TensorProto.FLOAT}
-nnc.compress(params, bitstream_path=bitstream, qp=qp, verbose=False)
-decoded = nnc.decompress(bitstream)
-decoded = decoded[0] if isinstance(decoded, tuple) else decoded
-for t in model.graph.initializer:
-    if t.name in decoded:
-        t.CopyFrom(numpy_helper.from_array(np.asarray(decoded[t.name], np.float32).reshape(tuple(t.dims)), t.name))
-onnx.save(model, out)
-print(os.path.getsize(bitstream))
-'''
-
-
-def nncodec(setup: Setup, work: str) -> list[dict] | str:
-    """Live NNCodec rows, or the reason it could not run."""
-    if not os.path.exists(PEERS_PYTHON):
-        return f"{PEERS_PYTHON} not found"
-    probe = subprocess.run([PEERS_PYTHON, "-c", "import nncodec, torch, onnx"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        return f"nncodec not importable: {(probe.stderr.strip().splitlines() or ['?'])[-1][:150]}"
-    script = os.path.join(work, "nncodec_run.py")
-    with open(script, "w") as f:
-        f.write(NNCODEC_SCRIPT)
-    rows = []
-    for qp in setup.nncodec_qps:
-        bitstream, out = os.path.join(work, f"{setup.key}.qp{qp}.nnc"), os.path.join(work, f"{setup.key}.qp{qp}.onnx")
-        print(f"  running: NNCodec qp {qp}", file=sys.stderr, flush=True)
-        start = time.perf_counter()
-        done = subprocess.run([PEERS_PYTHON, script, setup.model, str(qp), bitstream, out], capture_output=True,
-                              text=True, cwd=work)
-        seconds = time.perf_counter() - start
-        label = f"NNCodec 2.1.3 qp {qp} (data-free, DeepCABAC)"
-        if done.returncode != 0:
-            rows.append({"label": label, "seconds": seconds,
-                         "error": (done.stderr.strip().splitlines() or ["?"])[-1][:150]})
-            continue
-        rows.append({"label": label, "seconds": seconds, "bytes": int(done.stdout.split()[-1]), "onnx": out})
-    return rows
-
-
 # ---------------------------------------------------------------------------------------------
 
 def summary(report: dict | None) -> str:
@@ -327,15 +176,13 @@ def bench(key: str, args, work: str) -> None:
     rows = []
     for i, (label, cmd) in enumerate(ours(setup, work, args.quick)):
         rows.append(("ours", run_ours(label, cmd, work, f"{key}.{i}")))
-    for maker in (ort_static, ort_dynamic):
-        try:
-            rows.append(("peer", maker(setup, work)))
-        except Exception as e:  # noqa: BLE001 - a peer failing is reported, the run goes on
-            rows.append(("peer", {"label": maker.__name__, "error": str(e).splitlines()[0][:150]}))
-    rows += [("peer", r) for r in lossless(setup)]
-    live = nncodec(setup, work) if not args.no_nncodec else "--no-nncodec"
-    if isinstance(live, list):
-        rows += [("peer", r) for r in live]
+    calibration = peers.calibration_feeds({"input": np.load(setup.calib)["input"]}, 64)
+    rows.append(("peer", peers.ort_static(setup.model, calibration, work, key)))
+    rows.append(("peer", peers.ort_dynamic(setup.model, work, key)))
+    rows += [("peer", r) for r in peers.lossless(setup.model)]
+    live = "--no-nncodec" if args.no_nncodec else peers.nncodec_unavailable()
+    if live is None:
+        rows += [("peer", peers.nncodec(setup.model, qp, work, key)) for qp in setup.nncodec_qps]
 
     acc_col = f"{'top-1':>9}" if labels is not None else ""
     print(f"{'':6}{'method':52}{'ratio':>9}{'agree %':>9}{'cosine':>9}{acc_col}{'wall s':>9}")
@@ -360,7 +207,7 @@ def bench(key: str, args, work: str) -> None:
             r["seconds"] > setup.budget_s else ""
         print(f"{head}{ratio:>8.2f}x{fig['agreement']:>9.2f}{fig['cosine']:>9.4f}{acc}{r['seconds']:>9.1f}{over}"
               + (f"  {summary(r.get('report'))}" if who == "ours" and summary(r.get("report")) else ""), flush=True)
-    if not isinstance(live, list):
+    if live is not None:
         print(f"      NNCodec not run here ({live}); {QUOTED_SOURCE}:")
     else:
         print(f"      for reference, {QUOTED_SOURCE}:")
