@@ -1,16 +1,16 @@
 """Default `compress` and `quantize --per-channel` on the real models of real_models.py.
 
-    python benchmarks/default_compress_real.py [--models NAME ...] [--targeted] [--workdir DIR]
+    python benchmarks/default_compress_real.py [--models NAME ...] [--targeted] [--peers] [--workdir DIR]
 
 For each model (fetched into the cache by real_models.fetch), the real command line runs in a child
-process: `compress M` with no options, `quantize --per-channel M`, and with `--targeted` also
-`compress M --calibrate CALIB.npz --min-cosine 0.99`, and with `--peers` onnxruntime's
-`quantize_dynamic` (per-channel) and NNCodec's data-free coder at qp -38 and -30 (peers.py; its
-ratio counts the bitstream, the weights only) (calibration inputs drawn with another seed
-than the judged ones; a recurrent state is stored [2, N, 128] and a sample rate as a scalar, the
-`.npz` rule of issue 13).  Each `.dcz` is exported to `.onnx` and judged by onnxruntime, not by our
-interpreter, on the model's synthetic inputs: output cosine over all samples against the original
-in onnxruntime, the whole-file ratio (original .onnx bytes / .dcz bytes) and the command's wall time.
+process: `compress M` with no options and `quantize --per-channel M`; with `--targeted` also
+`compress M --calibrate CALIB.npz --min-cosine 0.99` (calibration inputs drawn with another seed than
+the judged ones; a recurrent state is stored [2, N, 128] and a sample rate as a scalar, the `.npz`
+rule of issue 13); with `--peers` also onnxruntime's `quantize_dynamic` (per-channel) and NNCodec's
+data-free coder at qp -38 and -30 (peers.py; its ratio counts the bitstream, i.e. the weights only).
+Each `.dcz` is exported to `.onnx` and judged by onnxruntime, not by our interpreter, on the model's
+synthetic inputs: output cosine over all samples against the original in onnxruntime, the
+whole-file ratio (original .onnx bytes / .dcz bytes) and the command's wall time.
 A command that fails is a row "failed: <last line of its stderr>"; the next one still runs.
 """
 
