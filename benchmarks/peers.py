@@ -101,7 +101,7 @@ def lossless(model_path: str) -> list[dict]:
     return rows
 
 
-# Runs in the peers venv (torch, nncodec, onnx): codes every float tensor of the model (initializers
+# Runs in the peers venv (torch, nncodec, onnx): codes every float parameter of the model (initializers
 # and Constant nodes, subgraphs included) with NNCodec's data-free coder at one qp, decodes them
 # back into an .onnx, and prints the bitstream's size.
 NNCODEC_SCRIPT = r'''
@@ -152,17 +152,38 @@ from nncodec.nnc import compression as nnc
 
 src, qp, bitstream, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 model = onnx.load(src)
+# What a PyTorch state_dict would hold: weights, biases, norm parameters.  Float constants that
+# steer shapes or ranges (Resize scales, Pad values, Clip bounds...) are not parameters: coding
+# them lossily changes output shapes.
+NOT_PARAMETERS = {"Resize", "Upsample", "Pad", "Clip", "Range", "Tile", "Expand", "Reshape", "Slice",
+                  "ConstantOfShape", "Where", "Equal", "Less", "Greater"}
+consumers = {}
+
+
+def readers(graph):
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, set()).add(node.op_type)
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                readers(attr.g)
+
+
+readers(model.graph)
 tensors = {}
+
+
+def parameter(t, name):
+    return t.data_type == onnx.TensorProto.FLOAT and len(t.dims) and not consumers.get(name, set()) & NOT_PARAMETERS
 
 
 def walk(graph, prefix):
     for t in graph.initializer:
-        if t.data_type == onnx.TensorProto.FLOAT and len(t.dims):
+        if parameter(t, t.name):
             tensors[f"{prefix}{t.name}"] = t
     for i, node in enumerate(graph.node):
         for attr in node.attribute:
-            if node.op_type == "Constant" and attr.name == "value" and attr.t.data_type == onnx.TensorProto.FLOAT \
-                    and len(attr.t.dims):
+            if node.op_type == "Constant" and attr.name == "value" and parameter(attr.t, node.output[0]):
                 tensors[f"{prefix}const{i}:{node.output[0]}"] = attr.t
             if attr.type == onnx.AttributeProto.GRAPH:
                 walk(attr.g, f"{prefix}{i}.{attr.name}/")
