@@ -63,6 +63,15 @@ def judge(model: rm.RealModel, path: str, args: list[str], work: str, tag: str, 
     return row
 
 
+def claimed(fidelity) -> str:
+    """Our command's own fidelity figures and the data it measured them on, briefly."""
+    if not isinstance(fidelity, dict):
+        return str(fidelity)[:90]
+    numbers = ", ".join(f"{k} {v:g}" for k, v in fidelity.items() if isinstance(v, (int, float))
+                        and not isinstance(v, bool))
+    return f"{numbers} on {fidelity.get('data', '?')} data"
+
+
 def judge_peer(model: rm.RealModel, path: str, row: dict, feeds: dict, reference: np.ndarray) -> dict:
     if "error" in row:
         return row
@@ -121,7 +130,7 @@ def main() -> None:
                 cos = f"{r['cosine']:.4f}" if "cosine" in r else "-"
                 print(f"{head}{r['ratio_file']:>7.2f}x{cos:>10}{r['seconds']:>8.1f}"
                       + (f"  {r['error']}" if "error" in r else "")
-                      + (f"  (reported: {str(r['claimed'])[:90]})" if "claimed" in r else ""))
+                      + (f"  (reported: {claimed(r['claimed'])})" if "claimed" in r else ""))
                 if label.startswith("compress (default)") and r.get("cosine", 0) < 0.99:
                     below.append(f"{name} {r.get('cosine', float('nan')):.3f}")
     print(f"\ndefault compress below cosine 0.99: {len(below)} of {len(args.models)}"

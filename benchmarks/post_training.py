@@ -154,13 +154,13 @@ def run_ours(label: str, args: list[str], work: str, tag: str) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 def summary(report: dict | None) -> str:
-    """What our command says it reached (the targeted options' report), briefly."""
-    if not report:
+    """What our command says it reached, and on what data (its report's `fidelity`), briefly."""
+    fidelity = (report or {}).get("fidelity")
+    if not isinstance(fidelity, dict):
         return ""
-    for key in ("fidelity", "target", "verify", "reached"):
-        if key in report:
-            return f"reported {key}: {str(report[key])[:110]}"
-    return ""
+    numbers = ", ".join(f"{k} {v:g}" for k, v in fidelity.items() if isinstance(v, (int, float))
+                        and not isinstance(v, bool))
+    return f"reports on {fidelity.get('data', '?')} data: {numbers}"
 
 
 def bench(key: str, args, work: str) -> None:
