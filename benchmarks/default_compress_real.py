@@ -43,9 +43,9 @@ def variants(targeted: bool, calib: str) -> dict[str, list[str]]:
 
 
 def judge(model: rm.RealModel, path: str, args: list[str], work: str, tag: str, feeds: dict,
-          reference: np.ndarray) -> dict:
+          reference: np.ndarray, timeout: float) -> dict:
     dcz, onnx_out = os.path.join(work, f"{tag}.dcz"), os.path.join(work, f"{tag}.onnx")
-    seconds, report, error = rm.deepcompress(args[0], path, "-o", dcz, *args[1:])
+    seconds, report, error = rm.deepcompress(args[0], path, "-o", dcz, *args[1:], timeout=timeout)
     row = {"seconds": seconds}
     if error is not None:
         return {**row, "error": error}
@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--peers", action="store_true",
                         help=f"also NNCodec (qp {', '.join(map(str, NNCODEC_QPS))}; bitstream = weights only) and "
                              "onnxruntime quantize_dynamic")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds per command [default: 900]")
     parser.add_argument("--samples", type=int, help="judged samples per model [default: each model's own]")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
@@ -113,7 +114,8 @@ def main() -> None:
             calib = os.path.join(work, f"{name}.calib.npz")
             np.savez(calib, **rm.inputs(model, args.samples, seed=2))
             size = f"{os.path.getsize(path) / 1e6:.2f}MB"
-            rows = [(label, lambda cmd=cmd, i=i: judge(model, path, cmd, work, f"{name}.{i}", feeds, reference))
+            rows = [(label, lambda cmd=cmd, i=i: judge(model, path, cmd, work, f"{name}.{i}", feeds, reference,
+                                                         args.timeout))
                     for i, (label, cmd) in enumerate(variants(args.targeted, calib).items())]
             if args.peers:
                 rows.append(("ORT quantize_dynamic per-channel", lambda: judge_peer(
