@@ -94,9 +94,10 @@ def main() -> None:
     parser.add_argument("--samples", type=int, help="judged samples per model [default: each model's own]")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # rows appear as they are measured
     logging.getLogger().setLevel(logging.ERROR)  # onnxruntime quantizer's "consider pre-processing" advice
     print(f"{'model':18}{'size':>9}  {'command':44}{'ratio':>8}{'cosine':>10}{'wall s':>8}")
-    below = []
+    below, failed = [], []
     nncodec_missing = peers.nncodec_unavailable() if args.peers else None
     if nncodec_missing:
         print(f"NNCodec not run: {nncodec_missing}")
@@ -128,6 +129,8 @@ def main() -> None:
                 head = f"{name if i == 0 else '':18}{size if i == 0 else '':>9}  {label:44}"
                 if "error" in r and "ratio_file" not in r:
                     print(f"{head}failed: {r['error']}" + (f"  ({r['seconds']:.1f} s)" if "seconds" in r else ""))
+                    if label.startswith("compress (default)"):
+                        failed.append(name)
                     continue
                 cos = f"{r['cosine']:.4f}" if "cosine" in r else "-"
                 print(f"{head}{r['ratio_file']:>7.2f}x{cos:>10}{r['seconds']:>8.1f}"
@@ -136,7 +139,7 @@ def main() -> None:
                 if label.startswith("compress (default)") and r.get("cosine", 0) < 0.99:
                     below.append(f"{name} {r.get('cosine', float('nan')):.3f}")
     print(f"\ndefault compress below cosine 0.99: {len(below)} of {len(args.models)}"
-          + (f" ({', '.join(below)})" if below else ""))
+          + (f" ({', '.join(below)})" if below else "") + (f"; failed on {', '.join(failed)}" if failed else ""))
 
 
 if __name__ == "__main__":

@@ -226,6 +226,7 @@ def main() -> None:
     parser.add_argument("--no-nncodec", action="store_true", help="skip the live NNCodec rows (quote the issue)")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # rows appear as they are measured
     keys = [k.strip() for k in args.models.split(",") if k.strip()]
     unknown = [k for k in keys if k not in QUOTED]
     if unknown:

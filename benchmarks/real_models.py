@@ -388,6 +388,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, help="samples per model [default: each model's own]")
     parser.add_argument("--list", action="store_true", help="only list the models, their wheels and inputs")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # rows appear as they are measured
     if args.list:
         for m in (BY_NAME[n] for n in args.models):
             print(f"{m.name:18} {m.task}\n{'':18} {m.package}=={m.version}  {m.member}\n{'':18} inputs: {m.note}; "
