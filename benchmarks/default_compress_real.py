@@ -69,6 +69,8 @@ def claimed(fidelity) -> str:
         return str(fidelity)[:90]
     numbers = ", ".join(f"{k} {v:g}" for k, v in fidelity.items() if isinstance(v, (int, float))
                         and not isinstance(v, bool))
+    if not numbers:
+        return str(fidelity)[:110]
     return f"{numbers} on {fidelity.get('data', '?')} data"
 
 

@@ -160,6 +160,8 @@ def summary(report: dict | None) -> str:
         return ""
     numbers = ", ".join(f"{k} {v:g}" for k, v in fidelity.items() if isinstance(v, (int, float))
                         and not isinstance(v, bool))
+    if not numbers:
+        return str(fidelity)[:110]
     return f"reports on {fidelity.get('data', '?')} data: {numbers}"
 
 
