@@ -22,6 +22,10 @@ per-sample logit cosine, and for MNIST top-1 accuracy vs the labels.  Ratio = or
 compressed file bytes (NNCodec: / its bitstream, which holds the weights only).  Wall time of each of
 our commands (issue 13: EfficientNet-Lite0 targeted compress <= 5 min, mnist_cnn <= 1 min).
 A command that fails is printed as "failed: <last line of its stderr>" and the run goes on.
+Last, per model, the issue's bars (EfficientNet-Lite0 --min-agreement 95: >= 8x whole file at
+>= 94 % agreement in <= 5 min; mnist_cnn --max-accuracy-drop 0.3: >= 100x at <= 0.3 points in
+<= 1 min; default compress cosine >= 0.99; >= 1.5x NNCodec's ratio at the same fidelity): exit
+status 1 when one is missed.
 
 `--quick`: 64 eval images / 2000 test digits, 64 calibration images / 2000 training digits, and
 only the issue's headline target per model (EfficientNet --min-agreement 95, mnist_cnn
@@ -67,6 +71,10 @@ class Setup:
     nncodec_qps: tuple[int, ...]
     targets: list[tuple[str, list[str]]]  # (label, options after --calibrate C)
     budget_s: float  # the issue's wall-time budget for targeted compress
+    headline: str  # the issue's bar: this target's row ...
+    bar_ratio: float  # ... reaches this whole-file ratio
+    bar_metric: str  # ... at this fidelity ("agreement" in %, or "drop": top-1 points below the original)
+    bar_value: float
 
 
 def prepare(key: str, work: str, quick: bool) -> Setup:
@@ -83,7 +91,7 @@ def prepare(key: str, work: str, quick: bool) -> Setup:
             targets = [("--min-agreement 99", ["--min-agreement", "99"]), *targets,
                        ("--min-agreement 90", ["--min-agreement", "90"]), ("--min-cosine 0.99", ["--min-cosine", "0.99"])]
         return Setup(key, str(SHARED / "models" / "efficientnet_lite0.onnx"), calib, evaluation,
-                     (-38, -34, -30, -26), targets, 300)
+                     (-38, -34, -30, -26), targets, 300, "--min-agreement 95", 8, "agreement", 94)
 
     def convert(src, dst, take):
         d = np.load(data / src)
@@ -96,7 +104,8 @@ def prepare(key: str, work: str, quick: bool) -> Setup:
     if not quick:
         targets += [("--min-agreement 99", ["--min-agreement", "99"]), ("--min-agreement 95", ["--min-agreement", "95"]),
                     ("--min-agreement 90", ["--min-agreement", "90"]), ("--min-cosine 0.99", ["--min-cosine", "0.99"])]
-    return Setup(key, str(SHARED / "models" / "mnist_cnn.onnx"), calib, evaluation, (-16, -13, -12), targets, 60)
+    return Setup(key, str(SHARED / "models" / "mnist_cnn.onnx"), calib, evaluation, (-16, -13, -12), targets, 60,
+                 "--max-accuracy-drop 0.3", 100, "drop", 0.3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,7 +174,39 @@ def summary(report: dict | None) -> str:
     return f"reports on {fidelity.get('data', '?')} data: {numbers}"
 
 
-def bench(key: str, args, work: str) -> None:
+def bars(setup: Setup, measured: list, base: dict, live: bool) -> list[tuple[str, bool]]:
+    """The issue's "Done when" for this model: (text, passed) per bar."""
+    ours = {r["label"]: r for who, r in measured if who == "ours"}
+    head = ours.get(f"compress --calibrate {setup.headline}")
+    if head is None:
+        return [(f"compress --calibrate {setup.headline}: did not run or failed", False)]
+    if setup.bar_metric == "agreement":
+        value, ok = head["agreement"], head["agreement"] >= setup.bar_value
+        fidelity = f"agreement {value:.2f} % >= {setup.bar_value} %"
+        nn_key, ours_fid = "agreement", head["agreement"]
+    else:
+        drop = base["accuracy"] - head["accuracy"]
+        ok = drop <= setup.bar_value + 1e-9
+        fidelity = f"top-1 {head['accuracy']:.2f} % >= {base['accuracy'] - setup.bar_value:.2f} % (drop {drop:.2f})"
+        nn_key, ours_fid = "accuracy", head["accuracy"]
+    out = [(f"{setup.headline}: whole file {head['ratio']:.1f}x >= {setup.bar_ratio}x", head["ratio"] >= setup.bar_ratio),
+           (f"{setup.headline}: {fidelity}", ok),
+           (f"{setup.headline}: {head['seconds']:.0f} s <= {setup.budget_s:.0f} s", head["seconds"] <= setup.budget_s)]
+    default = ours.get("compress (default, no options)")
+    if default is not None:
+        out.append((f"default compress: mean cosine {default['cosine']:.4f} >= 0.99", default["cosine"] >= 0.99))
+    if live:  # NNCodec's best ratio among its rows at least as faithful as ours (else its most faithful)
+        nn = [r for who, r in measured if r["label"].startswith("NNCodec")]
+        if nn:
+            same = [r for r in nn if r[nn_key] >= ours_fid - 1e-9]
+            pick = max(same, key=lambda r: r["ratio"]) if same else max(nn, key=lambda r: r[nn_key])
+            how = "at least as faithful" if same else f"its most faithful, {nn_key} {pick[nn_key]:.2f}"
+            out.append((f"{setup.headline}: {head['ratio']:.1f}x >= 1.5 x NNCodec {pick['ratio']:.2f}x "
+                        f"({pick['label'].split(' (')[0]}, {how})", head["ratio"] >= 1.5 * pick["ratio"]))
+    return out
+
+
+def bench(key: str, args, work: str) -> bool:
     setup = prepare(key, work, args.quick)
     evaluation = np.load(setup.eval)
     x, labels = evaluation["input"], evaluation["labels"] if "labels" in evaluation else None
@@ -190,6 +231,7 @@ def bench(key: str, args, work: str) -> None:
     print(f"{'':6}{'method':52}{'ratio':>9}{'agree %':>9}{'cosine':>9}{acc_col}{'wall s':>9}")
     print(f"{'':6}{'original (fp32)':52}{1:>8.2f}x{100:>9.2f}{1:>9.4f}"
           + (f"{base['accuracy']:>9.2f}" if labels is not None else "") + f"{'':>9}")
+    measured = []
     for who, r in rows:
         head = f"{who:6}{r['label']:52}"
         if "error" in r:
@@ -204,6 +246,7 @@ def bench(key: str, args, work: str) -> None:
             except Exception as e:  # noqa: BLE001
                 print(f"{head}{ratio:>8.2f}x  onnxruntime failed: {str(e).splitlines()[0][:120]}")
                 continue
+        measured.append((who, {**r, **fig, "ratio": ratio}))
         acc = f"{fig['accuracy']:>9.2f}" if labels is not None else ""
         over = "  (over the issue's budget)" if who == "ours" and "--calibrate" in r["label"] and \
             r["seconds"] > setup.budget_s else ""
@@ -219,6 +262,11 @@ def bench(key: str, args, work: str) -> None:
         cos = f"{q[3]:>9.4f}" if q[3] is not None else f"{'':>9}"
         acc = f"{q[4]:>9.2f}" if len(q) > 4 else (f"{'':>9}" if labels is not None else "")
         print(f"{'quote':6}{label:52}{ratio:>8.2f}x{agree}{cos}{acc}")
+    checks = bars(setup, measured, base, live is None)
+    print("issue 13's bars" + (" (--quick: fewer images, indicative only)" if args.quick else "") + ":")
+    for text, passed in checks:
+        print(f"  {'passed' if passed else 'MISSED'}  {text}")
+    return all(passed for _, passed in checks)
 
 
 def main() -> None:
@@ -242,8 +290,9 @@ def main() -> None:
           + ("; --quick" if args.quick else ""))
     with tempfile.TemporaryDirectory(dir=args.workdir) as work:
         work = os.path.abspath(work)  # the CLI runs in its source folder
-        for key in keys:
-            bench(key, args, work)
+        passed = [bench(key, args, work) for key in keys]
+    if not all(passed):
+        sys.exit(1)
 
 
 if __name__ == "__main__":
