@@ -9,7 +9,8 @@ The API lives in `api.py` and is loaded on first use (PEP 562): kept import-ligh
 
 __version__ = "0.1.0"
 
-_API = ("load", "info", "pack", "export", "prune", "share", "quantize", "huffman", "svd", "compress", "bench")
+_API = ("load", "info", "pack", "export", "prune", "share", "quantize", "huffman", "svd", "compress", "bench",
+        "prepare_data")
 __all__ = ["DczError", "GateFailed", "__version__", *_API]
 
 

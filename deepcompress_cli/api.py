@@ -20,7 +20,8 @@ import sys
 
 from .errors import DczError
 
-__all__ = ["load", "info", "pack", "export", "prune", "share", "quantize", "huffman", "svd", "compress", "bench"]
+__all__ = ["load", "info", "pack", "export", "prune", "share", "quantize", "huffman", "svd", "compress", "bench",
+           "prepare_data"]
 
 # Bounds of one `metadata` entry, in UTF-8 bytes, and of the entries of a file (the reader's are wider).
 METADATA_KEY_BYTES = 256
@@ -77,14 +78,31 @@ def export(model, output, *, qdq=False, metadata=None, format=None, max_decoded_
 
 def prune(model, output, *, sparsity=None, layer_sparsity=None, index_bits=None, layer_index_bits=None,
           threshold_std=None, train=None, val=None, epochs=None, lr=None, batch_size=None, logits=None, seed=0,
-          steps=None, include=(), exclude=(), metadata=None, format=None, max_data_bytes=None, jobs=None, progress=None) -> dict:
+          steps=None, calibrate=None, min_cosine=None, min_agreement=None, max_accuracy_drop=None, plan=None,
+          plan_out=None, include=(), exclude=(), metadata=None, format=None, max_data_bytes=None, jobs=None,
+          progress=None) -> dict:
     """Magnitude pruning; `sparsity` is one fraction or {"conv": .., "fc": ..}, `layer_sparsity`
-    {glob: fraction}; with `train="train.npz"` prune -> retrain in `steps` steps."""
+    {glob: fraction}; with `train="train.npz"` prune -> retrain in `steps` steps.
+    With `calibrate="calib.npz"` SparseGPT masks and updates (data-aware); with a target
+    (`min_cosine`, `min_agreement`, `max_accuracy_drop`) the kept fraction of every layer is searched."""
     from .stages.prune import DEFAULT_TRAIN_STEPS
     from .stages.prune import prune as prune_stage
     from .stages.retraining import prune_retrain
 
     config = _prune_config(sparsity, layer_sparsity, index_bits, layer_index_bits, threshold_std)
+    planned = _planning(calibrate, min_cosine, min_agreement, max_accuracy_drop, plan, plan_out, train)
+    if planned is not None:
+        if config.threshold_std is not None:
+            raise DczError("--threshold-std is magnitude pruning: not with --calibrate, a target or --plan")
+
+        def given(package):
+            from .planning import Setting
+
+            resolved = config.resolved(train=False)
+            return {t.name: Setting(density=1 - resolved.sparsity.value(t)) for t in package.tensors}
+
+        return _planned("prune", model, output, planned, given if config.sparsity.given or not planned["goal"]
+                        else None, [config], include, exclude, metadata, format, max_data_bytes, jobs, progress)
     training = _train_config(train, val, epochs, lr, batch_size, seed, logits, max_data_bytes)
     steps = _steps(steps, training, DEFAULT_TRAIN_STEPS)
 
@@ -98,14 +116,26 @@ def prune(model, output, *, sparsity=None, layer_sparsity=None, index_bits=None,
 
 
 def share(model, output, *, bits=None, layer_bits=None, init="linear", max_iter=100, tol=1e-6, seed=0,
-          train=None, val=None, epochs=None, lr=None, batch_size=None, logits=None, include=(), exclude=(),
+          train=None, val=None, epochs=None, lr=None, batch_size=None, logits=None, calibrate=None, min_cosine=None,
+          min_agreement=None, max_accuracy_drop=None, plan=None, plan_out=None, include=(), exclude=(),
           metadata=None, format=None, max_data_bytes=None, jobs=None, progress=None) -> dict:
     """k-means weight sharing: `bits` one integer or {"conv": .., "fc": ..}, `layer_bits` {glob: bits};
-    with `train=` the centroids are then trained."""
+    with `train=` the centroids are then trained. With `calibrate=` the weights are assigned to
+    per-channel scaled centroids by GPTQ; with a target each layer's bits are searched."""
     from .stages.retraining import share_retrain
     from .stages.share import share as share_stage
 
     config = _share_config(bits, layer_bits, init, max_iter, tol, seed)
+    planned = _planning(calibrate, min_cosine, min_agreement, max_accuracy_drop, plan, plan_out, train)
+    if planned is not None:
+        def given(package):
+            from .planning import Setting
+
+            resolved = config.resolved(train=False)
+            return {t.name: Setting(bits=int(resolved.bits.value(t))) for t in package.tensors}
+
+        return _planned("share", model, output, planned, given if config.bits.given or not planned["goal"] else None,
+                        [config], include, exclude, metadata, format, max_data_bytes, jobs, progress)
     training = _train_config(train, val, epochs, lr, batch_size, seed, logits, max_data_bytes)
 
     def apply(package, bar):
@@ -117,13 +147,27 @@ def share(model, output, *, bits=None, layer_bits=None, init="linear", max_iter=
                   _data_files(training))
 
 
-def quantize(model, output, *, bits=None, layer_bits=None, per_channel=False, symmetric=False, include=(),
-             exclude=(), metadata=None, format=None, jobs=None, progress=None) -> dict:
-    """Linear quantization: `bits` (default 8) one integer or {"conv": .., "fc": ..}, `layer_bits` {glob: bits}."""
+def quantize(model, output, *, bits=None, layer_bits=None, per_channel=False, symmetric=False, calibrate=None,
+             min_cosine=None, min_agreement=None, max_accuracy_drop=None, plan=None, plan_out=None, include=(),
+             exclude=(), metadata=None, format=None, max_data_bytes=None, jobs=None, progress=None) -> dict:
+    """Linear quantization: `bits` (default 8) one integer or {"conv": .., "fc": ..}, `layer_bits` {glob: bits}.
+    With `calibrate=` GPTQ rounding on a per-channel grid; with a target each layer's step is searched."""
     from .stages import per_kind
     from .stages.quantize import QuantizeConfig
     from .stages.quantize import quantize as quantize_stage
 
+    planned = _planning(calibrate, min_cosine, min_agreement, max_accuracy_drop, plan, plan_out, None)
+    if planned is not None:
+        explicit = bits is not None or bool(layer_bits)
+        config = QuantizeConfig(per_kind(8 if bits is None else bits, layer_bits, "--bits").with_defaults((8, 8)))
+
+        def given(package):
+            from .planning import Setting
+
+            return {t.name: Setting(bits=int(config.bits.value(t))) for t in package.tensors}
+
+        return _planned("quantize", model, output, planned, given if explicit or not planned["goal"] else None,
+                        [config], include, exclude, metadata, format, max_data_bytes, jobs, progress)
     bits = 8 if bits is None else bits
     if layer_bits:
         bits = per_kind(bits, layer_bits, "--bits")
@@ -164,9 +208,18 @@ def svd(model, output, *, rank=None, energy=None, ratio=None, layer_rank=None, i
 def compress(model, output, *, sparsity=None, layer_sparsity=None, index_bits=None, layer_index_bits=None,
              threshold_std=None, bits=None, layer_bits=None, init="linear", max_iter=100, tol=1e-6, seed=0,
              train=None, val=None, epochs=None, lr=None, batch_size=None, logits=None, steps=None, report=False,
+             calibrate=None, min_cosine=None, min_agreement=None, max_accuracy_drop=None, plan=None, plan_out=None,
              include=(), exclude=(), metadata=None, format=None, max_data_bytes=None, jobs=None, progress=None) -> dict:
-    """prune -> share -> huffman with the options of `prune` and `share`; with `train=` retraining
-    between the stages. `report=True` adds gzip -9 of the plain .onnx (`onnx_bytes`, `gzip9_bytes`)."""
+    """The smallest file meeting a quality target, or the paper's recipe.
+
+    - a target (`min_cosine`, `min_agreement` in %, `max_accuracy_drop` in points) with
+      `calibrate="calib.npz"`: per-layer kept fraction x step searched (planning.py), verified on
+      the data; `plan="plan.json"` applies a saved plan, `plan_out=` saves the chosen one;
+    - none of these, no `train=` and no explicit `sparsity`/`bits`/... settings: the default
+      target, min cosine 0.995 on `calibrate` data, or 0.999 on synthesized inputs without it;
+    - explicit settings (no target) or `train=`: prune -> share -> huffman, the paper's recipe
+      (with retraining between the stages when `train=` is given), fidelity then reported.
+    `report=True` adds gzip -9 of the plain .onnx (`onnx_bytes`, `gzip9_bytes`)."""
     import zlib
 
     from .container import serialize
@@ -178,11 +231,21 @@ def compress(model, output, *, sparsity=None, layer_sparsity=None, index_bits=No
     metadata = check_metadata(metadata)
     p_config = _prune_config(sparsity, layer_sparsity, index_bits, layer_index_bits, threshold_std)
     s_config = _share_config(bits, layer_bits, init, max_iter, tol, seed)
+    explicit = p_config.sparsity.given or p_config.index_bits.given or threshold_std is not None or s_config.bits.given
+    searching = _planning(calibrate, min_cosine, min_agreement, max_accuracy_drop, plan, plan_out, train,
+                          default=not explicit)
+    if searching is not None and explicit and (searching["goal"] or plan is not None):
+        raise DczError("--sparsity/--bits/--index-bits/--threshold-std set the paper's fixed recipe; a target or "
+                       "--plan searches the settings: give one or the other")
+    if searching is not None and not explicit:
+        return _planned("compress", model, output, searching, None, [p_config, s_config], include, exclude,
+                        metadata, format, max_data_bytes, jobs, progress, report=report)
     training = _train_config(train, val, epochs, lr, batch_size, seed, logits, max_data_bytes)
     steps = _steps(steps, training, DEFAULT_TRAIN_STEPS)
     package = load(model, include, exclude)
     _check_names(package, [p_config, s_config])
     input_bytes = package.file_bytes
+    probe, not_measured = _probe(package, calibrate, max_data_bytes)
     onnx_bytes = gzip_bytes = None
     if report:  # the peer: gzip of the model as a plain .onnx
         original = serialize(to_onnx(package), "ONNX model")  # over 2 GiB: one line, not EncodeError
@@ -194,23 +257,146 @@ def compress(model, output, *, sparsity=None, layer_sparsity=None, index_bits=No
         rows = compress_stage(package, p_config, s_config, bar, _jobs(jobs))
     else:
         rows, history = compress_retrain(package, p_config, s_config, training, steps, bar)
-    size, fmt = _write(package, model, output, format, metadata, reads=_data_files(training))
+    fidelity = probe.finish(package) if probe is not None else {"measured": False, "reason": not_measured}
+    reads = _data_files(training) + ([_path(calibrate)] if calibrate is not None else [])
+    size, fmt = _write(package, model, output, format, metadata, reads=reads)
     sums = totals(rows, package)
     sums["ratio_file"] = _ratio(input_bytes, size)
     data = {"output": _path(output), "format": fmt, "bytes": size, "input_bytes": input_bytes, "layers": rows,
-            "totals": sums, "onnx_bytes": onnx_bytes, "gzip9_bytes": gzip_bytes}
+            "totals": sums, "onnx_bytes": onnx_bytes, "gzip9_bytes": gzip_bytes, "mode": "recipe",
+            "ratio_file": sums["ratio_file"], "fidelity": fidelity, "warnings": []}
+    if fidelity.get("measured") and not fidelity["cosine"] >= WARN_COSINE:
+        data["warnings"].append(f"output cosine {fidelity['cosine']:.4f} on {fidelity['described']}: the fixed "
+                                "recipe damaged the model; use a target (--calibrate DATA.npz --min-agreement 95) "
+                                "or --train")
     if history is not None:
         data["training"] = history
+    return data
+
+
+# ----------------------------------------------------------------------------------- planning
+
+WARN_COSINE = 0.99  # the fixed recipe warns below this output cosine
+
+
+def _planning(calibrate, min_cosine, min_agreement, max_accuracy_drop, plan, plan_out, train, default=False):
+    """What a writing command's target options ask for (None: the plain stage)."""
+    from .planning import targets
+
+    goal = targets(min_cosine, min_agreement, max_accuracy_drop)
+    asked = calibrate is not None or goal or plan is not None or plan_out is not None
+    if not asked and not (default and train is None):
+        return None
+    if train is not None:
+        if not asked:
+            return None
+        raise DczError("--calibrate, --min-cosine, --min-agreement, --max-accuracy-drop and --plan compress "
+                       "without retraining: not with --train")
+    if plan is not None and plan_out is not None and _path(plan) == _path(plan_out):
+        raise DczError("--plan-out must not overwrite the --plan it applies")
+    return {"calibrate": _opt_path(calibrate), "goal": goal, "plan": _opt_path(plan),
+            "plan_out": _opt_path(plan_out), "default": default and not goal and plan is None}
+
+
+def _probe(package, calibrate, max_data_bytes):
+    """(Probe, None) measuring fidelity on --calibrate data or synthesized inputs, or (None, why)."""
+    from .planning import Probe, evidence_for
+
+    evidence, why = evidence_for(package, _opt_path(calibrate), max_data_bytes)
+    if evidence is None:
+        return None, why
+    try:
+        return Probe(package, evidence), None
+    except DczError as e:
+        if calibrate is not None:
+            raise
+        return None, str(e)
+
+
+def _planned(mode, model, output, searching, given_fn, configs, include, exclude, metadata, fmt,
+             max_data_bytes, jobs, progress, report=False) -> dict:
+    """A command with targets, calibration data or a plan: planning.run, then write and report."""
+    from . import planning
+
+    metadata = check_metadata(metadata)
+    package = load(model, include, exclude)
+    _check_names(package, configs)
+    input_bytes = package.file_bytes
+    before = sum(t.stored_bytes for t in package.tensors)
+    peer = None
+    if report:  # the peer: gzip of the model as a plain .onnx (over 2 GiB: one line, nothing written)
+        import zlib
+
+        from .container import serialize
+        from .onnx_io import to_onnx
+
+        original = serialize(to_onnx(package), "ONNX model")
+        peer = len(original), len(zlib.compress(original, 9))
+        del original
+    plan = planning.read_plan(searching["plan"]) if searching["plan"] else None
+    goal, default = list(searching["goal"]), searching["default"]
+    calibrate = searching["calibrate"]
+    evidence, why = None, None
+    synthesized_plan = plan is not None and (plan.get("data") or {}).get("kind") == "synthesized"
+    if calibrate is not None or default or goal or synthesized_plan:
+        evidence, why = planning.evidence_for(package, calibrate, max_data_bytes)
+        if evidence is None and goal:
+            raise DczError(f"cannot measure {goal[0].option} without data ({why}): pass --calibrate DATA.npz")
+    if default and evidence is not None:
+        value = planning.DEFAULT_MIN_COSINE if evidence.kind == "calibration" else planning.DEFAULT_MIN_COSINE_SYNTHESIZED
+        goal = [planning.Target("min_cosine", value)]
+    given = given_fn(package) if given_fn is not None else None
+    options = dict(progress=progress_bar(progress), jobs=_jobs(jobs), log=planning.progress_log(progress),
+                   model_sha256=planning.file_sha256(_path(model)))
+    try:
+        outcome = planning.run(package, mode, goal=goal, evidence=evidence, given=given, plan=plan,
+                               not_measured=why, **options)
+    except DczError as e:
+        if not default or calibrate is not None:
+            raise
+        # the default never fails a model it cannot run: the data-free safe setting, said so
+        package = load(model, include, exclude)
+        goal, evidence = [], None
+        outcome = planning.run(package, mode, goal=[], evidence=None, not_measured=str(e), **options)
+    reads = [p for p in (calibrate, searching["plan"]) if p is not None]
+    size, fmt = _write(package, model, output, fmt, metadata, reads=reads)
+    outcome.plan["bytes"] = size
+    if searching["plan_out"] is not None:
+        planning.write_plan(searching["plan_out"], outcome.plan)
+    after = sum(t.nbytes if fmt == "onnx" else t.stored_bytes for t in package.tensors)
+    rows = outcome.rows
+    weights_before = sum(r["bytes_original"] for r in rows)
+    weights_after = sum(r["bytes"] for r in rows)
+    totals = {"weights": sum(r["weights"] for r in rows), "kept": sum(r["kept"] for r in rows),
+              "bytes_original": weights_before, "bytes_stored": weights_after,
+              "ratio_weights": _ratio(weights_before, weights_after), "ratio_tensors": _ratio(before, after),
+              "ratio_file": _ratio(input_bytes, size)}
+    fidelity = outcome.fidelity if outcome.fidelity is not None else \
+        {"measured": False, "reason": next((n.split(": ", 1)[1] for n in outcome.notes
+                                            if n.startswith("fidelity not measured")), why)}
+    if outcome.fidelity is not None:
+        fidelity = {**fidelity, "measured": True}
+    data = {"output": _path(output), "format": fmt, "bytes": size, "input_bytes": input_bytes, "mode": mode,
+            "tensor_bytes_before": before, "tensor_bytes_after": after, "ratio_tensors": _ratio(before, after),
+            "ratio_file": _ratio(input_bytes, size), "layers": rows, "totals": totals, "fidelity": fidelity,
+            "target": [t.to_json() for t in goal], "default_target": bool(default and goal),
+            "target_met": bool(goal) and outcome.fidelity is not None and all(t.met(outcome.fidelity) for t in goal),
+            "lossless": outcome.lossless, "notes": outcome.notes, "phases": outcome.phases,
+            "verify_runs": outcome.verifies, "plan_out": searching["plan_out"], "plan": searching["plan"],
+            "warnings": []}
+    if peer is not None:
+        data["onnx_bytes"], data["gzip9_bytes"] = peer
     return data
 
 
 # ----------------------------------------------------------------------------------- bench
 
 def bench(*models, baseline=None, data=None, calibrate=None, runs=10, warmup=2, batch_size=1, seed=0, int8=True,
-          ort=False, min_ratio=None, max_accuracy_drop=None, min_cosine=None, check=False, max_data_bytes=None,
-          max_decoded_bytes=None, progress=None) -> dict:
+          ort=False, min_ratio=None, max_accuracy_drop=None, min_cosine=None, min_agreement=None, check=False,
+          max_data_bytes=None, max_decoded_bytes=None, progress=None) -> dict:
     """Size, latency and accuracy (or fidelity) of `models`, as `bench --json` prints it.
 
+    `min_agreement`: top-1 agreement with the baseline's float32 outputs, in % (like `min_cosine`).
     Gates are evaluated (`report["gates"]`, `report["passed"]`) but do not raise: the caller decides
     (the CLI exits 1). `check=True` only lists the ops the interpreter lacks: {"unsupported": {..}}.
     """
@@ -226,13 +412,31 @@ def bench(*models, baseline=None, data=None, calibrate=None, runs=10, warmup=2, 
         from .interp.graph import unsupported_ops
 
         return {"unsupported": {m: sorted(unsupported_ops(load(m).graph)) for m in models}}
-    gates = {"min_ratio": min_ratio, "max_accuracy_drop": max_accuracy_drop, "min_cosine": min_cosine}
+    gates = {"min_ratio": min_ratio, "max_accuracy_drop": max_accuracy_drop, "min_cosine": min_cosine,
+             "min_agreement": min_agreement}
     config = BenchConfig(runs, warmup, batch_size, seed, int8, ort, _opt_path(data), _opt_path(calibrate),
                          _opt_path(baseline), gates, max_data_bytes=max_data_bytes,
                          max_decoded_bytes=max_decoded_bytes)
     report = run_bench(models, config, progress_bar(progress))
     report["passed"] = all(g["passed"] for g in report["gates"])
     return report
+
+
+# ----------------------------------------------------------------------------------- data
+
+def prepare_data(source, output, *, model=None, input=None, key=None, labels=None, layout=None,
+                 source_layout="NHWC", size=None, scale=1.0, mean=0.0, std=1.0, dtype=None, take=None,
+                 max_data_bytes=None, progress=None) -> dict:
+    """The `data` command: raw arrays (`source` an .npz/.npy) or a folder of image files (with
+    Pillow) -> a model-ready .npz at `output`, value = (x * scale - mean) / std, as `data --json`
+    reports it. `model` fills in the input name, layout, size and dtype its graph input declares.
+    `size` is H, (H, W) or "H,W"; `mean`/`std` one number or one per channel. See preprocess.py."""
+    from .preprocess import PrepConfig, prepare
+
+    config = PrepConfig(input, key, labels, layout, source_layout, size, scale, mean, std, dtype, take)
+    bar = progress_bar(progress)
+    return prepare(_path(source), _path(output), config, _opt_path(model), max_data_bytes,
+                   lambda items, **kw: bar(items, **kw))
 
 
 # ----------------------------------------------------------------------------------- helpers

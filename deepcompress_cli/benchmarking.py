@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .data import InputSpec, check_classes, check_labels, convert, input_specs as data_specs, load_npz
+from .data import (InputSpec, batch_size, check_classes, check_labels, convert, declared_layout, load_npz, pick,
+                   sample_count, sample_layout, take)
+from .data import input_specs as data_specs
 from .errors import DczError, GateFailed
 from .files import check_decoded_size, decoded_bytes, read_model
 from .interp.ops import MAX_VALUE_BYTES
@@ -41,7 +43,7 @@ class BenchConfig:
     data: str | None = None
     calibrate: str | None = None
     baseline: str | None = None
-    gates: dict = field(default_factory=dict)  # min_ratio, max_accuracy_drop (points), min_cosine
+    gates: dict = field(default_factory=dict)  # min_ratio, max_accuracy_drop (points), min_cosine, min_agreement (%)
     max_value_bytes: int = MAX_VALUE_BYTES  # one array an op sizes from tensor values (interp/ops)
     max_data_bytes: int | None = None  # cap on the decoded --data/--calibrate arrays (data.MAX_DATA_BYTES)
     max_decoded_bytes: int | None = None  # cap on a model's decoded tensors (files.check_decoded_size)
@@ -61,50 +63,80 @@ def input_specs(interp) -> list[tuple[str, list, np.dtype]]:
     return specs
 
 
+def graph_specs(interp) -> list[InputSpec]:
+    """The `data.InputSpec` of each graph input the data feeds (not a constant)."""
+    return [InputSpec.of(i.name, i.type.tensor_type) for i in interp.model.graph.input
+            if i.name not in interp.plan.constants]
+
+
 def make_inputs(interp, data: dict | None, count: int, seed: int,
-                max_bytes: int = MAX_RANDOM_INPUT_BYTES) -> dict[str, np.ndarray]:
-    """`count` samples per input: the first ones of `data`, or seeded random numbers (as many of
-    `count` as fit in `max_bytes`; not even one is a one-line error)."""
-    specs = input_specs(interp)
+                max_bytes: int = MAX_RANDOM_INPUT_BYTES, option: str = "--data") -> dict[str, np.ndarray]:
+    """`count` samples per input: the arrays of `data` (checked against the inputs, in their
+    dtypes), or seeded random numbers laid out as `data.declared_layout` says (as many of `count`
+    as fit in `max_bytes`; not even one is a one-line error). `option`: the data option the
+    messages name (bench's --data, compress's --calibrate)."""
+    specs = graph_specs(interp)
     if data is not None:
-        missing = next((name for name, _, _ in specs if name not in data), None)
-        if missing is not None:
-            raise DczError(f"--data has no array named {missing!r} (the model's input)")
-        return {name: convert(data[name], InputSpec(name, None, dtype)) for name, _, dtype in specs}
-    shapes = {name: [d if d and d > 0 else 1 for d in dims[1:]] for name, dims, _ in specs}
-    sample_bytes = sum(math.prod(shapes[name]) * dtype.itemsize for name, _, dtype in specs)  # exact ints
+        sample_layout(specs, data, option)  # names, shapes and dtypes, one line each
+        return {s.name: convert(data[s.name], s) for s in specs}
+    layout = declared_layout(specs)
+    scalar = next((s for s in specs if layout[s.name] is None and not s.dims), None)
+    if scalar is not None:
+        raise DczError(f"random inputs: the model's input {scalar.name!r} is a scalar {scalar.dtype}, a setting "
+                       "shared by every sample (such as a sample rate) that random numbers cannot stand for: give "
+                       f"{option} with a 0-d array {scalar.name!r}")
+    text = next((s.name for s in specs if s.dtype.kind not in "biuf"), None)
+    if text is not None:
+        raise DczError(f"random inputs: input {text!r} is not numeric; give {option}")
+
+    def shape(spec, n):
+        dims = [d if d else 1 for d in (spec.dims if spec.dims is not None else (None,))]
+        if layout[spec.name] is not None:
+            dims[layout[spec.name]] = n
+        return dims
+
+    sample_bytes = sum(math.prod(shape(s, 1)) * s.dtype.itemsize for s in specs
+                       if layout[s.name] is not None)  # exact ints
     if sample_bytes * count > max_bytes:
         count = max_bytes // sample_bytes
         if count == 0:
-            name, _, dtype = max(specs, key=lambda s: math.prod(shapes[s[0]]) * s[2].itemsize)
-            raise DczError(f"random inputs: one sample takes {sample_bytes:,} bytes (input {name!r} is "
-                           f"{shapes[name]} {dtype}), over the {max_bytes:,}-byte limit: give --data")
-    text = next((name for name, _, dtype in specs if dtype.kind not in "biuf"), None)
-    if text is not None:
-        raise DczError(f"random inputs: input {text!r} is not numeric; give --data")
+            spec = max((s for s in specs if layout[s.name] is not None),
+                       key=lambda s: math.prod(shape(s, 1)) * s.dtype.itemsize)
+            raise DczError(f"random inputs: one sample takes {sample_bytes:,} bytes (input {spec.name!r} is "
+                           f"{shape(spec, 1)} {spec.dtype}), over the {max_bytes:,}-byte limit: give {option}")
     rng = np.random.default_rng(seed)
     feeds = {}
-    for name, _, dtype in specs:
-        shape = [count, *shapes[name]]
-        if dtype == np.float32:  # drawn in float32 directly: no float64 copy twice the size
-            feeds[name] = rng.standard_normal(shape, dtype=np.float32)
+    for spec in specs:
+        dims = shape(spec, count)
+        if spec.dtype == np.float32:  # drawn in float32 directly: no float64 copy twice the size
+            feeds[spec.name] = rng.standard_normal(dims, dtype=np.float32)
         else:
-            feeds[name] = rng.standard_normal(shape).astype(dtype)
+            feeds[spec.name] = rng.standard_normal(dims).astype(spec.dtype)
     return feeds
 
 
-def fixed_batch(interp) -> int | None:
-    dims = [dims for _, dims, _ in input_specs(interp)]
-    return dims[0][0] if dims and dims[0] and dims[0][0] else None
+def feeds_layout(interp, feeds: dict, random: bool = False) -> dict[str, int | None]:
+    """The sample layout of `feeds` (from `make_inputs`): random ones as they were made."""
+    specs = graph_specs(interp)
+    return declared_layout(specs) if random else sample_layout(specs, feeds)
 
 
-def run_batched(interp, feeds: dict, batch: int, progress=None, desc: str = "") -> np.ndarray:
-    """The first numeric output over all samples, `batch` at a time (a progress bar per batch if given)."""
-    n = len(next(iter(feeds.values())))
+def fixed_batch(interp, layout: dict | None = None) -> int | None:
+    """The batch size the model fixes on its inputs' sample axis (None: any)."""
+    specs = graph_specs(interp)
+    return batch_size(specs, declared_layout(specs) if layout is None else layout)
+
+
+def run_batched(interp, feeds: dict, batch: int, progress=None, desc: str = "",
+                layout: dict | None = None) -> np.ndarray:
+    """The first numeric output over all samples, `batch` at a time (a progress bar per batch if
+    given); each input sliced on its sample axis (`layout`, by default found from `feeds`)."""
+    layout = feeds_layout(interp, feeds) if layout is None else layout
+    n = sample_count(feeds, layout)
     starts = range(0, n, batch)
     if progress is not None:
         starts = progress(starts, desc=desc, total=len(starts), unit="batch")
-    outs = [first_numeric(interp.run({k: v[i:i + batch] for k, v in feeds.items()})) for i in starts]
+    outs = [first_numeric(interp.run(take(feeds, layout, i, i + batch))) for i in starts]
     return np.concatenate(outs)
 
 
@@ -171,17 +203,21 @@ def bench(paths: list[str], config: BenchConfig, progress=lambda items, **kw: it
     first = _read(baseline_path, config)  # its inputs say which arrays of --data to read, and how big
     specs = data_specs(first.graph.graph)
     data = load_npz(config.data, specs, "--data", config.max_data_bytes) if config.data else None
-    labels = check_labels(data.pop("labels", None), data) if data else None
+    labels = layout = None
+    if data is not None:
+        labels = data.pop("labels", None)
+        layout = sample_layout(specs, data)
+        labels = check_labels(labels, data, "--data", layout)
     check_gates_can_run(paths, config, labels)
-    count = len(labels) if labels is not None else (len(next(iter(data.values()))) if data else
-                                                    random_sample_count(first))
+    count = sample_count(data, layout) if data is not None else random_sample_count(first)
     results, reference = [], None
     for path in models:
         package, first = (first if first is not None else _read(path, config)), None
         fp32 = Interpreter(package, config.max_value_bytes)
-        batch = fixed_batch(fp32) or config.batch
         feeds = make_inputs(fp32, data, count, config.seed)
-        one_batch = {k: v[:batch] if len(v) >= batch else np.resize(v, (batch, *v.shape[1:])) for k, v in feeds.items()}
+        layout = feeds_layout(fp32, feeds, random=data is None)
+        batch = fixed_batch(fp32, layout) or config.batch
+        one_batch = pick(feeds, layout, np.arange(batch) % sample_count(feeds, layout))  # repeated if too few
         size = package.file_bytes or 0
         row = {"model": path, "file_bytes": size, "decoded_bytes": decoded_bytes(package),
                "weight_bytes": sum(t.stored_bytes for t in package.tensors if t.is_weight),
@@ -197,7 +233,7 @@ def bench(paths: list[str], config: BenchConfig, progress=lambda items, **kw: it
             if mode == "int8":
                 interp = None  # the float one's weights go before the int8 ones are made
                 interp = Int8Interpreter(package, ranges, config.max_value_bytes)
-            out = run_batched(interp, feeds, batch, progress, f"{path} {mode}")
+            out = run_batched(interp, feeds, batch, progress, f"{path} {mode}", layout)
             if labels is not None and not results and mode == "fp32":  # class ids past the logits
                 check_classes(out, labels, "--data")
             stats = {"latency": latency(lambda: interp.run(one_batch), config.runs, config.warmup)}
@@ -242,7 +278,10 @@ def check_gates_can_run(paths: list[str], config: BenchConfig, labels) -> None:
         raise DczError("--min-ratio needs a second model to compare with the baseline")
     if gates.get("max_accuracy_drop") is not None and labels is None:
         raise DczError("--max-accuracy-drop needs --data with `labels`")
-    quality = gates.get("max_accuracy_drop") is not None or gates.get("min_cosine") is not None
+    agreement = gates.get("min_agreement")
+    if agreement is not None and not (isinstance(agreement, (int, float)) and 0 <= agreement <= 100):
+        raise DczError(f"--min-agreement is a percentage 0..100, got {agreement!r}")
+    quality = any(gates.get(g) is not None for g in ("max_accuracy_drop", "min_cosine", "min_agreement"))
     if quality and others == 0 and not config.int8:
         raise DczError("quality gates need a second model, or int8 mode of the baseline")
 
@@ -268,6 +307,10 @@ def check_gates(report: dict, gates: dict) -> list[dict]:
                 cosine = stats["fidelity"]["cosine"]
                 checks.append(_gate("min-cosine", row, cosine, gates["min_cosine"],
                                     bool(cosine >= gates["min_cosine"]), mode))  # NaN fails
+            if gates.get("min_agreement") is not None:  # in %, as the option takes it
+                agreement = round(100 * stats["fidelity"]["top1_agreement"], 4)
+                checks.append(_gate("min-agreement", row, agreement, gates["min_agreement"],
+                                    agreement >= gates["min_agreement"], mode))
     return checks
 
 

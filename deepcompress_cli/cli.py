@@ -263,6 +263,41 @@ def train_options(with_seed: bool, with_steps: bool):
     return decorate
 
 
+def target_options(f):
+    """Quality targets and plans: compress, prune, share and quantize (see planning.py)."""
+    f = click.option("--plan", "plan", metavar="PLAN.json",
+                     help="Apply the per-layer settings of this plan (from --plan-out) without searching; "
+                          "with the same --calibrate data the output is byte-identical.")(f)
+    f = click.option("--plan-out", metavar="PLAN.json",
+                     help="Write the chosen per-layer settings (with the model's and data's SHA-256) here.")(f)
+    f = click.option("--max-accuracy-drop", type=float, metavar="P",
+                     help="Target: top-1 at most P points below the original on the --calibrate labels.")(f)
+    f = click.option("--min-agreement", type=float, metavar="PCT",
+                     help="Target: top-1 agreement with the original model >= PCT % on the calibration inputs.")(f)
+    f = click.option("--min-cosine", type=float, metavar="C",
+                     help="Target: cosine of the outputs (all samples as one vector, as bench reports) >= C.")(f)
+    return click.option("--calibrate", metavar="DATA.npz",
+                        help="Calibration inputs (by graph input name, optional `labels`): data-aware rounding and "
+                             "pruning (GPTQ, SparseGPT, bias correction); targets are measured on them.")(f)
+
+
+def target_kwargs(calibrate, min_cosine, min_agreement, max_accuracy_drop, plan_out, plan) -> dict:
+    return {"calibrate": calibrate, "min_cosine": min_cosine, "min_agreement": min_agreement,
+            "max_accuracy_drop": max_accuracy_drop, "plan_out": plan_out, "plan": plan}
+
+
+def emit_planned(ctx, data: dict, formatter) -> None:
+    """A stage's report: the plan's table when it was planned, else the stage's own."""
+    from .report import format_planned
+
+    for warning in data.get("warnings") or ():
+        click.echo(printable(f"deepcompress: warning: {warning}"), err=True)
+    if "fidelity" in data and data.get("mode") != "recipe":
+        emit(ctx, data, format_planned(data), stdout_taken=data["output"] == "-")
+    else:
+        emit_stage(ctx, data, formatter)
+
+
 def settings(ctx) -> dict:
     """The global options the API takes: threads and progress bars."""
     options = ctx.find_root().obj or {}
@@ -400,11 +435,13 @@ def info(ctx, model):
 @output_option
 @prune_options
 @train_options(with_seed=True, with_steps=True)
+@target_options
 @selection_options
 @json_option
 @click.pass_context
 def prune(ctx, model, output, fmt, metadata, sparsity, layer_sparsity, index_bits, layer_index_bits, threshold_std,
-          train, val, epochs, lr, batch_size, logits, seed, steps, include, exclude):
+          train, val, epochs, lr, batch_size, logits, seed, steps, calibrate, min_cosine, min_agreement,
+          max_accuracy_drop, plan_out, plan, include, exclude):
     """Magnitude-prune each weight layer; store survivors with relative indices.
 
     Each kept weight is stored with the gap to the previous one in --index-bits bits; a longer
@@ -412,10 +449,13 @@ def prune(ctx, model, output, fmt, metadata, sparsity, layer_sparsity, index_bit
     With --train, prune -> retrain in --steps increasing steps (pruned weights stay 0); the
     defaults then become: a layer of n weights keeps 12/sqrt(n) of them, index bits conv=5,fc=8.
     A NAME glob that matches no weight is an error.
+    With --calibrate: SparseGPT masks (the weights kept are updated to make up for those
+    pruned); with a target the kept fraction of each layer is searched (see compress).
 
     \b
     Examples:
       deepcompress prune model.onnx -o pruned.dcz
+      deepcompress prune model.onnx -o pruned.dcz --calibrate calib.npz --min-cosine 0.99
       deepcompress prune lenet300.onnx -o pruned.dcz --sparsity conv=0.5,fc=0.9 --layer-sparsity 'fc3*=0.75'
       deepcompress prune model.onnx -o pruned.dcz --train train.npz --val test.npz --steps 4
     """
@@ -425,8 +465,10 @@ def prune(ctx, model, output, fmt, metadata, sparsity, layer_sparsity, index_bit
     data = api.prune(model, output, sparsity=sparsity, layer_sparsity=layer_sparsity, index_bits=index_bits,
                      layer_index_bits=layer_index_bits, threshold_std=threshold_std, train=train, val=val,
                      epochs=epochs, lr=lr, batch_size=batch_size, logits=logits, seed=seed, steps=steps,
-                     include=include, exclude=exclude, metadata=metadata, format=fmt, max_data_bytes=max_data_bytes(ctx), **settings(ctx))
-    emit_stage(ctx, data, format_prune)
+                     include=include, exclude=exclude, metadata=metadata, format=fmt, max_data_bytes=max_data_bytes(ctx),
+                     **target_kwargs(calibrate, min_cosine, min_agreement, max_accuracy_drop, plan_out, plan),
+                     **settings(ctx))
+    emit_planned(ctx, data, format_prune)
 
 
 @main.command()
@@ -434,16 +476,19 @@ def prune(ctx, model, output, fmt, metadata, sparsity, layer_sparsity, index_bit
 @output_option
 @share_options
 @train_options(with_seed=False, with_steps=False)
+@target_options
 @selection_options
 @json_option
 @click.pass_context
 def share(ctx, model, output, fmt, metadata, bits, layer_bits, init, max_iter, tol, seed, train, val, epochs, lr,
-          batch_size, logits, include, exclude):
+          batch_size, logits, calibrate, min_cosine, min_agreement, max_accuracy_drop, plan_out, plan, include, exclude):
     """Weight sharing: k-means per layer, weights replaced by 2^bits centroid indices.
 
     Only the kept weights of a pruned layer are clustered; zeros stay exactly zero. With
     --train, the centroids are then fine-tuned (each moves by lr x the summed gradients of its
     weights; indices stay fixed) and --bits defaults to conv=4,fc=4.
+    With --calibrate: centroids per layer on channel-scaled weights, assigned by GPTQ; with a
+    target each layer's bits are searched (see compress).
 
     \b
     Examples:
@@ -456,8 +501,10 @@ def share(ctx, model, output, fmt, metadata, bits, layer_bits, init, max_iter, t
 
     data = api.share(model, output, bits=bits, layer_bits=layer_bits, init=init, max_iter=max_iter, tol=tol,
                      seed=seed, train=train, val=val, epochs=epochs, lr=lr, batch_size=batch_size, logits=logits,
-                     include=include, exclude=exclude, metadata=metadata, format=fmt, max_data_bytes=max_data_bytes(ctx), **settings(ctx))
-    emit_stage(ctx, data, format_share)
+                     include=include, exclude=exclude, metadata=metadata, format=fmt, max_data_bytes=max_data_bytes(ctx),
+                     **target_kwargs(calibrate, min_cosine, min_agreement, max_accuracy_drop, plan_out, plan),
+                     **settings(ctx))
+    emit_planned(ctx, data, format_share)
 
 
 @main.command()
@@ -470,14 +517,19 @@ def share(ctx, model, output, fmt, metadata, bits, layer_bits, init, max_iter, t
                                                    "axis 1, Gemm by transB, MatMul the last axis) instead of one per tensor.")
 @click.option("--symmetric", is_flag=True, help="Range +-max|w| with zero point 0 (int8 values, stored offset "
                                                  "by 128) instead of [min, max].")
+@target_options
+@data_bytes_option
 @selection_options
 @json_option
 @click.pass_context
-def quantize(ctx, model, output, fmt, metadata, bits, layer_bits, per_channel, symmetric, include, exclude):
+def quantize(ctx, model, output, fmt, metadata, bits, layer_bits, per_channel, symmetric, calibrate, min_cosine,
+             min_agreement, max_accuracy_drop, plan_out, plan, include, exclude):
     """Linear quantization of each weight tensor from its min/max (TensorFlow style).
 
     The range always includes 0.0, which stays exact; the zero point is rounded before use,
     so rounding errors do not accumulate in one direction. Chains with huffman.
+    With --calibrate: GPTQ rounding on a symmetric per-channel grid, bias correction; with a
+    target each layer's step is searched (see compress).
 
     \b
     Examples:
@@ -489,8 +541,10 @@ def quantize(ctx, model, output, fmt, metadata, bits, layer_bits, per_channel, s
 
     data = api.quantize(model, output, bits=bits, layer_bits=layer_bits, per_channel=per_channel,
                         symmetric=symmetric, include=include, exclude=exclude, metadata=metadata, format=fmt,
+                        max_data_bytes=max_data_bytes(ctx),
+                        **target_kwargs(calibrate, min_cosine, min_agreement, max_accuracy_drop, plan_out, plan),
                         **settings(ctx))
-    emit_stage(ctx, data, format_quantize)
+    emit_planned(ctx, data, format_quantize)
 
 
 @main.command()
@@ -551,33 +605,57 @@ def huffman(ctx, model, output, fmt, metadata):
 @share_options
 @train_options(with_seed=False, with_steps=True)
 @click.option("--report", is_flag=True, help="Print the paper's table (P, P+Q, P+Q+H per layer) and gzip -9 of the plain .onnx.")
+@target_options
 @selection_options
 @json_option
 @click.pass_context
 def compress(ctx, model, output, fmt, metadata, sparsity, layer_sparsity, index_bits, layer_index_bits,
              threshold_std, bits, layer_bits, init, max_iter, tol, seed, train, val, epochs, lr, batch_size, logits,
-             steps, report, include, exclude):
-    """The whole recipe: prune -> share -> huffman, with the same options as those commands.
+             steps, report, calibrate, min_cosine, min_agreement, max_accuracy_drop, plan_out, plan, include, exclude):
+    """The smallest file that meets a quality target; or the paper's recipe (prune -> share -> huffman).
 
-    With --train: prune -> retrain in --steps steps, share -> train the centroids, huffman; the
-    defaults then are those of `prune --train` and `share --train`.
+    With a target (--min-cosine, --min-agreement, --max-accuracy-drop) measured on --calibrate
+    data: per layer, kept fraction x per-channel step are chosen from each layer's sensitivity
+    and exact Huffman sizes, rounded and pruned by GPTQ/SparseGPT, and verified end to end.
+    Exit 1 (nothing written) when not even the lossless form meets the target.
+
+    Default (no target, no --train, no --sparsity/--bits/--index-bits/--threshold-std): the
+    target min cosine 0.995 on --calibrate data, or 0.999 on synthesized inputs without it (the
+    report says so); a model the interpreter cannot run gets a fine per-channel grid, no pruning.
+
+    Explicit --sparsity/--bits (no target): the paper's fixed recipe, fidelity reported on
+    synthesized inputs (or --calibrate data), a warning below cosine 0.99. With --train:
+    prune -> retrain in --steps steps, share -> train the centroids, huffman; the defaults then
+    are those of `prune --train` and `share --train`.
 
     \b
     Examples:
-      deepcompress compress model.onnx -o model.dcz --report
+      deepcompress compress model.onnx -o model.dcz --calibrate calib.npz --min-agreement 95
+      deepcompress compress model.onnx -o model.dcz --calibrate calib.npz --plan-out plan.json
+      deepcompress compress model.onnx -o model.dcz --calibrate calib.npz --plan plan.json
       deepcompress compress model.onnx -o model.dcz --sparsity fc=0.95 --bits conv=6,fc=4
       deepcompress compress model.onnx -o model.dcz --train train.npz --val test.npz --report
     """
     from . import api
-    from .report import format_compress, format_compress_line
+    from .report import format_compress, format_compress_line, format_fidelity
 
     data = api.compress(model, output, sparsity=sparsity, layer_sparsity=layer_sparsity, index_bits=index_bits,
                         layer_index_bits=layer_index_bits, threshold_std=threshold_std, bits=bits,
                         layer_bits=layer_bits, init=init, max_iter=max_iter, tol=tol, seed=seed, train=train,
                         val=val, epochs=epochs, lr=lr, batch_size=batch_size, logits=logits, steps=steps,
                         report=report, include=include, exclude=exclude, metadata=metadata, format=fmt,
-                        max_data_bytes=max_data_bytes(ctx), **settings(ctx))
+                        max_data_bytes=max_data_bytes(ctx),
+                        **target_kwargs(calibrate, min_cosine, min_agreement, max_accuracy_drop, plan_out, plan),
+                        **settings(ctx))
+    for warning in data.get("warnings") or ():
+        click.echo(printable(f"deepcompress: warning: {warning}"), err=True)
+    if data.get("mode") == "compress":
+        from .report import format_planned
+
+        emit(ctx, data, format_planned(data), stdout_taken=output == "-")
+        return
     text = format_compress(data) if report else format_compress_line(data)
+    text += "\n" + format_fidelity(data.get("fidelity"))
     if "training" in data:
         text = f"{format_training(data['training'])}\n\n{text}"
     emit(ctx, data, text, stdout_taken=output == "-")
@@ -599,16 +677,18 @@ def compress(ctx, model, output, fmt, metadata, sparsity, layer_sparsity, index_
                                               "smaller than the baseline's.")
 @click.option("--max-accuracy-drop", type=float, metavar="P", help="Gate: top-1 at most P points below the baseline.")
 @click.option("--min-cosine", type=float, metavar="C", help="Gate: output cosine similarity to the baseline >= C.")
+@click.option("--min-agreement", type=float, metavar="PCT",
+              help="Gate: top-1 agreement with the baseline's float32 outputs >= PCT percent.")
 @click.option("--check", is_flag=True, help="Only list ops the interpreter does not support (exit 2 if any).")
 @data_bytes_option
 @decoded_bytes_option
 @json_option
 @click.pass_context
 def bench(ctx, models, baseline, data, calibrate, runs, warmup, batch_size, seed, int8, ort, min_ratio,
-          max_accuracy_drop, min_cosine, check):
+          max_accuracy_drop, min_cosine, min_agreement, check):
     """Size, latency (fp32 and int8) and accuracy or fidelity of models, side by side.
 
-    Exit status 1 when a gate (--min-ratio, --max-accuracy-drop, --min-cosine) fails.
+    Exit status 1 when a gate (--min-ratio, --max-accuracy-drop, --min-cosine, --min-agreement) fails.
 
     \b
     Examples:
@@ -621,7 +701,8 @@ def bench(ctx, models, baseline, data, calibrate, runs, warmup, batch_size, seed
 
     report = api.bench(*models, baseline=baseline, data=data, calibrate=calibrate, runs=runs, warmup=warmup,
                        batch_size=batch_size, seed=seed, int8=int8, ort=ort, min_ratio=min_ratio,
-                       max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, check=check,
+                       max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, min_agreement=min_agreement,
+                       check=check,
                        max_data_bytes=max_data_bytes(ctx), max_decoded_bytes=max_decoded_bytes(ctx),
                        progress=settings(ctx)["progress"])
     if check:
@@ -633,6 +714,61 @@ def bench(ctx, models, baseline, data, calibrate, runs, warmup, batch_size, seed
         return
     emit(ctx, report, format_bench(report))
     enforce(report)
+
+
+@main.command("data")
+@click.argument("source", metavar="SRC")
+@click.option("-o", "--output", required=True, metavar="OUT.npz",
+              help="Output .npz ('-' for stdout). Written atomically; never the source, an image or the model.")
+@click.option("--model", metavar="MODEL", help="Take the input name, layout, size and dtype from this model's graph "
+                                               "input when not given, and check the result against it.")
+@click.option("--input", "input_name", metavar="NAME", help="Name of the output array: the model's input.")
+@click.option("--key", metavar="KEY", help="The array of SRC (.npz) to convert [default: the only one besides the labels].")
+@click.option("--labels", metavar="KEY", help="SRC's array of class ids, written as `labels` [default: `labels` if present].")
+@click.option("--layout", type=click.Choice(["NCHW", "NHWC"], case_sensitive=False),
+              help="Axis order of the output [default: the model's, else the source's].")
+@click.option("--source-layout", type=click.Choice(["NHWC", "NCHW"], case_sensitive=False), default="NHWC",
+              show_default=True, help="Axis order of 4-D source arrays (N x H x W arrays are gray images).")
+@click.option("--size", metavar="H[,W]", help="Center-crop to this aspect ratio and resize (antialiased bilinear) "
+                                              "[default: the model's fixed H and W, else no resize].")
+@click.option("--scale", type=float, default=1.0, show_default=True, help="value = (x * SCALE - MEAN) / STD.")
+@click.option("--mean", default="0", show_default=True, metavar="M[,M,M]", help="One value, or one per channel.")
+@click.option("--std", default="1", show_default=True, metavar="S[,S,S]", help="One value, or one per channel.")
+@click.option("--dtype", metavar="DTYPE", help="float32, float16, float64, uint8, int8, int16, int32 or int64 "
+                                               "[default: the model's input dtype, else float32].")
+@click.option("--take", type=int, metavar="N", help="Only the first N samples (images: by sorted path).")
+@data_bytes_option
+@json_option
+@click.pass_context
+def data_command(ctx, source, output, model, input_name, key, labels, layout, source_layout, size, scale, mean, std,
+                 dtype, take):
+    """Turn raw arrays or image files (SRC) into a model-ready .npz for --data, --calibrate, --train.
+
+    SRC is an .npz or .npy of raw samples (e.g. uint8 images N x H x W x 3) or, with Pillow
+    (pip install 'deepcompress[images]'), a folder of image files, sorted by path, labelled by
+    their sub-folder when they are in sub-folders. value = (x * scale - mean) / std, computed in
+    float64 and cast once to --dtype. The same command writes the same bytes.
+
+    \b
+    Examples:
+      deepcompress data photos.npz --key images -o calib.npz --model efficientnet_lite0.onnx --mean 127 --std 128
+      deepcompress data mnist.npz --key images -o test.npz --input input --layout NCHW --scale 0.00392156862745098 --mean 0.5 --std 0.5
+      deepcompress data images/ -o calib.npz --model resnet50.onnx --size 224 --scale 0.00392156862745098 \\
+          --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --take 256
+    """
+    from . import api
+    from .report import human_bytes
+
+    data = api.prepare_data(source, output, model=model, input=input_name, key=key, labels=labels, layout=layout,
+                            source_layout=source_layout, size=size, scale=scale, mean=mean, std=std, dtype=dtype,
+                            take=take, max_data_bytes=max_data_bytes(ctx), progress=settings(ctx)["progress"])
+    layout_text = f" ({data['layout']})" if data["layout"] else ""
+    labels_text = (f"labels ({len(data['classes'])} classes: {', '.join(data['classes'][:5])}"
+                   f"{', ...' if len(data['classes']) > 5 else ''})" if data.get("classes")
+                   else "labels" if data["labels"] else "no labels")
+    size_text = human_bytes(data["bytes"]) if data["bytes"] is not None else "written"
+    emit(ctx, data, f"{output}: {data['samples']} samples, {data['input']!r} {data['dtype']} {data['shape']}"
+                    f"{layout_text}, {labels_text}, {size_text}", stdout_taken=output == "-")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,13 +17,16 @@ import struct
 import zlib
 
 from . import __version__
-from .codecs import validate_chain
+from .codecs import encoding_version, since, validate_chain
 from .errors import DczError
 from .tensors import DTYPES, KINDS, Package, Slot, Step, Stream, Tensor
 
 MAGIC = b"\x89DCZ\r\n\x1a\x00"  # non-ASCII first byte, CR-LF and ^Z catch text-mode damage, NUL
 MAJOR, MINOR = 1, 1  # the newest layout this module writes and reads; files of any 1.y are read
-ENCODING_VERSION = 1  # bumps when a codec's meaning changes, independently of the layout
+# The newest codec definitions this module reads (docs/FORMAT.md section 4), independent of the
+# layout version: 2 added `scale`.  The writer writes the oldest version whose codecs the file
+# uses, so a file without version-2 codecs stays readable by a version-1 reader.
+ENCODING_VERSION = 2
 PREAMBLE = struct.Struct("<8sHHIQII")  # magic, major, minor, flags, header length, header CRC, preamble CRC
 PREAMBLE_SIZE = PREAMBLE.size  # 32
 ALIGN = 64
@@ -121,7 +124,7 @@ def write(package: Package, out, *, compact: bool = True) -> int:
         stream_entries.append({"offset": offset, "length": s.length, "crc32": s.crc32()})
         end = offset + s.length
     header = {
-        "encoding_version": ENCODING_VERSION,
+        "encoding_version": encoding_version(package.tensors),
         "graph_stream": 0,
         "streams": stream_entries,
         "tensors": tensor_entries,
@@ -223,6 +226,10 @@ def _check_tables(header: dict, streams: list[Stream], minor: int) -> tuple[Pack
         raise DczError("duplicate tensor names in the tensor table")
     for tensor in tensors:
         validate_chain(tensor)
+        for step in tensor.chain:  # a codec defined after the file's version is not part of it
+            if since(step.codec) > version:
+                raise DczError(f"tensor {tensor.name!r}: codec {step.codec} needs encoding version "
+                               f"{since(step.codec)}, the file declares {version}")
     return Package(graph=None, tensors=tensors, metadata=metadata), graph_stream
 
 

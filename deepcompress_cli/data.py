@@ -20,6 +20,26 @@ cast keeps the values the user meant:
   float: uint8 images fed to a float model are almost always missing their normalization
   (MNIST scores a plausible 96.7 % instead of 98.8 % on raw pixels), so the user must scale them.
   Bool, complex, strings, datetimes, structured and object arrays are never converted.
+
+Sample layout (`sample_layout`): which axis of each input's array holds the samples.
+- An ordinary input has its samples on axis 0, whatever the declared size there (a fixed
+  batch such as [1, 3, 224, 224] takes data [n, 3, 224, 224], run `1` at a time).
+- An input whose declared shape puts the batch elsewhere (a recurrent state [2, N, 128] beside
+  `input` [N, 512]): the sample axis is the axis whose symbolic dim has the same name as the
+  batch dim of the other inputs (the name most of the inputs with a symbolic axis 0 carry
+  there). If names don't tell and axis 0 is fixed, it is the one symbolic axis where the
+  array's size equals the sample count of the ordinary inputs (or the only symbolic axis when
+  no other input counts samples); none or several such axes is an error that names them.
+- A shared input, the same for every sample and passed whole to every batch: a 0-d array for a
+  scalar input (a sample rate `sr`), or, for an input with no symbolic dim, an array of exactly
+  the declared shape when another input carries the samples. When no input has a symbolic dim
+  (a fixed-batch model), every input has its samples on axis 0 instead, unless the counts then
+  differ: arrays of exactly their declared shape are then the shared ones.
+- `labels` (and the model's outputs) have their samples on axis 0.
+Every input with samples must have as many as the others. A wrong rank, a wrong fixed dim, a
+scalar input given an array (or the reverse) is a one-line DczError naming the input, what the
+array is and what the graph declares. Random inputs (`bench` without `--data`) follow the same
+layout, except that a scalar input cannot be made up (it is a setting, not data): give data.
 """
 
 from __future__ import annotations
@@ -49,26 +69,30 @@ _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header, or the end r
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What a graph input declares: its dims (None: unknown rank; a None dim: symbolic) and dtype."""
+    """What a graph input declares: its dims (None: unknown rank; a None dim: symbolic), dtype
+    and the names of its symbolic dims (`symbols`, None where fixed or unnamed)."""
     name: str
     dims: tuple[int | None, ...] | None
     dtype: np.dtype
+    symbols: tuple[str | None, ...] | None = None
 
     @classmethod
     def of(cls, name: str, tensor_type) -> InputSpec:
         """From an ONNX TypeProto.Tensor; an undeclared element type is taken as float32."""
         from onnx import helper
 
-        dims = None
+        dims = symbols = None
         if tensor_type.HasField("shape"):
             dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
                          for d in tensor_type.shape.dim)
+            symbols = tuple(d.dim_param or None if d.HasField("dim_param") else None
+                            for d in tensor_type.shape.dim)
         elem = tensor_type.elem_type
         try:
             dtype = np.dtype(helper.tensor_dtype_to_np_dtype(elem)) if elem else np.dtype(np.float32)
         except (KeyError, TypeError, ValueError):
             raise DczError(f"the model's input {name!r} has an unknown element type {elem}") from None
-        return cls(name, dims, dtype)
+        return cls(name, dims, dtype, symbols)
 
 
 def input_specs(graph) -> list[InputSpec]:
@@ -77,13 +101,202 @@ def input_specs(graph) -> list[InputSpec]:
     return [InputSpec.of(i.name, i.type.tensor_type) for i in graph.input if i.name not in initializers]
 
 
+# ------------------------------------------------------------------------------ sample layout
+
+def sample_layout(specs: list[InputSpec], arrays: dict, where: str = "--data") -> dict[str, int | None]:
+    """Input name -> the axis of its array that holds the samples (0 for ordinary inputs, 1 for a
+    state [2, N, 128]), None for an input shared by every sample; under the rule in the module
+    docstring. Names, shapes and (for arrays) dtypes are checked: a one-line DczError otherwise."""
+    shapes = {}
+    for spec in specs:
+        if spec.name not in arrays:
+            have = ", ".join(repr(k) for k in list(arrays)[:5]) or "none"
+            raise DczError(f"{where}: no array named {spec.name!r} (the model's input; the data has {have})")
+        array = arrays[spec.name]
+        if hasattr(array, "dtype"):
+            _check_dtype(spec.name, np.dtype(array.dtype), spec.dtype, where)
+        shapes[spec.name] = (tuple(np.shape(array)), getattr(array, "dtype", None))
+    return _layout(specs, shapes, where)
+
+
+def declared_layout(specs: list[InputSpec]) -> dict[str, int | None]:
+    """The layout random inputs get from the declared shapes alone: as `sample_layout` would find
+    it for data of those shapes (an input whose sample axis only the data could tell: its first
+    symbolic axis)."""
+    batch = _batch_name(specs)
+    symbolic = any(s.dims is None or None in s.dims for s in specs)
+    layout = {}
+    for spec in specs:
+        if spec.dims is None:
+            layout[spec.name] = 0
+        elif not spec.dims:
+            layout[spec.name] = None
+        elif None not in spec.dims:
+            layout[spec.name] = None if symbolic else 0
+        else:
+            axis = _named_axis(spec, batch)
+            layout[spec.name] = axis if axis is not None else spec.dims.index(None)
+    return layout
+
+
+def sample_count(arrays: dict, layout: dict) -> int:
+    """How many samples `arrays` hold (1 when every input is shared and there are no labels)."""
+    for name, axis in layout.items():
+        if axis is not None and name in arrays:
+            return int(np.shape(arrays[name])[axis])
+    if LABELS in arrays:
+        return len(arrays[LABELS])
+    return 1
+
+
+def take(arrays: dict, layout: dict, start: int, stop: int) -> dict:
+    """Samples [start, stop) of each array along its sample axis; shared inputs whole; arrays
+    not in `layout` (labels) on axis 0."""
+    out = {}
+    for name, array in arrays.items():
+        axis = layout.get(name, 0)
+        out[name] = array if axis is None else array[(slice(None),) * axis + (slice(start, stop),)]
+    return out
+
+
+def pick(arrays: dict, layout: dict, index: np.ndarray) -> dict:
+    """The samples at `index` (an integer array) of each array, as `take` slices them."""
+    out = {}
+    for name, array in arrays.items():
+        axis = layout.get(name, 0)
+        out[name] = array if axis is None else np.take(array, index, axis=axis)
+    return out
+
+
+def batch_size(specs: list[InputSpec], layout: dict) -> int | None:
+    """The batch size the model fixes: the declared size on the sample axis of its inputs (e.g.
+    1 for [1, 3, 224, 224]), None when it is symbolic."""
+    for spec in specs:
+        axis = layout.get(spec.name)
+        if axis is not None and spec.dims and spec.dims[axis] is not None:
+            return spec.dims[axis]
+    return None
+
+
+def _batch_name(specs: list[InputSpec]) -> str | None:
+    """The name of the batch dim: the one most inputs with a symbolic axis 0 carry there."""
+    names = [s.symbols[0] for s in specs if s.dims and s.dims[0] is None and s.symbols and s.symbols[0]]
+    return max(names, key=names.count) if names else None  # max keeps the first of equals
+
+
+def _named_axis(spec: InputSpec, batch: str | None) -> int | None:
+    """The one symbolic axis of `spec` named like the batch dim, if there is exactly one."""
+    if batch is None or not spec.symbols:
+        return None
+    named = [a for a, (d, s) in enumerate(zip(spec.dims, spec.symbols)) if d is None and s == batch]
+    return named[0] if len(named) == 1 else None
+
+
+def _declared(spec: InputSpec, axis: int | None = None) -> str:
+    dims = spec.dims
+    if dims is None:
+        return f"{spec.dtype} of any shape"
+    if not dims:
+        return f"a scalar {spec.dtype}"
+    symbols = spec.symbols or (None,) * len(dims)
+    text = ", ".join(str(d) if d is not None else (s or ("N" if a == axis else "?"))
+                     for a, (d, s) in enumerate(zip(dims, symbols)))
+    return f"{spec.dtype} [{text}]"
+
+
+def _array(shape: tuple, dtype) -> str:
+    return f"a 0-d {dtype} array" if not shape else f"{dtype} {list(shape)}"
+
+
+def _layout(specs: list[InputSpec], shapes: dict[str, tuple], where: str) -> dict[str, int | None]:
+    """`sample_layout` on (shape, dtype) pairs: from .npy headers before decoding, or arrays."""
+    batch = _batch_name(specs)
+    symbolic = any(s.dims is None or None in s.dims for s in specs)
+    layout: dict[str, int | None] = {}
+    deferred, exact = [], []
+
+    def mismatch(spec, axis=None, why=""):
+        shape, dtype = shapes[spec.name]
+        where_samples = f" (samples on axis {axis})" if axis is not None else ""
+        return DczError(f"{where}: {spec.name!r} is {_array(shape, dtype or 'an')}, but the model's input takes "
+                        f"{_declared(spec, axis)}{where_samples}{why}")
+
+    def check_dims(spec, axis):
+        shape = shapes[spec.name][0]
+        if len(shape) != len(spec.dims):
+            raise mismatch(spec, axis, f": rank {len(spec.dims)}, not {len(shape)}")
+        for a, (have, want) in enumerate(zip(shape, spec.dims)):
+            if a != axis and want is not None and have != want:
+                raise mismatch(spec, axis)
+        layout[spec.name] = axis
+
+    for spec in specs:
+        shape = shapes[spec.name][0]
+        if spec.dims is None:  # unknown rank: anything; a 0-d array is shared
+            layout[spec.name] = None if not shape else 0
+        elif not spec.dims:
+            if shape:
+                raise mismatch(spec, why=", the same for every sample: give a 0-d array such as "
+                                         f"numpy.array(16000, {spec.dtype.name!r})")
+            layout[spec.name] = None
+        elif not shape:
+            raise mismatch(spec, 0, ", not a scalar: one row per sample")
+        elif None not in spec.dims:
+            if symbolic and shape == spec.dims:
+                layout[spec.name] = None  # shared; samples come from the other inputs
+            elif symbolic and len(shape) == len(spec.dims) and shape[1:] == spec.dims[1:]:
+                layout[spec.name] = 0  # a fixed batch beside inputs with a symbolic one
+            else:
+                check_dims(spec, 0)
+                if shape == spec.dims:
+                    exact.append(spec.name)
+        else:
+            axis = _named_axis(spec, batch)
+            if axis is None and spec.dims[0] is None:
+                axis = 0
+            if axis is None:
+                deferred.append(spec)
+            else:
+                check_dims(spec, axis)
+    counts = {name: shapes[name][0][axis] for name, axis in layout.items() if axis is not None}
+    if len(set(counts.values())) > 1 and len(exact) < len(counts):
+        # all dims fixed, counts differ: arrays of exactly their declared shape are shared
+        # ([1, 2] image sizes beside [1, 3, 416, 416] images given as [n, 3, 416, 416])
+        rest = {name: count for name, count in counts.items() if name not in exact}
+        if len(set(rest.values())) == 1:
+            layout.update({name: None for name in exact})
+            counts = rest
+    if len(set(counts.values())) > 1:
+        raise DczError(f"{where}: the inputs have different sample counts: "
+                       + ", ".join(f"{k!r} {v} (axis {layout[k]})" for k, v in counts.items()))
+    count = next(iter(counts.values()), None)
+    for spec in deferred:  # axis 0 is fixed and no dim is named like the batch: the data tells
+        shape = shapes[spec.name][0]
+        if len(shape) != len(spec.dims):
+            raise mismatch(spec, None, f": rank {len(spec.dims)}, not {len(shape)}")
+        candidates = [a for a, d in enumerate(spec.dims) if d is None and (count is None or shape[a] == count)]
+        if len(candidates) != 1:
+            what = (f"no symbolic axis has the {count} samples of the other inputs" if not candidates else
+                    f"axes {', '.join(map(str, candidates))} are all symbolic"
+                    + (f" and all of size {count}, the sample count" if count is not None else ""))
+            raise DczError(f"{where}: cannot tell which axis of {spec.name!r} ({_array(*shapes[spec.name])}; the "
+                           f"model's input takes {_declared(spec)}) holds the samples: {what}"
+                           + ("; give a sample count that no other axis has" if candidates else ""))
+        check_dims(spec, candidates[0])
+        count = shape[candidates[0]] if count is None else count
+    return layout
+
+
 def load_npz(path: str, specs: list[InputSpec] | None = None, option: str = "--data",
-             max_bytes: int | None = None, labels: bool = True) -> dict[str, np.ndarray]:
-    """The arrays of `path` the model needs: one per spec (in its declared dtype) and `labels`
-    when present and `labels` is true; every array when `specs` is None. All of them with one
-    row per sample and the same number of samples (>= 1). Any problem is a one-line DczError."""
+             max_bytes: int | None = None, labels: bool = True, keys: list[str] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of `path` the model needs: one per spec (in its declared dtype, laid out as
+    `sample_layout` says) and `labels` when present and `labels` is true; without `specs`, the
+    arrays named in `keys` (default: every one) with their samples on axis 0. All with the same
+    number of samples (>= 1). Any problem is a one-line DczError."""
     max_bytes = MAX_DATA_BYTES if max_bytes is None else max_bytes
     where = f"{option} {path}"
+    if specs is None and keys is not None:
+        specs, labels = None, False
     with _open_regular(path, where) as f:
         head = f.read(8)
         if head.startswith(np.lib.format.MAGIC_PREFIX):
@@ -95,6 +308,12 @@ def load_npz(path: str, specs: list[InputSpec] | None = None, option: str = "--d
         try:
             with zipfile.ZipFile(f) as archive:
                 members = _members(archive, where)
+                if keys is not None and specs is None:
+                    missing = next((k for k in keys if k not in members), None)
+                    if missing is not None:
+                        have = ", ".join(repr(k) for k in list(members)[:8]) or "none"
+                        raise DczError(f"{where}: no array named {missing!r} (the file has {have})")
+                    members = {k: members[k] for k in keys}
                 wanted = _wanted(members, specs, labels, where)
                 headers = {key: _header(archive, members[key], where, key) for key in wanted}
                 _check(headers, {s.name: s for s in specs or ()}, where, max_bytes)
@@ -105,6 +324,20 @@ def load_npz(path: str, specs: list[InputSpec] | None = None, option: str = "--d
     for spec in specs or ():
         arrays[spec.name] = convert(arrays[spec.name], spec, where)
     return arrays
+
+
+def npz_keys(path: str, option: str = "--data") -> list[str]:
+    """The names of the arrays in the .npz `path`, in file order (nothing is decompressed)."""
+    where = f"{option} {path}"
+    with _open_regular(path, where) as f:
+        if f.read(4) not in _ZIP_MAGIC:
+            raise DczError(f"{where}: not an .npz file (no zip header)")
+        f.seek(0)
+        try:
+            with zipfile.ZipFile(f) as archive:
+                return list(_members(archive, where))
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError) as e:
+            raise DczError(f"{where}: not a readable .npz ({str(e)[:80]})") from None
 
 
 def convert(array: np.ndarray, spec: InputSpec, where: str = "--data") -> np.ndarray:
@@ -128,12 +361,17 @@ def check_classes(out: np.ndarray, labels: np.ndarray | None, option: str) -> No
         raise DczError(f"{option} labels go up to {labels.max()}, but the model's output has {classes} classes")
 
 
-def check_labels(labels: np.ndarray | None, data: dict, option: str = "--data") -> np.ndarray | None:
-    """`labels` must be class ids, one per sample of the data (and every array has samples)."""
-    counts = {name: (len(array) if array.ndim else None) for name, array in data.items()}
-    for name, count in counts.items():
-        if count is None:
-            raise DczError(f"{option} {name!r} is a scalar, not an array of samples")
+def check_labels(labels: np.ndarray | None, data: dict, option: str = "--data",
+                 layout: dict | None = None) -> np.ndarray | None:
+    """`labels` must be class ids, one per sample of the data. Without `layout` every array must
+    have its samples on axis 0 (and so be no scalar)."""
+    if layout is None:
+        for name, array in data.items():
+            if not np.ndim(array):
+                raise DczError(f"{option} {name!r} is a scalar, not an array of samples")
+        layout = {name: 0 for name in data}
+    counts = {name: int(np.shape(data[name])[axis]) for name, axis in layout.items()
+              if axis is not None and name in data}
     if len(set(counts.values())) > 1:
         raise DczError(f"{option} arrays have different sample counts: {counts}")
     if labels is None:
@@ -226,25 +464,18 @@ def _header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, key: st
 def _check(headers: dict, specs: dict[str, InputSpec], where: str, max_bytes: int) -> None:
     """Shapes, dtypes, sample counts and the total size, all from the headers, before decoding."""
     for key, (shape, dtype) in headers.items():
-        if not shape:
+        if key in specs:
+            _check_dtype(key, dtype, specs[key].dtype, where)
+        elif not shape:
             raise DczError(f"{where}: {key!r} is a scalar, not an array with one row per sample")
-        spec = specs.get(key)
-        if spec is None:
-            continue
-        _check_dtype(key, dtype, spec.dtype, where)
-        if spec.dims is not None:
-            declared = "[" + ", ".join("N" if i == 0 else str(d or "?") for i, d in enumerate(spec.dims)) + "]"
-            if len(shape) != len(spec.dims):
-                raise DczError(f"{where}: {key!r} has shape {list(shape)}, but the model's input is {declared} "
-                               f"(rank {len(spec.dims)}, samples first)")
-            for axis, (have, want) in enumerate(zip(shape, spec.dims)):
-                if axis and want is not None and have != want:
-                    raise DczError(f"{where}: {key!r} has shape {list(shape)}, but the model's input is "
-                                   f"{declared}")
-    counts = {key: shape[0] for key, (shape, _) in headers.items()}
+    used = [spec for key, spec in specs.items() if key in headers]
+    layout = _layout(used, {s.name: headers[s.name] for s in used}, where)
+    others = [key for key in headers if key not in specs]  # labels (or every array, without specs)
+    counts = {key: headers[key][0][axis] for key, axis in layout.items() if axis is not None}
+    counts.update({key: headers[key][0][0] for key in others})
     if len(set(counts.values())) > 1:
         raise DczError(f"{where}: arrays have different sample counts: {counts}")
-    if headers and not next(iter(counts.values())):
+    if counts and not next(iter(counts.values())):
         raise DczError(f"{where}: no samples (the arrays have 0 rows)")
     total = sum(dtype.itemsize * _product(shape) for shape, dtype in headers.values())
     if total > max_bytes:

@@ -8,6 +8,9 @@ how integer streams are stored (fixed width or Huffman).  Only this module knows
     pruned                      sparse(index_bits) -> gaps (packed at index_bits), values (floats)
     shared                      [sparse ->] codebook(bits) -> codebook (floats), indices (packed at bits)
     quantized                   [sparse ->] linear(bits) -> codes (packed at bits), scales, zero_points
+    channel-scaled              scale(channels, inner) -> channel_scales, then any form above on the
+                                scaled-down values (slot `scaled` instead of `tensor`; a plain dense
+                                one is the stream `scaled` itself)
     ... + huffman               integer streams (gaps, indices, codes) Huffman-coded where smaller
 """
 
@@ -19,7 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from . import container
-from .codecs import bitpack, decode_slot, huffman, linear, sparse, validate_chain
+from .codecs import bitpack, decode_slot, huffman, linear, scale, sparse, validate_chain
 from .errors import DczError
 from .tensors import Slot, Step, Stream, Tensor
 
@@ -69,14 +72,55 @@ class WeightForm:
     gaps: np.ndarray | None = None  # sparse relative index (None: dense)
     index_bits: int = 0
     entropy: str = "packed"
+    # A `scale` step before everything else: the tensor is the form's values times its channel's
+    # scale (float32, one per channel, channel of element i = (i // inner) % channels).  None: no step.
+    scales: np.ndarray | None = None
+    channels: int = 1
+    inner: int = 1
 
     @property
     def is_sparse(self) -> bool:
         return self.gaps is not None
 
+    @property
+    def is_scaled(self) -> bool:
+        return self.scales is not None
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def scale_params(self) -> dict:
+        return {"channels": self.channels, "inner": self.inner}
+
     def entry_values(self) -> np.ndarray:
-        """The float value of every entry (every weight when dense)."""
+        """The float value of every entry (every weight when dense) as stored: before any
+        channel scaling (a scaled form's entries are the scaled-down values)."""
         return self.values.floats()
+
+    def dense_values(self) -> np.ndarray:
+        """The decoded tensor (flat, in the form's dtype), whatever the form: exactly what a
+        reader decodes from the entry `build` makes of it (the codecs' own decode steps)."""
+        flat = np.ascontiguousarray(self.entry_values(), dtype=self.dtype).reshape(-1)
+        if self.is_sparse:
+            flat = sparse.decode({"index_bits": self.index_bits}, Slot(self.dtype, self.numel),
+                                 {"gaps": self.gaps, "values": flat})
+        if self.is_scaled:
+            flat = scale.decode(self.scale_params, Slot(self.dtype, self.numel),
+                                {"values": flat, "scales": self.scales.astype(np.float32, copy=False)})
+        return flat
+
+    def unscaled(self) -> "WeightForm":
+        """The same weights without a scale step: the same positions (sparse entries, fillers
+        included), each entry's decoded value plain.  A stage that re-derives the values (quantize,
+        share) starts from this, so that it works on the real weights, not the scaled-down ones."""
+        if not self.is_scaled:
+            return self
+        dense = self.dense_values()
+        entries = dense[sparse.positions({"index_bits": self.index_bits}, Slot(self.dtype, self.numel), self.gaps)] \
+            if self.is_sparse else dense
+        return self.with_(values=Plain(entries), scales=None, channels=1, inner=1)
 
     def with_(self, **changes) -> "WeightForm":
         return replace(self, **changes)
@@ -89,11 +133,41 @@ def entropy_of(tensor: Tensor) -> str:
 def quantized_form(tensor: Tensor) -> WeightForm | None:
     """The tensor's form when its values are linear codes (what `export --qdq` and the int8
     interpreter can use as they are), else None: a `linear` step elsewhere in the chain (say on a
-    codebook's values) does not make the weight's own values codes."""
+    codebook's values) does not make the weight's own values codes.
+
+    A channel-scaled form (`scale` -> [`sparse` ->] `linear`) is given as the equivalent dense
+    per-channel one: the same codes (the zero point where pruned), each channel's step the linear
+    scale times the channel's scale.  That equals the decoded tensor up to float32 rounding of
+    the product (the reader multiplies twice).  When no such form exists (a layout that is no axis
+    of the shape, a product that is not a finite positive float32): None, and the user decodes
+    the floats (the int8 interpreter then quantizes them itself)."""
     if not any(s.codec == "linear" for s in tensor.chain):
         return None
     form = parse(tensor)
-    return form if isinstance(form.values, Quantized) else None
+    if not isinstance(form.values, Quantized):
+        return None
+    return _folded(form) if form.is_scaled else form
+
+
+def _folded(form: WeightForm) -> WeightForm | None:
+    """A scaled quantized form as one dense per-channel Quantized (see quantized_form), or None."""
+    q, channels, inner = form.values, form.channels, form.inner
+    if q.channels == 1:
+        steps = np.full(channels, q.scales[0], dtype=np.float64)
+        zero_points = np.full(channels, q.zero_points[0], dtype=q.zero_points.dtype)
+    elif (q.channels, q.inner) == (channels, inner) and not form.is_sparse:
+        steps, zero_points = q.scales.astype(np.float64), q.zero_points
+    else:
+        return None
+    if channels > 1 and linear.channel_axis(form.shape, channels, inner) is None:
+        return None
+    with np.errstate(over="ignore", under="ignore"):
+        scales = (steps * form.scales.astype(np.float64)).astype(np.float32)
+    if not np.all(np.isfinite(scales)) or not np.all(scales > 0):
+        return None
+    codes = dense_codes(form.with_(scales=None))
+    return WeightForm(form.shape, form.dtype, replace(q, codes=codes, scales=scales, zero_points=zero_points,
+                                                      channels=channels, inner=inner), entropy=form.entropy)
 
 
 def parse(tensor: Tensor) -> WeightForm:
@@ -101,10 +175,16 @@ def parse(tensor: Tensor) -> WeightForm:
     if tensor.form is not None:  # built by a stage in this run: the form it stored, as stored
         return tensor.form
     first = tensor.chain[0]
-    gaps, index_bits, values_slot = None, 0, "tensor"
-    if first.codec == "sparse":
-        gaps, index_bits = decode_slot(tensor, first.outputs["gaps"]), first.params["index_bits"]
-        values_slot = first.outputs["values"]
+    scaled = {}
+    base = "tensor"  # the slot holding the (scaled-down) tensor
+    if first.codec == "scale":
+        scaled = {"scales": decode_slot(tensor, first.outputs["scales"]), **first.params}
+        base = first.outputs["values"]
+    gaps, index_bits, values_slot = None, 0, base
+    step = next((s for s in tensor.chain if s.input == base), None)
+    if step is not None and step.codec == "sparse":
+        gaps, index_bits = decode_slot(tensor, step.outputs["gaps"]), step.params["index_bits"]
+        values_slot = step.outputs["values"]
     producer = next((s for s in tensor.chain if s.input == values_slot), None)
     codec = producer.codec if producer is not None else None
     if codec == "codebook":
@@ -116,7 +196,7 @@ def parse(tensor: Tensor) -> WeightForm:
                            bits=p["bits"], channels=p["channels"], inner=p["inner"], symmetric=p["symmetric"])
     else:
         values = Plain(decode_slot(tensor, values_slot))
-    return WeightForm(tensor.shape, tensor.dtype, values, gaps, index_bits, entropy_of(tensor))
+    return WeightForm(tensor.shape, tensor.dtype, values, gaps, index_bits, entropy_of(tensor), **scaled)
 
 
 def build(tensor: Tensor, form: WeightForm) -> Tensor:
@@ -156,9 +236,15 @@ def build(tensor: Tensor, form: WeightForm) -> Tensor:
             streams[slot] = Stream.of(array)
 
     values_slot = "tensor"
+    if form.is_scaled:
+        steps.append(Step("scale", "tensor", {"values": "scaled", "scales": "channel_scales"}, form.scale_params))
+        slots["scaled"] = Slot(form.dtype, form.numel)
+        store("channel_scales", form.scales.astype(np.float32))
+        values_slot = "scaled"
+    base = values_slot
     integer_streams = []
     if form.is_sparse:
-        steps.append(Step("sparse", "tensor", {"gaps": "gaps", "values": "values"},
+        steps.append(Step("sparse", base, {"gaps": "gaps", "values": "values"},
                           {"index_bits": form.index_bits}))
         slots["values"] = Slot(form.dtype, len(form.gaps))
         integer_streams.append(("gaps", form.gaps, form.index_bits))
@@ -175,6 +261,8 @@ def build(tensor: Tensor, form: WeightForm) -> Tensor:
         integer_streams.append(("codes", v.codes, v.bits))
     elif form.is_sparse:
         store("values", v.values.astype(form.dtype))
+    elif form.is_scaled:  # the scaled-down tensor is itself the stream
+        store("scaled", np.ascontiguousarray(v.values, dtype=form.dtype).reshape(-1))
     else:
         steps.append(Step("raw", "tensor", {"data": "data"}))
         store("data", np.ascontiguousarray(v.values, dtype=form.dtype).reshape(-1))
@@ -249,7 +337,8 @@ def _as_stored(form: WeightForm) -> WeightForm:
         v = replace(v, scales=v.scales.astype(np.float32, copy=False))
     else:
         v = Plain(np.ascontiguousarray(v.values, dtype=form.dtype).reshape(-1))
-    return form.with_(values=v)
+    scales = None if form.scales is None else form.scales.astype(np.float32, copy=False)
+    return form.with_(values=v, scales=scales)
 
 
 def sparse_form(tensor_values: np.ndarray, keep: np.ndarray, index_bits: int, dtype: str) -> WeightForm:

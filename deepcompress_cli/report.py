@@ -228,3 +228,53 @@ def format_bench(report: dict) -> str:
         text += "\n" + printable(f"gate {gate['gate']} {gate['model']}" + (f" ({gate['mode']})" if gate["mode"] else "")
                                   + f": {gate['value']} vs {gate['limit']}: {status}")
     return text
+
+
+def format_fidelity(fidelity: dict | None) -> str:
+    """The line every compress report ends with: what fidelity was reached, on what data."""
+    if not fidelity:
+        return "fidelity: not measured"
+    if not fidelity.get("measured", True):
+        return f"fidelity not measured: {fidelity.get('reason') or 'no data'}"
+    text = (f"fidelity: cosine {fidelity['cosine']:.6f}, top-1 agreement {100 * fidelity['top1_agreement']:.2f}%")
+    if fidelity.get("accuracy") is not None:
+        text += (f", top-1 {100 * fidelity['accuracy']:.2f}% (original {100 * fidelity['original_accuracy']:.2f}%, "
+                 f"drop {fidelity['accuracy_drop']:.2f} points)")
+    return text + f" on {fidelity.get('described', 'the data')}"
+
+
+def format_planned(data: dict) -> str:
+    """A planned run: the chosen setting of every layer, the fidelity reached and the file."""
+    def step(r):
+        if r["step"] is not None:
+            return f"rms/{2 ** (r['step'] / 2):.3g}"
+        if r["bits"] is not None:
+            return f"{r['bits']} bits"
+        return "float"
+
+    rows = [[r["name"], f"{r['weights']:,}", _pct(r["kept_fraction"]), step(r),
+             "-" if r["levels"] is None else r["levels"], human_bytes(r["bytes"]), f"{r['bits_per_weight']:.2f}",
+             "-" if r["distortion_share"] is None else _pct(r["distortion_share"]),
+             "data" if r["data_aware"] else "nearest"] for r in data["layers"]]
+    t = data["totals"]
+    rows.append(["total", f"{t['weights']:,}", _pct(t["kept"] / t["weights"]) if t["weights"] else "-", "", "",
+                 human_bytes(t["bytes_stored"]),
+                 f"{8 * t['bytes_stored'] / t['weights']:.2f}" if t["weights"] else "-", "", ""])
+    text = format_table(["layer", "weights", "kept", "step", "levels", "bytes", "bits/w", "distortion", "rounding"],
+                        rows, right={1, 2, 4, 5, 6, 7})
+    lines = [text, ""]
+    target = data.get("target") or []
+    if target:
+        what = ", ".join(f"{g['kind'].replace('_', '-')} {g['value']:g}" for g in target)
+        status = "met" if data.get("target_met") else "not met"
+        lines.append(f"target{' (default)' if data.get('default_target') else ''}: {what}: {status}"
+                     + (" losslessly" if data.get("lossless") else ""))
+    lines.append(format_fidelity(data.get("fidelity")))
+    lines.extend(printable(n) for n in data.get("notes") or ())
+    lines.append(f"{data['output']}: {human_bytes(data['bytes'])} ({data['format']}); weights "
+                 f"{human_bytes(t['bytes_original'])} -> {human_bytes(t['bytes_stored'])} (ratio weights "
+                 f"{_x(t['ratio_weights'])}, file {_x(data['ratio_file'])})")
+    if data.get("gzip9_bytes"):
+        lines.append(f"gzip -9 of the original .onnx: {human_bytes(data['onnx_bytes'])} -> "
+                     f"{human_bytes(data['gzip9_bytes'])} ({data['onnx_bytes'] / data['gzip9_bytes']:.2f}x)")
+    return "\n".join(lines)

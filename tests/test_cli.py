@@ -196,8 +196,9 @@ def test_help_does_not_import_numpy_or_onnx():
     assert done.stdout.strip().endswith("[]"), done.stdout
 
 
-@pytest.mark.parametrize("stage", [("prune",), ("share",), ("quantize", "--per-channel"), ("compress",),
-                                   ("compress", "--init", "forgy", "--seed", "5")])
+@pytest.mark.parametrize("stage", [("prune",), ("share",), ("quantize", "--per-channel"),
+                                   ("compress", "--sparsity", "conv=0.6,fc=0.9"),
+                                   ("compress", "--init", "forgy", "--seed", "5", "--bits", "conv=8,fc=5")])
 def test_output_does_not_depend_on_jobs(cli, tmp_path, stage):
     """Tensors are encoded on -j threads; the bytes must be those of -j 1 (sha256)."""
     import onnx
@@ -427,7 +428,7 @@ def test_bench_refuses_labels_past_the_classes(cli, tmp_path):
 def test_one_name_per_ratio_in_every_output(cli, tmp_path):
     """compress, info and bench name each figure for what it divides, and agree on it."""
     out = tmp_path / "m.dcz"
-    compressed = json.loads(cli("--json", "compress", LENET, "-o", out).stdout)
+    compressed = json.loads(cli("--json", "compress", LENET, "-o", out, "--sparsity", "conv=0.6,fc=0.9").stdout)
     info = json.loads(cli("--json", "info", out).stdout)
     bench = json.loads(cli("--json", "bench", LENET, out, "--runs", "1", "--warmup", "0", "--no-int8").stdout)
     totals = compressed["totals"]

@@ -85,7 +85,7 @@ def valid(name: str = "lenet5") -> bytes:
         from deepcompress_cli.cli import main
 
         model = MODELS[name[:-len(COMPRESSED)]]
-        result = CliRunner().invoke(main, ["-q", "compress", str(model), "-o", "-"], catch_exceptions=False)
+        result = CliRunner().invoke(main, ["-q", "compress", str(model), "-o", "-", "--sparsity", "conv=0.6,fc=0.9"], catch_exceptions=False)
         assert result.exit_code == 0, result.stderr
         return dcz_bytes(files.read_dcz(result.stdout_bytes))  # same tables, in the 1.0 layout
     return dcz_bytes(package(name))

@@ -276,7 +276,7 @@ def test_compressed_box_filter_and_tiny_fc_are_readable(cli, tmp_path):
     _fc_model(fc, np.array([[0.1, 0.2], [0.3, 0.4]], dtype=np.float32))  # default 90 % fc: all 4 go
     for model in (box, fc):
         out = tmp_path / (model.stem + ".dcz")
-        assert cli("compress", model, "-o", out).exit_code == 0
+        assert cli("compress", model, "-o", out, "--sparsity", "conv=0.6,fc=0.9").exit_code == 0  # the recipe
         assert cli("info", out).exit_code == 0
         assert cli("export", out, "-o", tmp_path / (model.stem + "_back.onnx")).exit_code == 0
     assert np.count_nonzero(_read(tmp_path / "box.dcz")["w"]) == 4  # 60 % conv of 9 = 5 pruned

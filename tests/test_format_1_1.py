@@ -51,7 +51,7 @@ def compressed() -> bytes:
     """lenet5 through the whole compress recipe (every codec), in the 1.1 layout."""
     from deepcompress_cli.cli import main
 
-    result = CliRunner().invoke(main, ["-q", "compress", str(LENET5), "-o", "-"], catch_exceptions=False)
+    result = CliRunner().invoke(main, ["-q", "compress", str(LENET5), "-o", "-", "--sparsity", "conv=0.6,fc=0.9"], catch_exceptions=False)
     assert result.exit_code == 0, result.stderr
     return result.stdout_bytes
 

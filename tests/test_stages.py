@@ -16,6 +16,7 @@ from deepcompress_cli.stages.prune import PruneConfig, prune
 from deepcompress_cli.stages.share import ShareConfig, share
 
 MLP, CNN = SAMPLES / "lenet300.onnx", SAMPLES / "lenet5.onnx"
+RECIPE = ("--sparsity", "conv=0.6,fc=0.9")  # the paper's recipe (prune's defaults) given explicitly
 
 
 def dense(package) -> dict[str, np.ndarray]:
@@ -91,7 +92,7 @@ def test_huffman_is_lossless_and_smaller():
 def test_stages_chain_and_compress_is_the_same_recipe(cli, tmp_path):
     p, s, h, c = (tmp_path / f"{x}.dcz" for x in "pshc")
     for args in (("prune", CNN, "-o", p), ("share", p, "-o", s), ("huffman", s, "-o", h),
-                 ("compress", CNN, "-o", c)):
+                 ("compress", CNN, "-o", c, *RECIPE)):
         assert cli(*args).exit_code == 0
     assert h.read_bytes() == c.read_bytes()
     stored = [sum(t.stored_bytes for t in read_model(str(x)).tensors) for x in (CNN, p, s, h)]
@@ -106,7 +107,7 @@ def test_pipe_chain_through_stdin_and_stdout(cli, tmp_path):
     shared = cli("share", "-", "-o", "-", input=pruned.stdout_bytes)
     coded = cli("huffman", "-", "-o", tmp_path / "m.dcz", input=shared.stdout_bytes)
     assert coded.exit_code == 0
-    assert cli("compress", MLP, "-o", tmp_path / "c.dcz").exit_code == 0
+    assert cli("compress", MLP, "-o", tmp_path / "c.dcz", *RECIPE).exit_code == 0
     assert (tmp_path / "m.dcz").read_bytes() == (tmp_path / "c.dcz").read_bytes()
 
 
@@ -139,17 +140,17 @@ def test_export_of_compressed_model_runs_with_the_decoded_weights(cli, tmp_path)
 
 
 def test_compress_report_and_json(cli, tmp_path):
-    result = cli("compress", MLP, "-o", tmp_path / "m.dcz", "--report")
+    result = cli("compress", MLP, "-o", tmp_path / "m.dcz", "--report", *RECIPE)
     assert result.exit_code == 0
     assert "P+Q+H" in result.stdout and "gzip -9" in result.stdout
-    data = json.loads(cli("--json", "compress", MLP, "-o", tmp_path / "n.dcz", "--report").stdout)
+    data = json.loads(cli("--json", "compress", MLP, "-o", tmp_path / "n.dcz", "--report", *RECIPE).stdout)
     assert data["totals"]["ratio_weights"] > 20 and data["gzip9_bytes"] > 0
     layer = data["layers"][0]
     assert layer["bytes_original"] > layer["bytes_p"] > layer["bytes_pq"] >= layer["bytes_pqh"]
 
 
 def test_info_shows_what_each_tensor_became(cli, tmp_path):
-    assert cli("compress", CNN, "-o", tmp_path / "m.dcz").exit_code == 0
+    assert cli("compress", CNN, "-o", tmp_path / "m.dcz", *RECIPE).exit_code == 0
     info = json.loads(cli("info", tmp_path / "m.dcz", "--json").stdout)
     rows = {r["name"]: r for r in info["tensors"]}
     assert rows["conv2.weight"]["chain"].startswith("sparse8+codebook8")

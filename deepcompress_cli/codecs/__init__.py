@@ -2,7 +2,8 @@
 
 A codec module defines `NAME`, `ROLES` (the output roles it produces), and
 `check(params, target, parts)` (validate declared slots before anything is allocated) and
-`decode(params, target, arrays)`; `label(params)` is the short text `info` shows.
+`decode(params, target, arrays)`; `label(params)` is the short text `info` shows, and `SINCE`
+(default 1) the encoding version that defined the codec.
 Adding a codec is adding a module and one line to `CODECS`; the reader's structure never changes.
 
 This package does not import the data model (tensors.py): the chain functions take any object
@@ -12,10 +13,10 @@ with `name`, `dtype`, `shape`, `numel`, `chain`, `slots`, `streams` and `stored_
 from __future__ import annotations
 
 from ..errors import DczError
-from . import bitpack, codebook, huffman, linear, raw, sparse
+from . import bitpack, codebook, huffman, linear, raw, scale, sparse
 from .slots import Slot, Step
 
-CODECS = {module.NAME: module for module in (raw, sparse, codebook, linear, bitpack, huffman)}
+CODECS = {module.NAME: module for module in (raw, sparse, codebook, linear, bitpack, huffman, scale)}
 
 MAX_STEPS = 16
 # Decoded bytes a tensor may claim per stored byte (plus a floor): a tiny file cannot make the
@@ -36,6 +37,16 @@ def codec(name: str):
         return CODECS[name]
     except KeyError:
         raise DczError(f"unknown codec {name!r}") from None
+
+
+def since(name: str) -> int:
+    """The encoding version that defined codec `name`."""
+    return getattr(codec(name), "SINCE", 1)
+
+
+def encoding_version(tensors) -> int:
+    """The oldest encoding version whose codecs every chain of `tensors` uses (at least 1)."""
+    return max((since(step.codec) for t in tensors for step in t.chain), default=1)
 
 
 def step_label(step: Step) -> str:

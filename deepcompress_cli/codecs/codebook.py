@@ -21,7 +21,7 @@ def check(params: dict, target, parts: dict) -> None:
         raise DczError("codebook needs params {bits: 1..16}")
     codebook, indices = parts["codebook"], parts["indices"]
     if codebook.dtype != target.dtype or not 1 <= codebook.count <= 1 << params["bits"]:
-        raise DczError(f"codebook must hold 1..2^bits values of the tensor's dtype")
+        raise DczError("codebook must hold 1..2^bits values of the tensor's dtype")
     if indices.dtype != uint_dtype(params["bits"]) or indices.count != target.count:
         raise DczError("codebook indices have the wrong type or count")
 

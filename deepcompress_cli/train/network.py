@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 
+from ..data import InputSpec, batch_size, declared_layout
 from ..errors import DczError
 from ..graphs import graph_constants, opset_version, stored_constant, table_names, topological_order
 from ..interp.graph import attribute_values, run_nodes
@@ -49,6 +50,7 @@ class Network:
         self.attrs = [attribute_values(n) for n in self.nodes]
         self.inputs = [i.name for i in graph.input if i.name not in self.constants]
         self.input_types = {i.name: i.type.tensor_type for i in graph.input if i.name not in self.constants}
+        self.specs = [InputSpec.of(name, self.input_types[name]) for name in self.inputs]
         self.producer = {o: n for n in self.nodes for o in n.output}
         self.logits = self._logits_value(graph, logits)
         self.params = self._trainable()
@@ -117,10 +119,10 @@ class Network:
                 reached.update(node.output)
         return self.logits in reached
 
-    def fixed_batch(self) -> int | None:
-        """The first input's batch size when the model fixes it (e.g. 1), else None."""
-        dims = self.input_types[self.inputs[0]].shape.dim if self.inputs else []
-        return dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
+    def fixed_batch(self, layout: dict | None = None) -> int | None:
+        """The batch size the model fixes on its inputs' sample axis (e.g. 1), else None; `layout`
+        is the data's (data.sample_layout), by default the one the declared shapes imply."""
+        return batch_size(self.specs, declared_layout(self.specs) if layout is None else layout)
 
     # ------------------------------------------------------------------------------ passes
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data import check_classes
+from ..data import check_classes, pick, sample_count, sample_layout, take
 from ..errors import DczError
 from .network import Network, cross_entropy, distillation
 
@@ -74,11 +74,11 @@ class Clusters:
 
 def load_data(path: str, network: Network, option: str = "--train",
               max_bytes: int | None = None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    from ..data import InputSpec, check_labels, load_npz
+    from ..data import check_labels, load_npz
 
-    specs = [InputSpec.of(name, network.input_types[name]) for name in network.inputs]
-    feeds = load_npz(path, specs, option, max_bytes)  # in the declared dtypes, >= 1 sample
-    labels = check_labels(feeds.pop("labels", None), feeds, option)
+    feeds = load_npz(path, network.specs, option, max_bytes)  # in the declared dtypes, >= 1 sample
+    labels = feeds.pop("labels", None)
+    labels = check_labels(labels, feeds, option, sample_layout(network.specs, feeds, option))
     for name, array in feeds.items():
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise DczError(f"{option} {path}: {name!r} holds NaN or infinite values")
@@ -86,12 +86,12 @@ def load_data(path: str, network: Network, option: str = "--train",
 
 
 def logits_of(network: Network, feeds: dict, batch: int = 256) -> np.ndarray:
-    n = len(next(iter(feeds.values())))
-    batch = network.fixed_batch() or batch
-    if n % batch and network.fixed_batch():
+    layout = sample_layout(network.specs, feeds)
+    n = sample_count(feeds, layout)
+    batch = network.fixed_batch(layout) or batch
+    if n % batch and network.fixed_batch(layout):
         raise DczError(f"the model takes batches of exactly {batch}; the data has {n} samples")
-    return np.concatenate([network.forward({k: v[i:i + batch] for k, v in feeds.items()})[0]
-                           for i in range(0, n, batch)])
+    return np.concatenate([network.forward(take(feeds, layout, i, i + batch))[0] for i in range(0, n, batch)])
 
 
 def accuracy(network: Network, feeds: dict, labels: np.ndarray) -> float:
@@ -107,12 +107,13 @@ class Trainer:
         self.config = config
         self.progress = progress
         self.feeds, self.labels = load_data(config.data, network, "--train", config.max_data_bytes)
-        self.samples = len(next(iter(self.feeds.values())))
-        fixed = network.fixed_batch()
+        self.layout = sample_layout(network.specs, self.feeds)
+        self.samples = sample_count(self.feeds, self.layout)
+        fixed = network.fixed_batch(self.layout)
         self.batch = fixed or min(config.batch_size, self.samples)
         if fixed and self.samples < fixed:
             raise DczError(f"the model takes batches of exactly {fixed}; --train has {self.samples} samples")
-        first = network.forward({k: v[:self.batch] for k, v in self.feeds.items()})[0]
+        first = network.forward(take(self.feeds, self.layout, 0, self.batch))[0]
         check_classes(first, self.labels, "--train")
         self.teacher = None
         if self.labels is None:  # distillation targets: the model as it was before compression
@@ -150,7 +151,7 @@ class Trainer:
             while len(order) < batch:  # a fresh shuffle of the data each epoch
                 order = np.concatenate([order, self.rng.permutation(n)])
             index, order = np.sort(order[:batch]), order[batch:]
-            feeds = {k: v[index] for k, v in self.feeds.items()}
+            feeds = pick(self.feeds, self.layout, index)
             logits, values = net.forward(feeds)
             if self.labels is not None:
                 loss, grad_logits = cross_entropy(logits, self.labels[index])
