@@ -7,7 +7,8 @@ DczError may come out.
 
 `.dcz` bases: real files (1.1 layout, and each again in the 1.0 layout) of the sample models made
 in memory by the real stages (pack, prune,
-share, quantize per channel, compress, quantize + huffman, svd), so every codec is reached.  Each
+share, quantize per channel, compress, quantize + huffman, svd, and the `scale` chains of encoding
+version 2: prune + quantize per channel + huffman, prune + share per channel), so every codec is reached.  Each
 case is read and every tensor decoded, as `export` and `bench` do.  Mutations:
 
 - byte edits (bit flips, overwrites, insertions, deletions), half of them in the preamble/header;
@@ -75,8 +76,8 @@ TARGETS = ("dcz", "npz", "onnx")
 PRE = container.PREAMBLE_SIZE
 BOUNDARY_INTS = [0, 1, -1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 63, 64, 255, 256, 65535, 2**31 - 1, 2**31, 2**32,
                  2**48, 2**48 + 1, 2**53, 2**62, 2**63 - 1, 2**63, 2**64, 10**30]
-STRINGS = ["raw", "sparse", "codebook", "linear", "bitpack", "huffman", "tensor", "data", "values", "gaps",
-           "indices", "codes", "float32", "float16", "int64", "uint8", "bool", "conv", "fc", "other", "", "x" * 5000]
+STRINGS = ["raw", "sparse", "codebook", "linear", "bitpack", "huffman", "scale", "tensor", "data", "values", "gaps",
+           "indices", "codes", "scaled", "channel_scales", "float32", "float16", "int64", "uint8", "bool", "conv", "fc", "other", "", "x" * 5000]
 
 
 def bases() -> dict[str, bytes]:
@@ -114,6 +115,11 @@ def bases() -> dict[str, bytes]:
         "lenet300-quantize-huffman": build("lenet300.onnx", lambda p: quantize(p, QuantizeConfig(6, False, True)),
                                            lambda p: huffman(p)),
         "lenet300-svd": build("lenet300.onnx", lambda p: svd(p, SvdConfig(rank=8))),
+        "lenet5-prune-quantize-per-channel-huffman": build(
+            "lenet5.onnx", lambda p: prune(p, half), lambda p: quantize(p, QuantizeConfig(8, True, False)),
+            lambda p: huffman(p)),
+        "lenet5-prune-share-per-channel": build(
+            "lenet5.onnx", lambda p: prune(p, half), lambda p: share(p, ShareConfig(PerKind(4, 5), per_channel=True))),
     }
     return {**files, **{f"{name}-1.0": in_1_0(data) for name, data in files.items()}}
 

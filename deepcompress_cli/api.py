@@ -116,16 +116,16 @@ def prune(model, output, *, sparsity=None, layer_sparsity=None, index_bits=None,
 
 
 def share(model, output, *, bits=None, layer_bits=None, init="linear", max_iter=100, tol=1e-6, seed=0,
-          train=None, val=None, epochs=None, lr=None, batch_size=None, logits=None, calibrate=None, min_cosine=None,
+          per_channel=False, train=None, val=None, epochs=None, lr=None, batch_size=None, logits=None, calibrate=None, min_cosine=None,
           min_agreement=None, max_accuracy_drop=None, plan=None, plan_out=None, include=(), exclude=(),
           metadata=None, format=None, max_data_bytes=None, jobs=None, progress=None) -> dict:
     """k-means weight sharing: `bits` one integer or {"conv": .., "fc": ..}, `layer_bits` {glob: bits};
-    with `train=` the centroids are then trained. With `calibrate=` the weights are assigned to
+    `per_channel` channel-scaled codebooks; with `train=` the centroids are then trained. With `calibrate=` the weights are assigned to
     per-channel scaled centroids by GPTQ; with a target each layer's bits are searched."""
     from .stages.retraining import share_retrain
     from .stages.share import share as share_stage
 
-    config = _share_config(bits, layer_bits, init, max_iter, tol, seed)
+    config = _share_config(bits, layer_bits, init, max_iter, tol, seed, per_channel)
     planned = _planning(calibrate, min_cosine, min_agreement, max_accuracy_drop, plan, plan_out, train)
     if planned is not None:
         def given(package):
@@ -137,6 +137,7 @@ def share(model, output, *, bits=None, layer_bits=None, init="linear", max_iter=
         return _planned("share", model, output, planned, given if config.bits.given or not planned["goal"] else None,
                         [config], include, exclude, metadata, format, max_data_bytes, jobs, progress)
     training = _train_config(train, val, epochs, lr, batch_size, seed, logits, max_data_bytes)
+    _no_trained_per_channel(config, training)
 
     def apply(package, bar):
         if training is None:
@@ -207,7 +208,7 @@ def svd(model, output, *, rank=None, energy=None, ratio=None, layer_rank=None, i
 
 def compress(model, output, *, sparsity=None, layer_sparsity=None, index_bits=None, layer_index_bits=None,
              threshold_std=None, bits=None, layer_bits=None, init="linear", max_iter=100, tol=1e-6, seed=0,
-             train=None, val=None, epochs=None, lr=None, batch_size=None, logits=None, steps=None, report=False,
+             per_channel=False, train=None, val=None, epochs=None, lr=None, batch_size=None, logits=None, steps=None, report=False,
              calibrate=None, min_cosine=None, min_agreement=None, max_accuracy_drop=None, plan=None, plan_out=None,
              include=(), exclude=(), metadata=None, format=None, max_data_bytes=None, jobs=None, progress=None) -> dict:
     """The smallest file meeting a quality target, or the paper's recipe.
@@ -218,6 +219,7 @@ def compress(model, output, *, sparsity=None, layer_sparsity=None, index_bits=No
     - none of these, no `train=` and no explicit `sparsity`/`bits`/... settings: the default
       target, min cosine 0.995 on `calibrate` data, or 0.999 on synthesized inputs without it;
     - explicit settings (no target) or `train=`: prune -> share -> huffman, the paper's recipe
+      (`per_channel`: channel-scaled codebooks, not with `train=`)
       (with retraining between the stages when `train=` is given), fidelity then reported.
     `report=True` adds gzip -9 of the plain .onnx (`onnx_bytes`, `gzip9_bytes`)."""
     import zlib
@@ -230,17 +232,19 @@ def compress(model, output, *, sparsity=None, layer_sparsity=None, index_bits=No
 
     metadata = check_metadata(metadata)
     p_config = _prune_config(sparsity, layer_sparsity, index_bits, layer_index_bits, threshold_std)
-    s_config = _share_config(bits, layer_bits, init, max_iter, tol, seed)
-    explicit = p_config.sparsity.given or p_config.index_bits.given or threshold_std is not None or s_config.bits.given
+    s_config = _share_config(bits, layer_bits, init, max_iter, tol, seed, per_channel)
+    explicit = p_config.sparsity.given or p_config.index_bits.given or threshold_std is not None or s_config.bits.given \
+        or bool(per_channel)
     searching = _planning(calibrate, min_cosine, min_agreement, max_accuracy_drop, plan, plan_out, train,
                           default=not explicit)
     if searching is not None and explicit and (searching["goal"] or plan is not None):
-        raise DczError("--sparsity/--bits/--index-bits/--threshold-std set the paper's fixed recipe; a target or "
+        raise DczError("--sparsity/--bits/--index-bits/--threshold-std/--per-channel set the paper's fixed recipe; a target or "
                        "--plan searches the settings: give one or the other")
     if searching is not None and not explicit:
         return _planned("compress", model, output, searching, None, [p_config, s_config], include, exclude,
                         metadata, format, max_data_bytes, jobs, progress, report=report)
     training = _train_config(train, val, epochs, lr, batch_size, seed, logits, max_data_bytes)
+    _no_trained_per_channel(s_config, training)
     steps = _steps(steps, training, DEFAULT_TRAIN_STEPS)
     package = load(model, include, exclude)
     _check_names(package, [p_config, s_config])
@@ -564,11 +568,17 @@ def _prune_config(sparsity, layer_sparsity, index_bits, layer_index_bits, thresh
                        per_kind(index_bits, layer_index_bits, "--index-bits"), threshold_std)
 
 
-def _share_config(bits, layer_bits, init, max_iter, tol, seed):
+def _share_config(bits, layer_bits, init, max_iter, tol, seed, per_channel=False):
     from .stages import per_kind
     from .stages.share import ShareConfig
 
-    return ShareConfig(per_kind(bits, layer_bits, "--bits"), init, max_iter, tol, seed)
+    return ShareConfig(per_kind(bits, layer_bits, "--bits"), init, max_iter, tol, seed, per_channel)
+
+
+def _no_trained_per_channel(config, training) -> None:
+    """Before any work: the trainer ties each weight to one centroid, with no channel factor."""
+    if config.per_channel and training is not None:
+        raise DczError("--per-channel sharing cannot be combined with --train (trained centroids are per layer)")
 
 
 def _train_config(train, val, epochs, lr, batch_size, seed, logits, max_data_bytes=None):

@@ -223,6 +223,9 @@ def prune_options(f):
 
 
 def share_options(f):
+    f = click.option("--per-channel", is_flag=True,
+                     help="Channel-scaled codebooks: each output channel divided by its max |w| (stored, one "
+                          "float per channel), one codebook for the normalized values.")(f)
     f = click.option("--seed", type=int, default=0, show_default=True, help="Seed for --init forgy and for the data order of --train.")(f)
     f = click.option("--tol", type=float, default=1e-6, show_default=True,
                      help="Stop when no centroid moves more than TOL x the value range.")(f)
@@ -480,13 +483,14 @@ def prune(ctx, model, output, fmt, metadata, sparsity, layer_sparsity, index_bit
 @selection_options
 @json_option
 @click.pass_context
-def share(ctx, model, output, fmt, metadata, bits, layer_bits, init, max_iter, tol, seed, train, val, epochs, lr,
-          batch_size, logits, calibrate, min_cosine, min_agreement, max_accuracy_drop, plan_out, plan, include, exclude):
+def share(ctx, model, output, fmt, metadata, bits, layer_bits, init, max_iter, tol, seed, per_channel, train, val, epochs,
+          lr, batch_size, logits, calibrate, min_cosine, min_agreement, max_accuracy_drop, plan_out, plan, include, exclude):
     """Weight sharing: k-means per layer, weights replaced by 2^bits centroid indices.
 
     Only the kept weights of a pruned layer are clustered; zeros stay exactly zero. With
     --train, the centroids are then fine-tuned (each moves by lr x the summed gradients of its
-    weights; indices stay fixed) and --bits defaults to conv=4,fc=4.
+    weights; indices stay fixed) and --bits defaults to conv=4,fc=4. --per-channel suits
+    layers whose channels differ in range (batch norm folded into convs, depthwise convs).
     With --calibrate: centroids per layer on channel-scaled weights, assigned by GPTQ; with a
     target each layer's bits are searched (see compress).
 
@@ -494,13 +498,14 @@ def share(ctx, model, output, fmt, metadata, bits, layer_bits, init, max_iter, t
     Examples:
       deepcompress share pruned.dcz -o shared.dcz
       deepcompress share model.onnx -o shared.dcz --bits 4 --init density
+      deepcompress share model.onnx -o shared.dcz --bits 5 --per-channel
       deepcompress share pruned.dcz -o shared.dcz --train train.npz --epochs 1
     """
     from . import api
     from .report import format_share
 
     data = api.share(model, output, bits=bits, layer_bits=layer_bits, init=init, max_iter=max_iter, tol=tol,
-                     seed=seed, train=train, val=val, epochs=epochs, lr=lr, batch_size=batch_size, logits=logits,
+                     seed=seed, per_channel=per_channel, train=train, val=val, epochs=epochs, lr=lr, batch_size=batch_size, logits=logits,
                      include=include, exclude=exclude, metadata=metadata, format=fmt, max_data_bytes=max_data_bytes(ctx),
                      **target_kwargs(calibrate, min_cosine, min_agreement, max_accuracy_drop, plan_out, plan),
                      **settings(ctx))
@@ -514,7 +519,8 @@ def share(ctx, model, output, fmt, metadata, bits, layer_bits, init, max_iter, t
 @click.option("--layer-bits", type=LayerValue(int), multiple=True,
               help="Per-layer bits override, NAME (or glob) = bits (repeatable).")
 @click.option("--per-channel", is_flag=True, help="One range per output channel (Conv axis 0, ConvTranspose "
-                                                   "axis 1, Gemm by transB, MatMul the last axis) instead of one per tensor.")
+                                                   "axis 1, Gemm by transB, MatMul the last axis) instead of one per tensor; "
+                                                   "a pruned tensor's channels are scaled to one range first.")
 @click.option("--symmetric", is_flag=True, help="Range +-max|w| with zero point 0 (int8 values, stored offset "
                                                  "by 128) instead of [min, max].")
 @target_options
@@ -610,8 +616,8 @@ def huffman(ctx, model, output, fmt, metadata):
 @json_option
 @click.pass_context
 def compress(ctx, model, output, fmt, metadata, sparsity, layer_sparsity, index_bits, layer_index_bits,
-             threshold_std, bits, layer_bits, init, max_iter, tol, seed, train, val, epochs, lr, batch_size, logits,
-             steps, report, calibrate, min_cosine, min_agreement, max_accuracy_drop, plan_out, plan, include, exclude):
+             threshold_std, bits, layer_bits, init, max_iter, tol, seed, per_channel, train, val, epochs, lr, batch_size,
+             logits, steps, report, calibrate, min_cosine, min_agreement, max_accuracy_drop, plan_out, plan, include, exclude):
     """The smallest file that meets a quality target; or the paper's recipe (prune -> share -> huffman).
 
     With a target (--min-cosine, --min-agreement, --max-accuracy-drop) measured on --calibrate
@@ -641,7 +647,8 @@ def compress(ctx, model, output, fmt, metadata, sparsity, layer_sparsity, index_
 
     data = api.compress(model, output, sparsity=sparsity, layer_sparsity=layer_sparsity, index_bits=index_bits,
                         layer_index_bits=layer_index_bits, threshold_std=threshold_std, bits=bits,
-                        layer_bits=layer_bits, init=init, max_iter=max_iter, tol=tol, seed=seed, train=train,
+                        layer_bits=layer_bits, init=init, max_iter=max_iter, tol=tol, seed=seed,
+                        per_channel=per_channel, train=train,
                         val=val, epochs=epochs, lr=lr, batch_size=batch_size, logits=logits, steps=steps,
                         report=report, include=include, exclude=exclude, metadata=metadata, format=fmt,
                         max_data_bytes=max_data_bytes(ctx),

@@ -24,7 +24,7 @@ import numpy as np
 from . import container
 from .codecs import bitpack, decode_slot, huffman, linear, scale, sparse, validate_chain
 from .errors import DczError
-from .tensors import Slot, Step, Stream, Tensor
+from .tensors import Slot, Step, Stream, Tensor, uint_dtype
 
 
 @dataclass
@@ -344,6 +344,51 @@ def _as_stored(form: WeightForm) -> WeightForm:
 def sparse_form(tensor_values: np.ndarray, keep: np.ndarray, index_bits: int, dtype: str) -> WeightForm:
     gaps, values = sparse.encode(tensor_values.reshape(-1), keep.reshape(-1), index_bits)
     return WeightForm(tensor_values.shape, dtype, Plain(values), gaps=gaps, index_bits=index_bits)
+
+
+def entry_channels(form: WeightForm, channels: int, inner: int) -> np.ndarray:
+    """The channel of every entry of `form` (every element when dense): (position // inner) % channels."""
+    if form.is_sparse:
+        at = sparse.positions({"index_bits": form.index_bits}, Slot(form.dtype, form.numel), form.gaps)
+    else:
+        at = np.arange(form.numel, dtype=np.int64)
+    return (at // inner) % channels
+
+
+def channel_scaled(form: WeightForm, channels: int, inner: int, method: str = "max") -> WeightForm:
+    """`form` (no scale step yet) with one: each channel divided by its own scale
+    (codecs.scale.channel_scales of the decoded tensor), its entries Plain (float64) and in the same
+    positions; a stage then quantizes or clusters them (`form.with_(values=...)`)."""
+    if form.is_scaled:
+        raise ValueError("form is already channel-scaled")
+    scales = scale.channel_scales(form.dense_values(), channels, inner, method)
+    per_entry = scales.astype(np.float64)[entry_channels(form, channels, inner)]
+    normalized = form.entry_values().astype(np.float64) / per_entry
+    return form.with_(values=Plain(normalized), scales=scales, channels=channels, inner=inner)
+
+
+def grid_form(shape: tuple[int, ...], dtype: str, levels: np.ndarray, steps: np.ndarray, bits: int,
+              channels: int, inner: int, gaps: np.ndarray | None = None, index_bits: int = 0) -> WeightForm:
+    """Weights on a uniform grid with a step per channel: entry value = levels[i] x steps[c], with
+    integer `levels` in [-2^(bits-1), 2^(bits-1) - 1] (one per entry: every element when dense,
+    else one per sparse entry of `gaps`, fillers 0) and positive float32-representable `steps`.
+
+    Dense: `linear` per channel (symmetric: zero point 2^(bits-1), scales = steps), no scale step
+    (encoding version 1).  Sparse: `scale` (steps) -> `sparse` -> `linear` per tensor with scale 1.0,
+    which decodes to the same float32 products.  Either way `quantized_form` gives the codes and
+    steps back per channel, for `export --qdq` and the int8 interpreter."""
+    offset = 1 << (bits - 1)
+    levels = np.asarray(levels).reshape(-1)
+    if len(levels) and (int(levels.min()) < -offset or int(levels.max()) >= offset):
+        raise ValueError(f"levels outside the {bits}-bit range")
+    codes = (levels.astype(np.int64) + offset).astype(uint_dtype(bits))
+    steps = np.asarray(steps, dtype=np.float32).reshape(-1)
+    if gaps is None:
+        q = Quantized(codes, steps, np.full(channels, offset, dtype=codes.dtype), bits, channels, inner, True)
+        return WeightForm(tuple(shape), dtype, q)
+    q = Quantized(codes, np.ones(1, np.float32), np.full(1, offset, dtype=codes.dtype), bits, 1, 1, True)
+    return WeightForm(tuple(shape), dtype, q, gaps=gaps, index_bits=index_bits, scales=steps,
+                      channels=channels, inner=inner)
 
 
 def dense_form(tensor_values: np.ndarray, dtype: str) -> WeightForm:

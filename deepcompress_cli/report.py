@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .codecs import decode_slot, slot_of, sparse
+from .codecs import decode_slot, scale, slot_of, sparse
 from .tensors import Package, Tensor
 from .text import printable
 
@@ -15,10 +15,13 @@ def sparsity(t: Tensor) -> float:
     `info`'s work is bounded by the stored entries, not by the declared tensor size."""
     if not t.numel:
         return 0.0
-    first = t.chain[0]
-    if first.codec == "sparse":
-        sparse.positions(first.params, slot_of(t, "tensor"), decode_slot(t, first.outputs["gaps"]))
-        nonzero = np.count_nonzero(decode_slot(t, first.outputs["values"]))
+    step = t.chain[0]
+    if step.codec == "scale":  # x positive scale keeps zeros zero: count before it (a sparse chain below)
+        scale.check_scales(decode_slot(t, step.outputs["scales"]))
+        step = next((s for s in t.chain if s.input == step.outputs["values"]), step)
+    if step.codec == "sparse":
+        sparse.positions(step.params, slot_of(t, step.input), decode_slot(t, step.outputs["gaps"]))
+        nonzero = np.count_nonzero(decode_slot(t, step.outputs["values"]))
     else:
         nonzero = np.count_nonzero(t.decode())
     return round(1 - nonzero / t.numel, 4)
@@ -145,7 +148,7 @@ def format_share(rows: list[dict]) -> str:
 
 
 def format_quantize(rows: list[dict]) -> str:
-    table = [[r["name"], r["kind"], r["bits"], "tensor" if r["channels"] == 1 else f"axis {r['axis']}",
+    table = [[r["name"], r["kind"], r["bits"], "tensor" if r["channels"] == 1 else f"axis {r['axis']}" + (" (scale)" if r.get("scaled") else ""),
               "sym" if r["symmetric"] else "asym", f"{r['rmse']:.3g}", f"{r['max_error']:.3g}", f"{r['mean_error']:+.2g}",
               human_bytes(r["bytes_before"]), human_bytes(r["bytes_after"])] for r in rows]
     return format_table(["layer", "kind", "bits", "range per", "mode", "rmse", "max err", "bias", "before", "after"],

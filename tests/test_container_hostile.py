@@ -420,7 +420,7 @@ def test_float_overflow_in_json_is_not_an_integer():
     (lambda h: h.pop("writer"), "header: expected keys"),
     (lambda h: h.update(extra=1), "header: expected keys"),
     (lambda h: h.update(encoding_version=0), "unsupported encoding version 0"),
-    (lambda h: h.update(encoding_version=2), "unsupported encoding version 2"),
+    (lambda h: h.update(encoding_version=3), "unsupported encoding version 3"),
     (lambda h: h.update(encoding_version=2**63), "encoding_version: expected an integer"),
     (lambda h: h.update(encoding_version="1"), "encoding_version: expected an integer"),
     (lambda h: h.update(encoding_version=True), "encoding_version: expected an integer"),
@@ -437,7 +437,7 @@ def test_float_overflow_in_json_is_not_an_integer():
     (lambda h: h.update(tensors=[0] * (container.MAX_TENSORS + 1)), "'tensors' must be a list of at most"),
     (lambda h: h["tensors"].append(0), "tensor 8: expected keys"),
     (lambda h: h["tensors"].append(copy.deepcopy(h["tensors"][0])), "every stream must be used exactly once"),
-], ids=["no-writer", "extra-key", "encoding-v0", "encoding-v2", "encoding-2^63", "encoding-str", "encoding-bool",
+], ids=["no-writer", "extra-key", "encoding-v0", "encoding-v3", "encoding-2^63", "encoding-str", "encoding-bool",
         "encoding-float", "writer-empty", "writer-list", "writer-long", "graph-stream-oob", "graph-stream-neg",
         "graph-stream-null", "streams-empty", "streams-dict", "tensors-dict", "tensors-over-cap",
         "tensor-not-object", "tensor-repeated"])

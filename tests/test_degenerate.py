@@ -94,7 +94,10 @@ STAGES = {
     "prune_std": lambda p: prune(p, PruneConfig(threshold_std=0.5)),
     "share": lambda p: share(p, ShareConfig()),
     "share_1bit": lambda p: share(p, ShareConfig(bits=PerKind(1, 1))),
+    # no layer consumes these weights: --per-channel finds no axis (test_per_channel_* below do)
+    "share_per_channel": lambda p: share(p, ShareConfig(per_channel=True)),
     "quantize": lambda p: quantize(p, QuantizeConfig()),
+    "quantize_per_channel": lambda p: quantize(p, QuantizeConfig(per_channel=True)),
     "quantize_sym_16": lambda p: quantize(p, QuantizeConfig(bits=16, symmetric=True)),
     "huffman": lambda p: huffman(p),
     "compress": lambda p: compress(p, PruneConfig(), ShareConfig()),
@@ -175,8 +178,11 @@ def test_forms_the_reader_would_refuse_fall_back_to_readable_ones():
     assert roundtrip(zero)[0].tensors[0].chain_label == "raw"
 
 
-def test_per_channel_quantize_of_degenerate_weights():
-    arrays = {k: v for k, v in CASES.items() if v.ndim == 4 or k in ("all_zero", "one_nonzero", "tiny4")}
+LAYER_CASES = {k: v for k, v in CASES.items() if v.ndim == 4 or k in ("all_zero", "one_nonzero", "tiny4", "huge_sparse")}
+
+
+def layers_package(arrays: dict[str, np.ndarray]):
+    """Each array the weight of a layer (4-D: Conv, else MatMul), so per-channel stages find its axis."""
     inits = [numpy_helper.from_array(a, n) for n, a in arrays.items()]
     nodes, inputs = [], []
     for i, (name, a) in enumerate(arrays.items()):
@@ -189,8 +195,12 @@ def test_per_channel_quantize_of_degenerate_weights():
             nodes.append(helper.make_node("MatMul", [x, name], [f"y{i}"]))
     outputs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None) for i in range(len(arrays))]
     graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
-    package = from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), None)
-    stored = _bytes(package)
+    return from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), None)
+
+
+def test_per_channel_quantize_of_degenerate_weights():
+    arrays = {k: v for k, v in LAYER_CASES.items() if k != "huge_sparse"}
+    stored = _bytes(layers_package(arrays))
     for symmetric in (False, True):
         p = read_dcz(stored)
         rows = {r["name"]: r for r in quantize(p, QuantizeConfig(bits=4, per_channel=True, symmetric=symmetric))}
@@ -198,6 +208,40 @@ def test_per_channel_quantize_of_degenerate_weights():
         back, _ = roundtrip(p)
         for name, a in arrays.items():
             assert np.abs(back.tensor(name).decode() - a).max() <= quant_bound(a, 4)
+
+
+@pytest.mark.parametrize("first", ["none", "prune", "prune_0.6_idx16", "prune_idx1"])
+@pytest.mark.parametrize("then", ["quantize4", "quantize4_sym", "share1", "share5"])
+def test_per_channel_stages_of_pruned_degenerate_weights(first, then):
+    """quantize --per-channel of a pruned layer (scale -> sparse -> linear) and share --per-channel
+    (scale -> [sparse ->] codebook) on degenerate layers, then huffman: readable, within bounds."""
+    package = layers_package(LAYER_CASES)
+    if first != "none":
+        STAGES[first](package)
+        package, _ = roundtrip(package)
+    before = decoded(package)
+    bits = int(then[-1]) if then.startswith("share") else 4
+    if then.startswith("quantize"):
+        rows = quantize(package, QuantizeConfig(bits=4, per_channel=True, symmetric=then.endswith("sym")))
+    else:
+        rows = share(package, ShareConfig(bits=PerKind(bits, bits), per_channel=True))
+    assert {r["name"] for r in rows} == set(LAYER_CASES)
+    back, _ = roundtrip(package)
+    for name, w in before.items():
+        a = back.tensor(name).decode()
+        assert a.shape == w.shape and a.dtype == w.dtype
+        assert np.all(a[w == 0] == 0)  # pruned weights (and zeros) stay exactly zero
+        if then.startswith("quantize"):
+            assert np.abs(a - w).max(initial=0) <= quant_bound(w, 4)
+        else:
+            assert np.abs(a - w).max(initial=0) <= np.ptp(w) + 1e-12
+            channels = a.reshape(a.shape[0], -1) if a.ndim == 4 else a.reshape(-1, a.shape[-1]).T
+            assert all(len(np.unique(c)) <= 1 << bits for c in channels)  # one codebook, scaled per channel
+    huffman(back)
+    coded, _ = roundtrip(back)
+    for t in coded.tensors:
+        assert t.decode().tobytes() == back.tensor(t.name).decode().tobytes()
+        assert [s.codec for s in t.chain][:1] == [s.codec for s in back.tensor(t.name).chain][:1]  # scale kept
 
 
 @settings(max_examples=40, deadline=None)

@@ -41,30 +41,36 @@ def check(params: dict, target, parts: dict) -> None:
         raise DczError("scale needs one float32 scale per channel")
 
 
+def check_scales(scales: np.ndarray) -> None:
+    if not np.all(np.isfinite(scales)) or not np.all(scales > 0):
+        raise DczError("scale is not finite and positive")
+
+
 def decode(params: dict, target, arrays: dict) -> np.ndarray:
     channels, inner = params["channels"], params["inner"]
     values, scales = arrays["values"], arrays["scales"]
-    if not np.all(np.isfinite(scales)) or not np.all(scales > 0):
-        raise DczError("scale is not finite and positive")
+    check_scales(scales)
     shaped = values.reshape(-1, channels, inner).astype(np.float32)
     with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf (float16 targets): what the file says
         return (shaped * scales[:, None]).astype(target.dtype).reshape(-1)
 
 
-def channel_scales(values: np.ndarray, channels: int, inner: int) -> np.ndarray:
-    """One scale per channel for normalizing `values` (flat): the channel's max |w|, so every
-    normalized value lies in [-1, 1].  An all-zero channel gets 1.0 (any positive scale works).
-
-    Max rather than RMS: a per-tensor linear grid then spans each channel's own range exactly
-    (nothing is clipped), and after normalization every channel's largest weight sits at +-1,
-    so one codebook or one linear range serves channels whose raw ranges differ by orders of
-    magnitude (batch-norm-folded and depthwise convs).
+def channel_scales(values: np.ndarray, channels: int, inner: int, method: str = "max") -> np.ndarray:
+    """One scale per channel for normalizing `values` (flat): by `method` "max" the channel's
+    max |w| (every normalized value then lies in [-1, 1]: a linear range over them clips nothing),
+    by "rms" the root mean square of its non-zero weights (pruned zeros do not shrink it).  An
+    all-zero channel, or one too small for a float32 scale, gets 1.0 (any positive scale works).
     """
-    grouped = np.abs(values.reshape(-1, channels, inner).astype(np.float64))
-    peak = grouped.max(axis=(0, 2), initial=0.0)
-    scales = peak.astype(np.float32)
-    # float32 rounding of the peak may make peak / scale > 1 by an ulp; a tiny scale may be 0 or
-    # subnormal as float32: then 1.0 (the channel is zero, or too small to matter)
+    grouped = values.reshape(-1, channels, inner).astype(np.float64)
+    if method == "max":
+        peak = np.abs(grouped).max(axis=(0, 2), initial=0.0)
+    elif method == "rms":
+        count = np.count_nonzero(grouped, axis=(0, 2))
+        peak = np.sqrt((grouped ** 2).sum(axis=(0, 2)) / np.maximum(count, 1))
+    else:
+        raise ValueError(f"unknown scale method {method!r}")
+    with np.errstate(over="ignore"):
+        scales = peak.astype(np.float32)
     ok = np.isfinite(scales) & (scales >= np.finfo(np.float32).tiny)
     return np.where(ok, scales, np.float32(1.0)).astype(np.float32)
 

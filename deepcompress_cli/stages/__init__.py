@@ -119,6 +119,23 @@ class SparsityBySize(PerKind):
         return self  # its default is the size rule
 
 
+def output_channel_axes(package: Package) -> dict[str, int]:
+    """Table name -> output-channel axis (graphs.output_channel_axis) of every weight a layer
+    consumes that has one: the axis `--per-channel` gives each slice its own range or scale."""
+    from ..graphs import output_channel_axis
+    from ..onnx_io import weight_consumers
+
+    axes = {}
+    shapes = {t.name: t.shape for t in package.tensors}
+    for name, (node, index) in weight_consumers(package.graph).items():
+        if name in shapes:
+            attributes = {a.name: a.i for a in node.attribute if a.type == a.INT}
+            axis = output_channel_axis(node.op_type, attributes, index, len(shapes[name]))
+            if axis is not None:
+                axes[name] = axis
+    return axes
+
+
 def no_progress(items: Iterable, desc: str = "", total: int | None = None, **options) -> Iterable:
     return items
 

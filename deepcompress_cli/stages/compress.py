@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..tensors import Package, Tensor
-from . import compressible, map_weights, no_progress
+from . import compressible, map_weights, no_progress, output_channel_axes
 from .entropy import huffman_tensor
 from .prune import PruneConfig, prune_tensor
 from .share import ShareConfig, share_tensor
@@ -15,11 +15,11 @@ def index_and_value_bytes(tensor: Tensor) -> tuple[int, int]:
     return index, tensor.stored_bytes - index
 
 
-def compress_tensor(tensor: Tensor, prune_config: PruneConfig, share_config: ShareConfig):
+def compress_tensor(tensor: Tensor, prune_config: PruneConfig, share_config: ShareConfig, axis: int | None = None):
     sparsity = None if prune_config.threshold_std is not None else prune_config.sparsity.value(tensor)
     pruned, p = prune_tensor(tensor, sparsity, int(prune_config.index_bits.value(tensor)),
                              prune_config.threshold_std)
-    shared, q = share_tensor(pruned, int(share_config.bits.value(tensor)), share_config)
+    shared, q = share_tensor(pruned, int(share_config.bits.value(tensor)), share_config, axis)
     coded, _ = huffman_tensor(shared)
     return coded, stage_row(tensor, pruned.stored_bytes, shared.stored_bytes, coded, p, q)
 
@@ -44,7 +44,9 @@ def stage_row(tensor: Tensor, bytes_p: int, bytes_pq: int, coded: Tensor, p: dic
 def compress(package: Package, prune_config: PruneConfig, share_config: ShareConfig,
              progress=no_progress, jobs: int = 1) -> list[dict]:
     prune_config, share_config = prune_config.resolved(train=False), share_config.resolved(train=False)
-    return map_weights(package, lambda t: compress_tensor(t, prune_config, share_config), progress, "compress", jobs)
+    axes = output_channel_axes(package) if share_config.per_channel else {}
+    return map_weights(package, lambda t: compress_tensor(t, prune_config, share_config, axes.get(t.name)),
+                       progress, "compress", jobs)
 
 
 def compress_retrain(package: Package, prune_config: PruneConfig, share_config: ShareConfig, train,

@@ -7,12 +7,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..codecs import linear
-from ..encoding import Quantized, build, dense_form, parse, readable
-from ..graphs import output_channel_axis
-from ..onnx_io import weight_consumers
+from ..encoding import Quantized, build, channel_scaled, dense_form, parse, readable
 from ..tensors import Package, Tensor
-from . import (PerKind, check_patterns, check_values, is_int_in, map_weights, no_progress, per_kind,
-               require_compressible, require_finite)
+from . import (PerKind, check_patterns, check_values, is_int_in, map_weights, no_progress, output_channel_axes,
+               per_kind, require_compressible, require_finite)
 
 
 @dataclass
@@ -38,21 +36,34 @@ class QuantizeConfig:
 
 
 def quantize_tensor(tensor: Tensor, config: QuantizeConfig, axis: int | None) -> tuple[Tensor, dict]:
+    """Codes for one weight: per channel along `axis` (None: one range for the tensor).
+
+    Dense: `linear` with one range per channel.  Sparse: its entries have no channel layout, so
+    per channel means a `scale` step first (each channel divided by its max |w|), then one range
+    over the normalized entries; per tensor, one range over the entries.  A sparse form the
+    reader would refuse (too few entries for their positions: the expansion bound) falls back
+    to codes for every weight.  A channel-scaled input (from `share --per-channel`, or this
+    stage) is first taken back to its decoded values: the codes are derived from the real weights.
+    """
     require_compressible(tensor, "quantized")
-    form = parse(tensor)
-    if form.is_sparse:  # entries of a sparse tensor have no channel layout: one range for the layer
-        new, q, values = _quantized(tensor, form, config, None)
-        if readable(new):
-            axis = None
-        else:  # too few entries for their positions (format's expansion bound): codes for every weight
-            form = dense_form(tensor.decode(), tensor.dtype)
-            new, q, values = _quantized(tensor, form, config, axis)
-    else:
-        new, q, values = _quantized(tensor, form, config, axis)
-    error = q.floats().astype(np.float64) - values
+    form = parse(tensor).unscaled()
+    require_finite(tensor, form.entry_values())
+    channels, inner = linear.channel_layout(tensor.shape, axis)
+    new = None
+    if form.is_sparse:
+        sparse_form = channel_scaled(form, channels, inner) if channels > 1 else form
+        if sparse_form.is_scaled and np.all(sparse_form.scales == sparse_form.scales[0]):
+            sparse_form = form  # one scale for every channel (an all-zero layer): the step adds nothing
+        new = _quantized(tensor, sparse_form, config, 1, 1)
+        if not readable(new):  # too few entries for their positions: codes for every weight
+            form, new = dense_form(tensor.decode(), tensor.dtype), None
+    if new is None:
+        new = _quantized(tensor, form, config, channels, inner)
+    # the decoded weights against the real ones, entry by entry (same positions in both forms)
+    error = new.form.unscaled().entry_values().astype(np.float64) - form.entry_values()
     return new, {
-        "name": tensor.name, "kind": tensor.kind, "bits": config.bits, "axis": axis, "channels": q.channels,
-        "symmetric": config.symmetric,
+        "name": tensor.name, "kind": tensor.kind, "bits": config.bits, "axis": axis if channels > 1 else None,
+        "channels": channels, "scaled": new.form.is_scaled, "symmetric": config.symmetric,
         "rmse": float(np.sqrt(np.mean(error ** 2))) if len(error) else 0.0,
         "max_error": float(np.abs(error).max()) if len(error) else 0.0,
         "mean_error": float(error.mean()) if len(error) else 0.0,
@@ -60,25 +71,15 @@ def quantize_tensor(tensor: Tensor, config: QuantizeConfig, axis: int | None) ->
     }
 
 
-def _quantized(tensor: Tensor, form, config: QuantizeConfig, axis: int | None):
-    """(new entry, its Quantized values, the float values they stand for)."""
-    values = form.entry_values()
-    require_finite(tensor, values)
-    channels, inner = linear.channel_layout(tensor.shape, axis)
-    codes, scales, zero_points = linear.quantize(values, config.bits, channels, inner, config.symmetric)
+def _quantized(tensor: Tensor, form, config: QuantizeConfig, channels: int, inner: int):
+    """The entry storing `form` with its entry values as linear codes (the scaled-down values
+    when it has a scale step)."""
+    codes, scales, zero_points = linear.quantize(form.entry_values(), config.bits, channels, inner, config.symmetric)
     q = Quantized(codes, scales, zero_points, config.bits, channels, inner, config.symmetric)
-    return build(tensor, form.with_(values=q)), q, values
+    return build(tensor, form.with_(values=q))
 
 
 def quantize(package: Package, config: QuantizeConfig, progress=no_progress, jobs: int = 1) -> list[dict]:
-    consumers = weight_consumers(package.graph) if config.per_channel else {}
-
-    def encode(tensor):
-        axis = None
-        if tensor.name in consumers:
-            node, index = consumers[tensor.name]
-            attributes = {a.name: a.i for a in node.attribute if a.type == a.INT}
-            axis = output_channel_axis(node.op_type, attributes, index, len(tensor.shape))
-        return quantize_tensor(tensor, config.for_tensor(tensor), axis)
-
-    return map_weights(package, encode, progress, "quantize", jobs)
+    axes = output_channel_axes(package) if config.per_channel else {}
+    return map_weights(package, lambda t: quantize_tensor(t, config.for_tensor(t), axes.get(t.name)),
+                       progress, "quantize", jobs)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..encoding import Shared, build, parse
+from ..errors import DczError
 from ..codecs import sparse
 from ..tensors import Package, Slot, Tensor
 from ..train.network import Network
@@ -94,7 +95,7 @@ def prune_retrain(package: Package, config: PruneConfig, train: TrainConfig, ste
 def cluster_map(tensor: Tensor) -> Clusters | None:
     """The dense cluster ids of a shared tensor (-1 where nothing is stored), or None."""
     form = parse(tensor)
-    if not isinstance(form.values, Shared):
+    if not isinstance(form.values, Shared) or form.is_scaled:  # a scaled codebook has no shared weights to train
         return None
     indices = form.values.indices.astype(np.int32)
     if form.is_sparse:
@@ -111,6 +112,8 @@ def share_retrain(package: Package, config: ShareConfig, train: TrainConfig,
                   progress=no_progress, teacher=None) -> tuple[list[dict], list[dict]]:
     """Share as `share` does, then train the centroids; (rows, history)."""
     config = config.resolved(train=True)  # None: the --train defaults
+    if config.per_channel:  # the trainer ties each weight to one centroid, with no channel factor
+        raise DczError("--per-channel sharing cannot be combined with --train (trained centroids are per layer)")
     if teacher is None:  # distill towards the model as it was before sharing
         teacher = teacher_logits(package, train)
     rows = share(package, config, progress)
