@@ -169,3 +169,12 @@ def test_quantize_activation_refuses_non_finite_values(bad):
         quantize_activation(x, -1.0, 1.0, name="v")  # a calibrated range does not hide them
     with pytest.raises(DczError, match="NaN or Inf"):
         quantize_activation(np.ones(3, np.float32), bad, bad)  # nor does a broken range
+
+
+def test_compared_output_is_the_first_float_one():
+    """A sentence encoder echoes its int64 token ids first: comparing those would score 1.0."""
+    from deepcompress_cli.benchmarking import first_numeric
+
+    ids, embedding = np.arange(6, dtype=np.int64).reshape(2, 3), np.ones((2, 4), np.float32)
+    assert first_numeric([np.array(["a", "b"]), ids, embedding]) is embedding
+    assert first_numeric([np.array(["a", "b"]), ids]) is ids  # no float output: the first numeric one
