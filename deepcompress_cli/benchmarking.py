@@ -49,20 +49,6 @@ class BenchConfig:
     max_decoded_bytes: int | None = None  # cap on a model's decoded tensors (files.check_decoded_size)
 
 
-def input_specs(interp) -> list[tuple[str, list, np.dtype]]:
-    """(name, dims with None for symbolic, dtype) of the graph inputs that are not constants."""
-    from onnx import helper
-
-    specs = []
-    for i in interp.model.graph.input:
-        if i.name in interp.plan.constants:
-            continue
-        t = i.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-        specs.append((i.name, dims, np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type))))
-    return specs
-
-
 def graph_specs(interp) -> list[InputSpec]:
     """The `data.InputSpec` of each graph input the data feeds (not a constant)."""
     return [InputSpec.of(i.name, i.type.tensor_type) for i in interp.model.graph.input
