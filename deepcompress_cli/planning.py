@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .data import pick
 from .errors import DczError, GateFailed
 from .stages import compressible, no_progress
 
@@ -186,7 +187,7 @@ def calibration_evidence(package, path: str, max_bytes: int | None = None) -> Ev
     evidence = Evidence(arrays, layout, count, "calibration", path, file_sha256(path), labels)
     if count > VERIFY_SAMPLES:  # evenly spaced, so a file sorted by class keeps every class
         index = _spaced(count, VERIFY_SAMPLES)
-        evidence = Evidence(_select(arrays, layout, index), layout, len(index), "calibration", path,
+        evidence = Evidence(pick(arrays, layout, index), layout, len(index), "calibration", path,
                             evidence.sha256, None if labels is None else labels[index], total=count)
     return evidence
 
@@ -206,13 +207,6 @@ def synthesized_evidence(package, count: int = SYNTHESIZED_SAMPLES, seed: int = 
     feeds = make_inputs(interp, None, count, seed)
     layout = feeds_layout(interp, feeds, random=True)
     return Evidence(feeds, layout, sample_count(feeds, layout), "synthesized")
-
-
-def _select(feeds: dict, layout: dict, index: np.ndarray) -> dict:
-    """The samples `index` of every input along its sample axis (shared inputs whole)."""
-    from .data import pick
-
-    return pick(feeds, layout, index)
 
 
 # ------------------------------------------------------------------------------------- running
@@ -236,24 +230,12 @@ class Runner:
         interp.weights = {**self.base, **(weights or {})}
         interp.plan = interp._plan(interp.model.graph)  # the plan holds the weights (BN folded in)
         interp._subplans = {}
+        from .benchmarking import run_batched
+
         ev = self.evidence
-        feeds = ev.feeds if index is None else _select(ev.feeds, ev.layout, index)
-        n = ev.count if index is None else len(index)
+        feeds = ev.feeds if index is None else pick(ev.feeds, ev.layout, index)
         self.runs += 1
-        outs = []
-        starts = range(0, n, self.batch)
-        if progress is not None:
-            starts = progress(starts, desc=desc, total=len(starts), unit="batch")
-        for start in starts:
-            part = _select(feeds, ev.layout, np.arange(start, min(start + self.batch, n)))
-            outs.append(_first_numeric(interp.run(part)))
-        return np.concatenate(outs)
-
-
-def _first_numeric(outputs) -> np.ndarray:
-    from .benchmarking import first_numeric
-
-    return np.asarray(first_numeric(outputs))
+        return run_batched(interp, feeds, self.batch, progress, desc, layout=ev.layout)
 
 
 @np.errstate(all="ignore")
@@ -852,7 +834,7 @@ class Planner:
             wanted = {t.name for t in self.package.tensors if compressible(t)}
             if names is not None:
                 wanted &= names
-            feeds = ev.feeds if ev.count <= STATS_SAMPLES else _select(ev.feeds, ev.layout, _spaced(ev.count, STATS_SAMPLES))
+            feeds = ev.feeds if ev.count <= STATS_SAMPLES else pick(ev.feeds, ev.layout, _spaced(ev.count, STATS_SAMPLES))
             stats = collect(self.package, feeds, progress=self.progress, names=wanted) if wanted else {}
             self._phase("layer statistics", start)
         self.layers = _layers(self.package, stats)
