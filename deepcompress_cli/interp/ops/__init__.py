@@ -59,5 +59,11 @@ def op(*names: str):
 
 
 def load_all() -> None:
-    """Import every kernel module (each registers its ops on import)."""
-    from . import control, conv, elementwise, gemm, norm, pool, resize, shape  # noqa: F401
+    """Import every kernel module of this package (each registers its ops on import).
+
+    Modules are found by listing the package, so a new op family is one new file.
+    """
+    import importlib
+    import pkgutil
+    for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+        importlib.import_module(f"{__name__}.{module}")
