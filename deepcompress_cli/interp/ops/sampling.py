@@ -190,3 +190,46 @@ def roi_align(inputs, attrs, ctx):
             pooled = np.maximum.reduce(terms).reshape(c, out_h, samples_h, out_w, samples_w).max(axis=(2, 4))
         out[k] = pooled
     return [out.astype(x.dtype)]
+
+
+def _bin_masks(start: int, size: int, bins: int, limit: int) -> tuple[np.ndarray, int, int]:
+    """(mask [bins, span] of the pixels in each bin, first pixel, span) of one RoI axis (Caffe's ROIPool).
+
+    Bins of a RoI `size` pixels long start at floor(i * size / bins) and end at
+    ceil((i + 1) * size / bins), clipped to the image; they may overlap or be empty.
+    """
+    edges = np.arange(bins + 1) * (size / bins)
+    begin = np.clip(np.floor(edges[:-1]).astype(np.int64) + start, 0, limit)
+    end = np.clip(np.ceil(edges[1:]).astype(np.int64) + start, 0, limit)
+    first, last = int(begin.min()), int(end.max())
+    pixels = np.arange(first, max(last, first))
+    return (pixels >= begin[:, None]) & (pixels < end[:, None]), first, max(last - first, 0)
+
+
+@op("MaxRoiPool")
+def max_roi_pool(inputs, attrs, ctx):
+    x, rois = inputs
+    if "pooled_shape" not in attrs:
+        raise DczError("MaxRoiPool: the pooled_shape attribute is missing.")
+    out_h, out_w = (int(v) for v in attrs["pooled_shape"])
+    if x.ndim != 4 or rois.ndim != 2 or rois.shape[1] != 5 or out_h < 1 or out_w < 1:
+        raise DczError(f"MaxRoiPool node {ctx.node_name!r}: X {list(x.shape)}, rois {list(rois.shape)} and "
+                       f"pooled_shape [{out_h}, {out_w}] do not fit.")
+    n, c, height, width = x.shape
+    scale = float(attrs.get("spatial_scale", 1.0))
+    out = np.zeros((rois.shape[0], c, out_h, out_w), x.dtype)
+    for k, roi in enumerate(rois.astype(np.float64)):
+        b = int(roi[0])
+        if not 0 <= b < n:
+            raise DczError(f"MaxRoiPool node {ctx.node_name!r}: batch id {b} is outside 0..{n - 1}.")
+        x1, y1, x2, y2 = (int(v) for v in np.sign(roi[1:]) * np.floor(np.abs(roi[1:]) * scale + 0.5))
+        rows, top, span_h = _bin_masks(y1, max(y2 - y1 + 1, 1), out_h, height)
+        cols, left, span_w = _bin_masks(x1, max(x2 - x1 + 1, 1), out_w, width)
+        if span_h == 0 or span_w == 0:
+            continue
+        region = x[b, :, top:top + span_h, left:left + span_w]  # [C, span_h, span_w]
+        by_rows = np.where(rows[None, :, :, None], region[:, None], -np.inf).max(axis=2)  # [C, out_h, span_w]
+        pooled = np.where(cols[None, None], by_rows[:, :, None], -np.inf).max(axis=3)  # [C, out_h, out_w]
+        nonempty = rows.any(axis=1)[:, None] & cols.any(axis=1)
+        out[k] = np.where(nonempty, pooled, 0)  # an empty bin pools to 0
+    return [out]
