@@ -35,6 +35,8 @@ def attr_values(node) -> dict:
 
 def oracle_and_kernel(op_type, inputs, attrs, opset, oracle):
     names = [f"x{i}" if a is not None else "" for i, a in enumerate(inputs)]
+    while names and not names[-1]:  # trailing omitted inputs are left out (onnxruntime crashes on some)
+        names.pop()
     node = helper.make_node(op_type, names, ["y"], **attrs)
     graph_inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
                     for n, a in zip(names, inputs) if a is not None]
