@@ -1,4 +1,4 @@
-"""Sampling (GridSample, AffineGrid, RoiAlign, MaxRoiPool), NonMaxSuppression and spectral kernels
+"""Sampling (GridSample, AffineGrid, RoiAlign, MaxRoiPool, DeformConv), NonMaxSuppression and spectral kernels
 against onnxruntime, on one-node models run by both (onnx.reference where `oracle="ref"`).
 """
 
@@ -11,7 +11,7 @@ from onnx import helper, numpy_helper
 
 from deepcompress_cli.errors import DczError
 from deepcompress_cli.interp.ops import KERNELS, OpContext
-from deepcompress_cli.interp.ops import detection, sampling, spectral  # noqa: F401  (registration)
+from deepcompress_cli.interp.ops import deform_conv, detection, sampling, spectral  # noqa: F401  (registration)
 
 ort = pytest.importorskip("onnxruntime")
 RNG = np.random.default_rng(7)
@@ -138,6 +138,47 @@ def test_roi_align(opset, attrs, mode):
 def test_max_roi_pool(pooled, scale):
     rois = np.concatenate([np.array([[0], [1], [1], [0]], F32), np.abs(ROIS)], axis=1)
     check("MaxRoiPool", [randn(2, 3, 8, 7), rois], dict(pooled_shape=pooled, spatial_scale=scale), opset=16)
+
+
+# ------------------------------------------------------------------------------ DeformConv
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("with_mask", [False, True])
+@pytest.mark.parametrize("x_shape,w_shape,attrs", [
+    ((1, 2, 5, 5), (3, 2, 3, 3), {}),
+    ((2, 4, 6, 5), (4, 2, 3, 2), dict(group=2, offset_group=2, pads=[1, 0, 1, 1], strides=[2, 1])),
+    ((1, 2, 7, 6), (2, 2, 2, 2), dict(dilations=[2, 3], pads=[1, 1, 0, 2])),
+])
+def test_deform_conv(x_shape, w_shape, attrs, with_mask, with_bias):
+    d = len(x_shape) - 2
+    strides, dilations = attrs.get("strides", [1] * d), attrs.get("dilations", [1] * d)
+    pads = attrs.get("pads", [0] * 2 * d)
+    out = [(s + pads[i] + pads[i + d] - dl * (k - 1) - 1) // st + 1
+           for i, (s, k, st, dl) in enumerate(zip(x_shape[2:], w_shape[2:], strides, dilations))]
+    taps = attrs.get("offset_group", 1) * int(np.prod(w_shape[2:]))
+    offset = (randn(x_shape[0], taps * d, *out) * 1.5).astype(F32)  # some taps leave the image
+    inputs = [randn(*x_shape), randn(*w_shape), offset, randn(w_shape[0]) if with_bias else None,
+              RNG.random((x_shape[0], taps, *out)).astype(F32) if with_mask else None]
+    check("DeformConv", inputs, attrs, opset=19, tol=1e-4)
+
+
+def test_deform_conv_1d_is_2d_with_one_row():
+    # onnxruntime and onnx.reference are 2-D only: a 1-D case is a 2-D one of height 1, y offsets 0
+    x, w, offset = randn(2, 3, 9), randn(2, 3, 3), randn(2, 3 * 3, 5) * 2
+    attrs = {"strides": [2], "pads": [1, 1], "offset_group": 3}
+    got = run("DeformConv", [x, w, offset], attrs, opset=19)
+    offset_2d = np.stack([np.zeros_like(offset), offset], axis=2).reshape(2, 18, 1, 5)
+    _, want = oracle_and_kernel("DeformConv", [x[:, :, None], w[:, :, None], offset_2d],
+                                dict(strides=[1, 2], pads=[0, 1, 0, 1], offset_group=3), 19, "ort")
+    np.testing.assert_allclose(got, want[:, :, 0], rtol=1e-4, atol=1e-4)
+
+
+def test_deform_conv_zero_offsets_is_conv():
+    x, w = randn(1, 2, 5, 6), randn(3, 2, 3, 3)
+    got = run("DeformConv", [x, w, np.zeros((1, 18, 3, 4), F32)], {}, opset=19)
+    want = np.einsum("cij,ocij->o", np.lib.stride_tricks.sliding_window_view(x[0], (3, 3), axis=(1, 2))[:, 1, 2], w)
+    np.testing.assert_allclose(got[0, :, 1, 2], want, rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------ NonMaxSuppression
