@@ -266,18 +266,6 @@ def test_stft_default_frame_is_the_whole_signal():
     assert got.shape == (2, 1, 11, 2)
 
 
-@pytest.mark.parametrize("op_type", ["HannWindow", "HammingWindow", "BlackmanWindow"])
-@pytest.mark.parametrize("periodic", [0, 1])
-@pytest.mark.parametrize("dtype", [onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE])
-def test_windows(op_type, periodic, dtype):
-    check(op_type, [np.array(11, np.int64)], dict(periodic=periodic, output_datatype=dtype), opset=17)
-
-
-def test_window_is_cosine_sum():
-    np.testing.assert_allclose(run("HannWindow", [np.array(8, I64)], {"periodic": 0}), np.hanning(8), atol=1e-6)
-    np.testing.assert_allclose(run("BlackmanWindow", [np.array(8, I64)], {"periodic": 0}), np.blackman(8), atol=1e-6)
-
-
 @pytest.mark.parametrize("bins,dft_length,rate,low,high", [(8, 16, 8192, 0.0, 4096.0), (5, 64, 16000, 100.0, 7000.0),
                                                            (20, 512, 22050, 20.0, 11025.0)])
 def test_mel_weight_matrix(bins, dft_length, rate, low, high):

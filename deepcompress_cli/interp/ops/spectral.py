@@ -1,4 +1,4 @@
-"""Signal processing: DFT, STFT, the Hann/Hamming/Blackman windows and MelWeightMatrix.
+"""Signal processing: DFT, STFT and MelWeightMatrix.
 
 ONNX carries complex numbers as a trailing axis of 2 (real, imaginary) and real signals as a
 trailing axis of 1.  Transforms run in complex128 through numpy.fft and come back in the input's
@@ -84,26 +84,6 @@ def stft(inputs, attrs, ctx):
     if attrs.get("onesided", 1):
         spectrum = spectrum[..., :length // 2 + 1]
     return [_as_pairs(spectrum, inputs[0].dtype)]
-
-
-def _window(name: str, coefficients):
-    """A cosine-sum window: sum_k (-1)^k a_k cos(2 pi k n / N), N = size (periodic) or size - 1."""
-    def kernel(inputs, attrs, ctx):
-        size = int(_scalar(inputs[0], name, "size"))
-        if size < 0:
-            raise DczError(f"{name} node {ctx.node_name!r}: negative size {size}.")
-        dtype = onnx_dtype(attrs.get("output_datatype", 1), name)
-        ctx.check_size(name, [size], dtype.itemsize)
-        period = size if attrs.get("periodic", 1) else size - 1
-        phase = 2 * np.pi * np.arange(size) / max(period, 1)
-        values = sum((-1) ** k * a * np.cos(k * phase) for k, a in enumerate(coefficients))
-        return [np.asarray(values, dtype=np.float64).astype(dtype)]
-    return kernel
-
-
-op("HannWindow")(_window("HannWindow", [0.5, 0.5]))
-op("HammingWindow")(_window("HammingWindow", [25 / 46, 21 / 46]))
-op("BlackmanWindow")(_window("BlackmanWindow", [0.42, 0.5, 0.08]))
 
 
 @op("MelWeightMatrix")
