@@ -169,6 +169,17 @@ def test_non_zero(x):
     check("NonZero", [x], opset=13)
 
 
+def test_value_sized_outputs_are_refused_before_allocation():
+    small = OpContext(opset=18, node_name="n", max_bytes=1 << 20)
+    with pytest.raises(DczError, match="limit"):
+        KERNELS["OneHot"]([np.array([0, 1], I64), np.array(1 << 40, I64), np.array([0, 1], F32)], {}, small)
+    with pytest.raises(DczError, match="limit"):
+        KERNELS["CenterCropPad"]([randn(2, 2), np.array([1 << 20, 1 << 20], I64)], {}, small)
+    with pytest.raises(DczError, match="limit"):
+        KERNELS["Col2Im"]([randn(1, 1, 1), np.array([1 << 20, 1 << 20], I64), np.array([1, 1], I64)],
+                          {"strides": [1 << 20, 1 << 20]}, small)  # one block, a huge sparse image
+
+
 def test_non_zero_of_scalar():
     assert run("NonZero", [np.array(2.0, F32)]).shape == (0, 1)
 

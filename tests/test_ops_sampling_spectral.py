@@ -271,3 +271,19 @@ def test_stft_default_frame_is_the_whole_signal():
 def test_mel_weight_matrix(bins, dft_length, rate, low, high):
     inputs = [np.array(bins, I64), np.array(dft_length, I64), np.array(rate, I64), np.array(low, F32), np.array(high, F32)]
     check("MelWeightMatrix", inputs, opset=17)
+
+
+# ------------------------------------------------------------------------------ sizes from values
+
+
+def test_value_sized_outputs_are_refused_before_allocation():
+    small = OpContext(opset=20, node_name="n", max_bytes=1 << 20)
+    with pytest.raises(DczError, match="limit"):
+        KERNELS["DFT"]([signal(1, 4), np.array(1 << 40, I64)], {}, small)
+    huge_roi = np.array([[0, 0, 1e7, 1e7]], F32)  # the adaptive sampling grid grows with the RoI
+    with pytest.raises(DczError, match="limit"):
+        KERNELS["RoiAlign"]([randn(1, 1, 4, 4), huge_roi, np.array([0], I64)], {}, small)
+    with pytest.raises(DczError, match="limit"):
+        KERNELS["MelWeightMatrix"]([np.array(v) for v in (1 << 20, 1 << 20, 16000, 0.0, 8000.0)], {}, small)
+    with pytest.raises(DczError, match="limit"):
+        KERNELS["AffineGrid"]([randn(1, 2, 3), np.array([1, 1, 1 << 20, 1 << 20], I64)], {}, small)

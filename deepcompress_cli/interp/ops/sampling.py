@@ -179,6 +179,7 @@ def roi_align(inputs, attrs, ctx):
         samples_w = ratio if ratio > 0 else math.ceil(roi_w / out_w)
         if samples_h < 1 or samples_w < 1:
             continue  # an empty RoI pools nothing
+        ctx.check_size("RoiAlign", [4, c, out_h * samples_h, out_w * samples_w], 8)  # RoI size sets the samples
         ys = _roi_taps(y1, roi_h / out_h, out_h, samples_h, height)
         xs = _roi_taps(x1, roi_w / out_w, out_w, samples_w, width)
         image = x[int(b)].astype(np.float64)

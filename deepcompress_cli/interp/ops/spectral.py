@@ -48,15 +48,15 @@ def dft(inputs, attrs, ctx):
         raise DczError("DFT: the axis must be a signal axis, not the last (complex) one.")
     signal = _as_complex(x, "DFT")
     inverse, onesided = bool(attrs.get("inverse", 0)), bool(attrs.get("onesided", 0))
-    n = None if length is None else int(_scalar(length, "DFT", "dft_length"))
-    if n is not None and n < 1:
+    if length is not None:
+        n = int(_scalar(length, "DFT", "dft_length"))
+    else:  # IRFFT's spectrum holds n // 2 + 1 bins of an even-length signal by default
+        n = 2 * (signal.shape[axis] - 1) if inverse and onesided else signal.shape[axis]
+    if n < 1:
         raise DczError(f"DFT: dft_length {n} must be positive.")
+    ctx.check_size("DFT", list(signal.shape[:axis]) + [n] + list(signal.shape[axis + 1:]) + [2], 16)
     if inverse and onesided:  # IRFFT: one-sided spectrum in, real signal out
-        real = np.fft.irfft(signal, n=n, axis=axis)
-        ctx.check_size("DFT", real.shape, x.itemsize)
-        return [real[..., None].astype(x.dtype)]
-    n = signal.shape[axis] if n is None else n
-    ctx.check_size("DFT", list(signal.shape[:axis]) + [n] + list(signal.shape[axis + 1:]) + [2], x.itemsize)
+        return [np.fft.irfft(signal, n=n, axis=axis)[..., None].astype(x.dtype)]
     spectrum = (np.fft.ifft if inverse else np.fft.fft)(signal, n=n, axis=axis)
     if onesided:
         spectrum = np.take(spectrum, np.arange(n // 2 + 1), axis=axis)
