@@ -53,7 +53,7 @@ def dft(inputs, attrs, ctx):
     else:  # IRFFT's spectrum holds n // 2 + 1 bins of an even-length signal by default
         n = 2 * (signal.shape[axis] - 1) if inverse and onesided else signal.shape[axis]
     if n < 1:
-        raise DczError(f"DFT: dft_length {n} must be positive.")
+        raise DczError(f"DFT: the transform length {n} must be positive.")
     ctx.check_size("DFT", list(signal.shape[:axis]) + [n] + list(signal.shape[axis + 1:]) + [2], 16)
     if inverse and onesided:  # IRFFT: one-sided spectrum in, real signal out
         return [np.fft.irfft(signal, n=n, axis=axis)[..., None].astype(x.dtype)]
