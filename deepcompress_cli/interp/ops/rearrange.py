@@ -14,7 +14,7 @@ import numpy as np
 from ...errors import DczError
 from . import op
 from .indexing import checked_indices
-from .shape import ints, norm_axes, str_attr
+from .shape import input_at, ints, norm_axes, str_attr
 
 
 def _blocksize(x, attrs, op_name: str, ctx) -> int:
@@ -124,7 +124,7 @@ def max_unpool(inputs, attrs, ctx):
     coordinates and the output grows (or shrinks) at the end.
     """
     x, indices = inputs[0], inputs[1]
-    output_shape = ints(inputs[2]) if len(inputs) > 2 and inputs[2] is not None else None
+    output_shape = ints(input_at(inputs, 2))
     if "kernel_shape" not in attrs:
         raise DczError("MaxUnpool: the kernel_shape attribute is missing.")
     kernel = list(attrs["kernel_shape"])
