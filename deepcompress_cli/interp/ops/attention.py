@@ -106,9 +106,9 @@ def attention(inputs, attrs, ctx):
     present_key, present_value = k, v
     batch, q_heads, q_len, head_size = q.shape
     kv_heads, total = k.shape[1], k.shape[2]
-    if kv_heads == 0 or q_heads % kv_heads or v.shape[1] != kv_heads or v.shape[2] != total:
+    if kv_heads == 0 or q_heads % kv_heads or k.shape[3] != head_size or v.shape[:3] != k.shape[:3]:
         raise DczError(f"Attention node {ctx.node_name!r}: Q {list(q.shape)}, K {list(k.shape)} and "
-                       f"V {list(v.shape)} do not fit (query heads must be a multiple of kv heads).")
+                       f"V {list(v.shape)} do not fit (query heads must be a multiple of kv heads, head sizes agree).")
     out_dtype = query.dtype
     work = compute_dtype(out_dtype)
     # The spec scales Q and K by sqrt(scale) each before the matmul (against overflow), that
@@ -140,13 +140,11 @@ def attention(inputs, attrs, ctx):
 def softmax_rows(scores: np.ndarray, masked_rows: np.ndarray | None) -> np.ndarray:
     """Softmax over the last axis; rows whose every key is masked out are 0, not NaN."""
     peak = scores.max(axis=-1, keepdims=True)
-    if masked_rows is not None:
-        peak = np.where(masked_rows, 0, peak)
-    e = np.exp(scores - peak)
-    probs = e / e.sum(axis=-1, keepdims=True)
-    if masked_rows is not None:
-        probs = np.where(masked_rows, probs.dtype.type(0), probs)
-    return probs
+    if masked_rows is None:
+        e = np.exp(scores - peak)
+        return e / e.sum(axis=-1, keepdims=True)
+    e = np.where(masked_rows, 0, np.exp(scores - np.where(masked_rows, 0, peak)))
+    return e / np.where(masked_rows, 1, e.sum(axis=-1, keepdims=True))
 
 
 @op("RotaryEmbedding")
