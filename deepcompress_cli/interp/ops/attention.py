@@ -131,10 +131,13 @@ def attention(inputs, attrs, ctx):
     y = grouped_matmul(probs.astype(work), v.astype(work))
     if query.ndim == 3:
         y = y.transpose(0, 2, 1, 3).reshape(batch, q_len, -1)
-    mode = attrs.get("qk_matmul_output_mode", 0)
-    if not 0 <= mode < len(qk_outputs):
-        raise DczError(f"Attention node {ctx.node_name!r}: qk_matmul_output_mode {mode} is not 0-3.")
-    return [y.astype(out_dtype), present_key, present_value, qk_outputs[mode].astype(out_dtype)]
+    outputs = [y.astype(out_dtype), present_key, present_value]
+    if ctx.num_outputs > 3:
+        mode = attrs.get("qk_matmul_output_mode", 0)
+        if not 0 <= mode < len(qk_outputs):
+            raise DczError(f"Attention node {ctx.node_name!r}: qk_matmul_output_mode {mode} is not 0-3.")
+        outputs.append(qk_outputs[mode].astype(out_dtype))
+    return outputs
 
 
 def softmax_rows(scores: np.ndarray, masked_rows: np.ndarray | None) -> np.ndarray:

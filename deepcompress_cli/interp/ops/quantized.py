@@ -187,9 +187,14 @@ def channel_shape(ndim: int) -> tuple:
     return (-1,) + (1,) * (ndim - 2)
 
 
-def row_shape(a: np.ndarray, zp) -> tuple | None:
-    """A per-row 1-D zero point/scale of `a` [..., M, K] becomes [M, 1]; N-D ones are already shaped."""
+def row_shape(zp) -> tuple | None:
+    """A per-row 1-D zero point of `a` [..., M, K] becomes [M, 1]; N-D ones are already shaped."""
     return (-1, 1) if zp is not None and np.ndim(zp) == 1 else None
+
+
+def scalar(x) -> np.float32:
+    """A per-tensor scale (a scalar or a one-element vector) as float32."""
+    return np.asarray(x, np.float32).reshape(())
 
 
 def requantize(acc: np.ndarray, multiplier: np.ndarray, zero_point: np.ndarray) -> np.ndarray:
@@ -206,7 +211,7 @@ def matmul_integer(inputs, attrs, ctx):
     a, b = inputs[:2]
     a_zp = inputs[2] if len(inputs) > 2 else None
     b_zp = inputs[3] if len(inputs) > 3 else None
-    acc = integer_matmul(centered(a, a_zp, row_shape(a, a_zp)), centered(b, b_zp))
+    acc = integer_matmul(centered(a, a_zp, row_shape(a_zp)), centered(b, b_zp))
     return [wrap_int32(acc)]
 
 
@@ -223,7 +228,7 @@ def conv_integer(inputs, attrs, ctx):
 def qlinear_matmul(inputs, attrs, ctx):
     """Quantized matmul: per-tensor, per-row (a) or per-column (b) scales and zero points."""
     a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp = inputs[:8]
-    acc = integer_matmul(centered(a, a_zp, row_shape(a, a_zp)), centered(b, b_zp))
+    acc = integer_matmul(centered(a, a_zp, row_shape(a_zp)), centered(b, b_zp))
     a_scale = np.asarray(a_scale, np.float32)
     if a_scale.ndim == 1 and a_scale.size > 1:
         a_scale = a_scale.reshape(-1, 1)
@@ -242,6 +247,5 @@ def qlinear_conv(inputs, attrs, ctx):
     if bias is not None:
         acc = acc.astype(np.float64, copy=False) + bias.astype(np.float64).reshape(per_channel)
     w_scale = np.asarray(w_scale, np.float32)
-    multiplier = np.float32(x_scale) * (w_scale.reshape(per_channel) if w_scale.size > 1 else w_scale) \
-        / np.float32(y_scale)
+    multiplier = scalar(x_scale) * (w_scale.reshape(per_channel) if w_scale.size > 1 else w_scale) / scalar(y_scale)
     return [requantize(acc, multiplier, np.asarray(y_zp))]
