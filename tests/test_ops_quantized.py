@@ -282,3 +282,60 @@ def test_qlinear_matmul_per_column_b():
                                  np.zeros(3, np.int8), np.array(0.5, np.float32), np.array(10, np.uint8)], opset=10)[0]
     real = (a.astype(np.float64) - 128) * 0.1 @ (b.astype(np.float64) * b_scale)
     np.testing.assert_array_equal(got, np.clip(np.rint(real / 0.5) + 10, 0, 255))
+
+
+# --------------------------------------------------------------- already-quantized whole models
+
+def small_cnn(path) -> None:
+    """Conv -> Relu -> MaxPool -> Flatten -> MatMul, float weights, saved to `path`."""
+    from onnx import numpy_helper
+
+    weights = {"cw": rand(8, 3, 3, 3) * 0.3, "cb": rand(8) * 0.3, "fw": rand(8 * 6 * 6, 10) * 0.3}
+    nodes = [helper.make_node("Conv", ["x", "cw", "cb"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("MatMul", ["f", "fw"], ["y"])]
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", F, [2, 3, 12, 12])],
+                              [helper.make_tensor_value_info("y", F, [2, 10])],
+                              [numpy_helper.from_array(w, n) for n, w in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+@pytest.mark.parametrize("variant", ["qdq", "qdq_per_channel_s8", "qoperator", "dynamic"])
+def test_onnxruntime_quantized_models_run_exactly(variant, tmp_path):
+    """Models quantized by onnxruntime.quantization (QDQ, QOperator = QLinearConv/QLinearMatMul,
+    dynamic = DynamicQuantizeLinear/ConvInteger/MatMulInteger) give onnxruntime's outputs bit for
+    bit (its graph optimizations off: they fuse QDQ pairs into kernels that round differently)."""
+    quantization = pytest.importorskip("onnxruntime.quantization")
+    from deepcompress_cli.interp.graph import Interpreter
+    from deepcompress_cli.onnx_io import from_onnx
+
+    source, target = str(tmp_path / "float.onnx"), str(tmp_path / "quantized.onnx")
+    small_cnn(source)
+    calibration = [{"x": rand(2, 3, 12, 12)} for _ in range(3)]
+
+    class Reader(quantization.CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(calibration)
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    Q = quantization.QuantType
+    if variant == "dynamic":
+        quantization.quantize_dynamic(source, target)
+    else:
+        fmt = quantization.QuantFormat.QOperator if variant == "qoperator" else quantization.QuantFormat.QDQ
+        extra = dict(per_channel=True, activation_type=Q.QInt8, weight_type=Q.QInt8) if "s8" in variant else {}
+        quantization.quantize_static(source, target, Reader(), quant_format=fmt, **extra)
+    model = onnx.load(target)
+    assert any(n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") for n in model.graph.node)
+    x = rand(2, 3, 12, 12)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    expected = ort.InferenceSession(target, options, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(Interpreter(from_onnx(model, None)).run({"x": x})[0], expected)
