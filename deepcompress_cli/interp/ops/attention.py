@@ -4,7 +4,8 @@ Attention works on [batch, heads, sequence, head size] arrays; 3-D inputs [batch
 heads * head size] are split into heads first and Y is packed back.  Grouped-query attention
 (fewer key/value heads than query heads) is one batched matmul: the query heads are viewed as
 [batch, kv heads, group, ...] against [batch, kv heads, 1, ...] keys, so keys are never copied.
-float16/bfloat16 inputs compute in float32 and round once at the end.
+Like the spec's function body, every step computes in the input type T1 (matmuls accumulate in
+float32 and round to T1), so float16/bfloat16 results round where the spec rounds.
 """
 
 from __future__ import annotations
@@ -35,11 +36,14 @@ def split_heads(x: np.ndarray, num_heads, name: str, node: str) -> np.ndarray:
 
 
 def grouped_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """[B, Hq, M, K] @ [B, Hkv, K, N] -> [B, Hq, M, N], query head h reading kv head h // (Hq / Hkv)."""
+    """[B, Hq, M, K] @ [B, Hkv, K, N] -> [B, Hq, M, N], query head h reading kv head h // (Hq / Hkv);
+    computed in float32 (float64 for float64) on BLAS, returned in a's type."""
     batch, hq, m, k = a.shape
     hkv = b.shape[1]
-    out = np.matmul(a.reshape(batch, hkv, hq // hkv, m, k), b[:, :, None])
-    return out.reshape(batch, hq, m, b.shape[-1])
+    work = compute_dtype(a.dtype)
+    out = np.matmul(a.astype(work, copy=False).reshape(batch, hkv, hq // hkv, m, k),
+                    b.astype(work, copy=False)[:, :, None])
+    return out.reshape(batch, hq, m, b.shape[-1]).astype(a.dtype, copy=False)
 
 
 def allowed_keys(attrs: dict, q_len: int, total: int, past_len: int, nonpad) -> np.ndarray | None:
@@ -109,34 +113,33 @@ def attention(inputs, attrs, ctx):
     if kv_heads == 0 or q_heads % kv_heads or k.shape[3] != head_size or v.shape[:3] != k.shape[:3]:
         raise DczError(f"Attention node {ctx.node_name!r}: Q {list(q.shape)}, K {list(k.shape)} and "
                        f"V {list(v.shape)} do not fit (query heads must be a multiple of kv heads, head sizes agree).")
-    out_dtype = query.dtype
-    work = compute_dtype(out_dtype)
-    # The spec scales Q and K by sqrt(scale) each before the matmul (against overflow), that
-    # factor rounded to the input type (the function body's Cast to T1).
-    root_scale = np.asarray(math.sqrt(attrs.get("scale") or 1.0 / math.sqrt(head_size)), out_dtype).astype(work)
-    scores = grouped_matmul(q.astype(work) * root_scale, (k.astype(work) * root_scale).swapaxes(-1, -2))
+    dtype = query.dtype
+    # The spec scales Q and K by sqrt(scale) each before the matmul (against overflow).
+    root_scale = dtype.type(math.sqrt(attrs.get("scale") or 1.0 / math.sqrt(head_size)))
+    scores = grouped_matmul(q * root_scale, (k * root_scale).swapaxes(-1, -2))
     qk_outputs = [scores]
     softcap = attrs.get("softcap", 0.0)
     if softcap > 0:
-        scores = work.type(softcap) * np.tanh(scores / work.type(softcap))
+        scores = np.tanh(scores / dtype.type(softcap)) * dtype.type(softcap)
     qk_outputs.append(scores)
-    bias = attention_bias(mask, allowed_keys(attrs, q_len, total, past_len, nonpad), total, work)
+    bias = attention_bias(mask, allowed_keys(attrs, q_len, total, past_len, nonpad), total, dtype)
     if bias is not None:
         scores = scores + bias
     qk_outputs.append(scores)
     precision = attrs.get("softmax_precision")
     probs = softmax_rows(scores.astype(helper.tensor_dtype_to_np_dtype(precision)) if precision else scores,
                          None if bias is None else np.all(np.isneginf(bias), axis=-1, keepdims=True))
+    probs = probs.astype(dtype, copy=False)
     qk_outputs.append(probs)
-    y = grouped_matmul(probs.astype(work), v.astype(work))
+    y = grouped_matmul(probs, v)
     if query.ndim == 3:
         y = y.transpose(0, 2, 1, 3).reshape(batch, q_len, -1)
-    outputs = [y.astype(out_dtype), present_key, present_value]
+    outputs = [y, present_key, present_value]
     if ctx.num_outputs > 3:
         mode = attrs.get("qk_matmul_output_mode", 0)
         if not 0 <= mode < len(qk_outputs):
             raise DczError(f"Attention node {ctx.node_name!r}: qk_matmul_output_mode {mode} is not 0-3.")
-        outputs.append(qk_outputs[mode].astype(out_dtype))
+        outputs.append(qk_outputs[mode])
     return outputs
 
 
