@@ -4,10 +4,10 @@ rounding, saturation and exactness cases."""
 
 from __future__ import annotations
 
-import ml_dtypes
 import numpy as np
 import pytest
 
+ml_dtypes = pytest.importorskip("ml_dtypes")
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
@@ -339,3 +339,27 @@ def test_onnxruntime_quantized_models_run_exactly(variant, tmp_path):
     options.intra_op_num_threads = 1
     expected = ort.InferenceSession(target, options, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_array_equal(Interpreter(from_onnx(model, None)).run({"x": x})[0], expected)
+
+
+@pytest.mark.parametrize("dtype", ["int4", "uint4", "float8_e4m3fn"])
+def test_blocked_low_bit_weights_in_a_model(dtype):
+    """A weight stored as int4/uint4/float8 with blocked scales (as LLM exports store them) is
+    decoded from the file and dequantized by the interpreter."""
+    from onnx import numpy_helper
+
+    from deepcompress_cli.interp.graph import Interpreter
+    from deepcompress_cli.onnx_io import from_onnx
+
+    code = np.dtype(getattr(ml_dtypes, dtype))
+    weight = np.arange(-8, 8, dtype=np.float32).reshape(4, 4) + (8 if dtype == "uint4" else 0)
+    scales = (RNG.random((4, 2)) + 0.5).astype(np.float32)
+    nodes = [helper.make_node("DequantizeLinear", ["wq", "s"], ["w"], axis=1, block_size=2),
+             helper.make_node("MatMul", ["x", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, [2, 4])],
+                              [helper.make_tensor_value_info("y", F, [2, 4])],
+                              [numpy_helper.from_array(weight.astype(code), "wq"), numpy_helper.from_array(scales, "s")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    x = rand(2, 4)
+    y = Interpreter(from_onnx(model, None)).run({"x": x})[0]
+    np.testing.assert_allclose(y, x @ (weight * np.repeat(scales, 2, axis=1)), rtol=1e-5)

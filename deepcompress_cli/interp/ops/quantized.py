@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import math
 
-import ml_dtypes
 import numpy as np
 from onnx import helper
 
 from ...errors import DczError
 from . import op
 from .conv import conv
+
+try:  # onnx >= 1.17 brings it; its int4/float8/... types are what numpy_helper decodes those tensors to
+    import ml_dtypes
+except ImportError:  # then no such tensor can reach these kernels
+    ml_dtypes = None
 
 EXACT_FLOAT32 = 1 << 24
 INTEGER_CODES = {"int4", "uint4", "int2", "uint2"}  # ml_dtypes integers (numpy kind "V")
@@ -44,7 +48,7 @@ def saturate_cast(values: np.ndarray, dtype: np.dtype, saturate: bool = True) ->
     range; float8/float4/float6 round to nearest even, clamped to +-max when `saturate` (else out of
     range values become Inf or NaN, as the type allows)."""
     if is_integer(dtype):
-        info = ml_dtypes.iinfo(dtype)
+        info = np.iinfo(dtype) if dtype.kind in "iu" else ml_dtypes.iinfo(dtype)
         return np.clip(np.rint(values), info.min, info.max).astype(dtype)
     if saturate:
         limit = float(ml_dtypes.finfo(dtype).max)
