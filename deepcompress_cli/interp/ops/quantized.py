@@ -6,9 +6,9 @@ float6 types (what onnx's numpy_helper gives).  Scales and zero points are per t
 value), per axis (1-D along `axis`) or blocked (the input's rank, `block_size` elements of `axis`
 per value).
 
-The integer layers multiply (code - zero point) exactly: those values are small integers, held
-in float32 when every partial sum stays below 2^24 and in float64 otherwise (exact to 2^53, far
-past int32), so BLAS does the work.  Requantization rounds half to even and saturates.
+The integer layers multiply (code - zero point) exactly on float32 BLAS: those values are small
+integers, and the shared axis is cut into chunks short enough that no partial sum passes 2^24
+(float32's exact integers); chunks add up in float64, exact far past int32.  Requantization rounds half to even and saturates.
 """
 
 from __future__ import annotations
@@ -162,23 +162,46 @@ def centered(x: np.ndarray, zero_point, shape_for_zp=None) -> np.ndarray:
     return values - zp
 
 
-def exact_dtype(a: np.ndarray, b: np.ndarray, k: int) -> type:
-    """float32 when no partial sum of k products of a and b can pass 2^24, else float64."""
-    bound = (float(np.abs(a).max()) if a.size else 0.0) * (float(np.abs(b).max()) if b.size else 0.0)
-    return np.float32 if bound * k < EXACT_FLOAT32 else np.float64
+def magnitude(x: np.ndarray) -> float:
+    return float(np.abs(x).max()) if x.size else 0.0
+
+
+def chunked_sum(parts) -> np.ndarray:
+    """The float64 sum of exact float32 partial results."""
+    total = None
+    for part in parts:
+        part = part.astype(np.float64)
+        total = part if total is None else np.add(total, part, out=total)
+    return total
 
 
 def integer_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a @ b of integer-valued float arrays, exactly."""
-    dtype = exact_dtype(a, b, a.shape[-1])
-    return np.matmul(a.astype(dtype, copy=False), b.astype(dtype, copy=False))
+    """a @ b of integer-valued float arrays, exactly: float32 BLAS over chunks of the shared axis
+    short enough that no partial sum passes 2^24, chunks added in float64."""
+    a, b = a.astype(np.float32, copy=False), b.astype(np.float32, copy=False)
+    k = a.shape[-1]
+    step = EXACT_FLOAT32 // max(1.0, magnitude(a) * magnitude(b))
+    if step >= k:
+        return np.matmul(a, b)
+    if b.ndim < 2 or step < 1:  # a vector (or absurd values): float64 is exact to 2^53
+        return np.matmul(a.astype(np.float64), b.astype(np.float64))
+    step = int(step)
+    return chunked_sum(np.matmul(a[..., i:i + step], b[..., i:i + step, :]) for i in range(0, k, step))
 
 
 def integer_conv(x: np.ndarray, w: np.ndarray, attrs: dict) -> np.ndarray:
-    """Conv of integer-valued float arrays (x already centered, so zero padding is right), exactly."""
-    k = math.prod(w.shape[1:])
-    dtype = exact_dtype(x, w, k)
-    return conv(x.astype(dtype, copy=False), w.astype(dtype, copy=False), None, attrs)
+    """Conv of integer-valued float arrays (x already centered, so zero padding is right), exactly:
+    float32 over chunks of input channels that keep partial sums below 2^24 (grouped convs whose
+    groups are too deep for float32 run in float64)."""
+    x, w = x.astype(np.float32, copy=False), w.astype(np.float32, copy=False)
+    channels = w.shape[1]
+    step = EXACT_FLOAT32 // max(1.0, magnitude(x) * magnitude(w) * math.prod(w.shape[2:]))
+    if step >= channels:
+        return conv(x, w, None, attrs)
+    if int(attrs.get("group", 1)) != 1 or step < 1:
+        return conv(x.astype(np.float64), w.astype(np.float64), None, attrs)
+    step = int(step)
+    return chunked_sum(conv(x[:, i:i + step], w[:, i:i + step], None, attrs) for i in range(0, channels, step))
 
 
 def wrap_int32(acc: np.ndarray) -> np.ndarray:
