@@ -56,6 +56,11 @@ def saturate_cast(values: np.ndarray, dtype: np.dtype, saturate: bool = True) ->
     return values.astype(dtype)
 
 
+def float_type(dtype: np.dtype) -> np.dtype:
+    """A scale's type as the type to compute in: float32 for an int32 or float8e8m0 scale."""
+    return dtype if dtype.kind == "f" or dtype.name == "bfloat16" else np.dtype(np.float32)
+
+
 def as_float(x: np.ndarray) -> np.ndarray:
     """Codes as float32 values (float64 for 32-bit integers, which float32 cannot hold)."""
     return x.astype(np.float64 if x.dtype.itemsize >= 4 and is_integer(x.dtype) else np.float32)
@@ -93,20 +98,17 @@ def quantize_linear(inputs, attrs, ctx):
     uint8) is the output type.  The division runs in `precision`, else in the scale's type."""
     x, scale = inputs[:2]
     zero_point = inputs[2] if len(inputs) > 2 else None
-    if "output_dtype" in attrs and attrs["output_dtype"]:
+    if attrs.get("output_dtype"):
         out_dtype = onnx_dtype(attrs["output_dtype"], "QuantizeLinear")
         if zero_point is not None and zero_point.dtype != out_dtype:
             raise DczError(f"QuantizeLinear node {ctx.node_name!r}: output_dtype {out_dtype} differs "
                            f"from the zero point's type {zero_point.dtype}.")
     else:
         out_dtype = zero_point.dtype if zero_point is not None else np.dtype(np.uint8)
-    if attrs.get("precision"):
-        precision = onnx_dtype(attrs["precision"], "QuantizeLinear")
-    else:
-        precision = scale.dtype if scale.dtype.kind == "f" or scale.dtype.name == "bfloat16" else np.dtype(np.float32)
+    precision = onnx_dtype(attrs["precision"], "QuantizeLinear") if attrs.get("precision") else float_type(scale.dtype)
     axis, block_size = layout_attrs(attrs)
     scale = param_layout(scale, x.shape, axis, block_size, "QuantizeLinear").astype(precision)
-    values = x.astype(precision) / scale
+    values = x.astype(precision, copy=False) / scale
     if is_integer(out_dtype):
         values = np.rint(values)
     if zero_point is not None:
@@ -119,19 +121,12 @@ def dequantize_linear(inputs, attrs, ctx):
     """y = (x - zero_point) * scale in the output type (output_dtype, else the scale's type)."""
     x, scale = inputs[:2]
     zero_point = inputs[2] if len(inputs) > 2 else None
-    if attrs.get("output_dtype"):
-        out_dtype = onnx_dtype(attrs["output_dtype"], "DequantizeLinear")
-    else:
-        out_dtype = scale.dtype if scale.dtype.kind == "f" or scale.dtype.name == "bfloat16" else np.dtype(np.float32)
+    out_dtype = onnx_dtype(attrs["output_dtype"], "DequantizeLinear") if attrs.get("output_dtype") \
+        else float_type(scale.dtype)
     axis, block_size = layout_attrs(attrs)
-    if is_integer(x.dtype):  # the difference of codes is exact in int64
-        diff = x.astype(np.int64)
-        if zero_point is not None:
-            diff = diff - param_layout(zero_point, x.shape, axis, block_size, "DequantizeLinear").astype(np.int64)
-    else:
-        diff = x.astype(np.float32)
-        if zero_point is not None:
-            diff = diff - param_layout(zero_point, x.shape, axis, block_size, "DequantizeLinear").astype(np.float32)
+    diff = as_float(x)  # exact differences of codes
+    if zero_point is not None:
+        diff = diff - as_float(param_layout(zero_point, x.shape, axis, block_size, "DequantizeLinear"))
     scale = param_layout(scale, x.shape, axis, block_size, "DequantizeLinear")
     return [diff.astype(out_dtype) * scale.astype(np.float32).astype(out_dtype)]
 
@@ -219,8 +214,8 @@ def row_shape(zp) -> tuple | None:
     return (-1, 1) if zp is not None and np.ndim(zp) == 1 else None
 
 
-def scalar(x) -> np.float32:
-    """A per-tensor scale (a scalar or a one-element vector) as float32."""
+def scalar(x) -> np.ndarray:
+    """A per-tensor scale (a scalar or a one-element vector) as a float32 0-d array."""
     return np.asarray(x, np.float32).reshape(())
 
 
