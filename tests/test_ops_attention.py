@@ -294,3 +294,41 @@ def test_causal_conv_with_state(with_past):
     conv = conv + bias[:, None]
     np.testing.assert_allclose(y, conv / (1 + np.exp(-conv)), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(present, full[:, :, -2:])
+
+
+def test_decoder_block_runs_like_onnxruntime():
+    """RMSNormalization -> q/k/v projections -> RotaryEmbedding -> causal GQA Attention with a KV
+    cache -> output projection + residual, through the interpreter, against onnxruntime."""
+    from onnx import numpy_helper
+
+    from deepcompress_cli.interp.graph import Interpreter
+    from deepcompress_cli.onnx_io import from_onnx
+
+    hidden, heads, kv_heads, head = 16, 4, 2, 4
+    angles = np.arange(32)[:, None] * 0.1 / (1 + np.arange(head // 2))
+    weights = {"norm": rand(hidden), "wq": rand(hidden, heads * head) * 0.3, "wk": rand(hidden, kv_heads * head) * 0.3,
+               "wv": rand(hidden, kv_heads * head) * 0.3, "wo": rand(heads * head, hidden) * 0.3,
+               "cos": np.cos(angles).astype(np.float32), "sin": np.sin(angles).astype(np.float32)}
+    nodes = [helper.make_node("RMSNormalization", ["x", "norm"], ["n"]),
+             helper.make_node("MatMul", ["n", "wq"], ["q"]),
+             helper.make_node("MatMul", ["n", "wk"], ["k"]),
+             helper.make_node("MatMul", ["n", "wv"], ["v"]),
+             helper.make_node("RotaryEmbedding", ["q", "cos", "sin", "pos"], ["qr"], num_heads=heads),
+             helper.make_node("RotaryEmbedding", ["k", "cos", "sin", "pos"], ["kr"], num_heads=kv_heads),
+             helper.make_node("Attention", ["qr", "kr", "v", "", "past_k", "past_v"], ["a", "present_k", "present_v"],
+                              q_num_heads=heads, kv_num_heads=kv_heads, is_causal=1),
+             helper.make_node("MatMul", ["a", "wo"], ["o"]),
+             helper.make_node("Add", ["x", "o"], ["y"])]
+    inputs = {"x": rand(2, 3, hidden), "pos": np.array([[4, 5, 6]] * 2, np.int64),
+              "past_k": rand(2, kv_heads, 4, head), "past_v": rand(2, kv_heads, 4, head)}
+    graph = helper.make_graph(
+        nodes, "block",
+        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape) for n, a in inputs.items()],
+        [helper.make_tensor_value_info(n, F, None) for n in ("y", "present_k", "present_v")],
+        [numpy_helper.from_array(w, n) for n, w in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    model.ir_version = 10
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, inputs)
+    got = Interpreter(from_onnx(model, None)).run(inputs)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
