@@ -1,9 +1,11 @@
 """Normalizations (inference): BatchNormalization, LRN, Softmax/LogSoftmax, LayerNormalization,
-InstanceNormalization."""
+InstanceNormalization, GroupNormalization, RMSNormalization."""
 
 from __future__ import annotations
 
 import numpy as np
+
+from onnx import helper
 
 from ...errors import DczError
 from . import op
@@ -111,4 +113,41 @@ def instance_normalization(inputs, attrs, ctx):
     y = _normalize(x, tuple(range(2, x.ndim)), attrs.get("epsilon", 1e-5))
     y *= _per_channel(scale, x.ndim)
     y += _per_channel(bias, x.ndim)
+    return [y]
+
+
+def _stash_dtype(attrs: dict) -> np.dtype:
+    """The precision of the statistics (`stash_type`, default float32) of opset 21+ norms."""
+    return np.dtype(helper.tensor_dtype_to_np_dtype(attrs.get("stash_type", 1)))
+
+
+@op("GroupNormalization")
+def group_normalization(inputs, attrs, ctx):
+    """Statistics per instance over each group of channels; scale and bias are per group at
+    opset 18 and per channel from opset 21."""
+    x, scale, bias = inputs[:3]
+    groups = int(attrs["num_groups"])
+    n, channels = x.shape[:2]
+    if groups < 1 or channels % groups:
+        raise DczError(f"GroupNormalization node {ctx.node_name!r}: {groups} groups do not divide {channels} channels.")
+    if ctx.opset < 21:
+        scale, bias = np.repeat(scale, channels // groups), np.repeat(bias, channels // groups)
+    grouped = x.astype(_stash_dtype(attrs) if ctx.opset >= 21 else x.dtype).reshape(n, groups, -1)
+    y = _normalize(grouped, (2,), attrs.get("epsilon", 1e-5)).reshape(x.shape).astype(x.dtype, copy=False)
+    y *= _per_channel(scale, x.ndim)
+    y += _per_channel(bias, x.ndim)
+    return [y]
+
+
+@op("RMSNormalization")
+def rms_normalization(inputs, attrs, ctx):
+    """x / sqrt(mean(x^2) + epsilon) over axes [axis, rank), times scale."""
+    x, scale = inputs[:2]
+    axis = attrs.get("axis", -1)
+    if not -x.ndim <= axis < x.ndim:
+        raise DczError(f"RMSNormalization node {ctx.node_name!r}: axis {axis} is out of range for rank {x.ndim}.")
+    stash = x.astype(_stash_dtype(attrs))
+    mean_square = np.square(stash).mean(axis=tuple(range(axis % x.ndim, x.ndim)), keepdims=True)
+    y = (stash / np.sqrt(mean_square + stash.dtype.type(attrs.get("epsilon", 1e-5)))).astype(x.dtype)
+    y *= scale
     return [y]
