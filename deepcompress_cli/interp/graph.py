@@ -129,7 +129,7 @@ def fuse_conv_relu(nodes: list, outputs: set) -> tuple[list, set]:
 
 
 class Interpreter:
-    """Runs a model's main graph (and If subgraphs) in numpy float32."""
+    """Runs a model's main graph (and its subgraphs: If, Loop, Scan, SequenceMap) in numpy float32."""
 
     observe = None  # observe(value name, array) after every node, e.g. for calibration
 
@@ -161,18 +161,22 @@ class Interpreter:
         with np.errstate(all="ignore"):  # NaN and Inf propagate as IEEE says, without a warning per op
             return self.run_plan(self.plan, feeds)
 
-    def run_plan(self, plan: Plan, feeds: dict) -> list:
-        values = {**plan.constants, **feeds}
-        ctx = OpContext(self.opset, run_graph=lambda g, outer: self._run_subgraph(g, outer, values),
+    def run_plan(self, plan: Plan, feeds: dict, scope: dict | None = None) -> list:
+        """`plan`'s outputs from `feeds`; a subgraph also sees `scope`, the enclosing graph's
+        values, which its own constants and inputs shadow.  Values are arrays, lists (sequences)
+        or None (empty optionals)."""
+        values = {**(scope or {}), **plan.constants, **feeds}
+        ctx = OpContext(self.opset, run_graph=lambda g, bound: self._run_subgraph(g, bound, values),
                         max_bytes=self.max_bytes)
         run_nodes(plan.nodes, plan.attrs, values, ctx, self.kernel_for, plan.dead_after, self.observe)
         return [values[name] for name in plan.outputs]
 
-    def _run_subgraph(self, graph: onnx.GraphProto, extra: dict, scope: dict) -> list:
+    def _run_subgraph(self, graph: onnx.GraphProto, bound: dict, scope: dict) -> list:
+        """An If branch or a Loop/Scan/SequenceMap body, its inputs `bound` by name."""
         plan = self._subplans.get(id(graph))
         if plan is None:
             plan = self._subplans[id(graph)] = self._plan(graph)
-        return self.run_plan(plan, {**scope, **extra})
+        return self.run_plan(plan, bound, scope)
 
 
 def run_nodes(nodes: list, attrs: list, values: dict, ctx: OpContext, kernel_for, dead_after: dict | None = None,

@@ -4,7 +4,8 @@ Every kernel has the signature
 
     def kernel(inputs: list[np.ndarray | None], attrs: dict, ctx: OpContext) -> list[np.ndarray]
 
-- `inputs`: the node's inputs in order; an omitted optional input (empty name) is None.
+- `inputs`: the node's inputs in order; an omitted optional input (empty name) is None.  A value is
+  an array, a Python list of arrays (a sequence) or None (an empty optional).
 - `attrs`: the node's attributes as Python values (ints, floats, bytes for strings, lists, numpy
   arrays for tensors, GraphProto for subgraphs); absent attributes are absent, so kernels apply the defaults
   of the ONNX spec for `ctx.opset`.
@@ -36,7 +37,7 @@ class OpContext:
     opset: int  # the model's default-domain opset version
     node_name: str = ""
     num_outputs: int = 1  # outputs the node declares (Split without sizes needs it)
-    run_graph: Callable | None = None  # run_graph(graph_proto, outer_values: dict) -> list[outputs], for If
+    run_graph: Callable | None = None  # run_graph(graph_proto, {its input name: value}) -> its outputs (If, Loop...)
     max_bytes: int = MAX_VALUE_BYTES
 
     def check_size(self, op_name: str, shape, itemsize: int) -> None:
