@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...blas import single_threaded
 from ...errors import DczError
 from . import op
 from .shape import input_at, str_attr
@@ -159,15 +160,16 @@ def run_steps(rec: Recurrence, xw: np.ndarray, states: list, step) -> list:
     """Loops step(xw[t], *states) -> new states (the first is h) over time; a finished sequence
     keeps its state and outputs zeros (an empty one ends with zero states)."""
     ys = []
-    for t in range(rec.steps):
-        new = step(xw[t], *states)
-        mask = rec.valid(t)
-        if mask is not None:
-            new = [np.where(mask, n, s) for n, s in zip(new, states)]
-            ys.append(np.where(mask, new[0], 0))
-        else:
-            ys.append(new[0])
-        states = new
+    with single_threaded():  # a step's products are small: BLAS threads would cost more than they give
+        for t in range(rec.steps):
+            new = step(xw[t], *states)
+            mask = rec.valid(t)
+            if mask is not None:
+                new = [np.where(mask, n, s) for n, s in zip(new, states)]
+                ys.append(np.where(mask, new[0], 0))
+            else:
+                ys.append(new[0])
+            states = new
     if rec.lens is not None and (rec.lens == 0).any():  # no last step: zeros, as onnxruntime
         states = [np.where((rec.lens == 0)[None, :, None], 0, s) for s in states]
     return rec.outputs(ys, states)
