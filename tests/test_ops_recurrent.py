@@ -137,3 +137,41 @@ def test_bad_shapes_are_one_line_errors():
     feeds = random_feeds("GRU", 1, seed=5, lens=[9, 1, 1])
     with pytest.raises(DczError, match="sequence_lens"):
         ours("GRU", {"hidden_size": HID}, feeds)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_dynamic_quantize_lstm_from_quantize_dynamic(tmp_path, per_channel):
+    """onnxruntime.quantization turns an LSTM into com.microsoft.DynamicQuantizeLSTM: ours runs it on
+    the dequantized weights, so it stays within weight rounding of the float LSTM, and close to
+    onnxruntime, which also rounds X and h to 8 bits.  reduce_range (7-bit weights): with 8-bit
+    weights onnxruntime's u8s8 products saturate on CPUs without VNNI (0.15 off on this machine)."""
+    from onnx import load, numpy_helper
+    from onnxruntime.quantization import quantize_dynamic
+
+    feeds = random_feeds("LSTM", 2, seed=6)
+    weights = [numpy_helper.from_array(feeds.pop(k), k) for k in ("W", "R", "B")]
+    graph = helper.make_graph(
+        [helper.make_node("LSTM", ["X", "W", "R", "B"], ["Y", "Y_h", "Y_c"], hidden_size=HID,
+                          direction="bidirectional")], "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, BATCH, IN])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in ("Y", "Y_h", "Y_c")], initializer=weights)
+    float_path, quant_path = tmp_path / "float.onnx", tmp_path / "quant.onnx"
+    float_path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]).SerializeToString())
+    quantize_dynamic(str(float_path), str(quant_path), per_channel=per_channel, reduce_range=True)
+    quantized = load(str(quant_path))
+    assert [(n.domain, n.op_type) for n in quantized.graph.node] == [("com.microsoft", "DynamicQuantizeLSTM")]
+    got = Interpreter(from_onnx(quantized, None)).run(feeds)
+    for path, tolerance in [(float_path, 0.06), (quant_path, 0.02)]:
+        ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+        for g, r in zip(got, ref):
+            np.testing.assert_allclose(g, r, atol=tolerance)
+
+
+def test_kernels_outside_the_default_domain_are_looked_up_by_domain():
+    from deepcompress_cli.interp.graph import unsupported_ops
+
+    feeds = random_feeds("LSTM", 1, seed=7)
+    m = model("LSTM", {"hidden_size": HID}, feeds)
+    assert not unsupported_ops(m)
+    m.graph.node[0].domain = "com.microsoft"  # no LSTM in that domain: not mistaken for ai.onnx's
+    assert unsupported_ops(m) == {"com.microsoft.LSTM"}

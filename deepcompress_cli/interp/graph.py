@@ -16,7 +16,7 @@ from ..errors import DczError
 from ..graphs import graph_constants, implicit_inputs, node_subgraphs, opset_version, placeholder_name, \
     stored_constant, to_array, topological_order
 from ..tensors import Package
-from .ops import KERNELS, MAX_VALUE_BYTES, OpContext, load_all
+from .ops import KERNELS, MAX_VALUE_BYTES, OpContext, kernel_name, load_all
 from .ops.conv import FUSED_RELU
 
 
@@ -149,7 +149,7 @@ class Interpreter:
         return Plan(graph, graph_constants(graph, self.weights.__getitem__), self.opset)
 
     def kernel_for(self, node: onnx.NodeProto):
-        return KERNELS[node.op_type]
+        return KERNELS[kernel_name(node)]
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         missing = [n for n in self.plan.inputs if n not in feeds]
@@ -215,8 +215,8 @@ def unsupported_ops(model: onnx.ModelProto) -> set[str]:
 
     def walk(graph):
         for node in graph.node:
-            if node.domain not in ("", "ai.onnx") or node.op_type not in KERNELS:
-                ops.add(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}")
+            if kernel_name(node) not in KERNELS:
+                ops.add(kernel_name(node))
             for sub in node_subgraphs(node):
                 walk(sub)
     walk(model.graph)

@@ -51,6 +51,12 @@ class OpContext:
                            f"(shape {dims[:8]}{'...' if len(dims) > 8 else ''}); the limit is {self.max_bytes:,} bytes")
 
 
+def kernel_name(node) -> str:
+    """A node's key in KERNELS: its op type, prefixed by its domain outside the default one
+    (onnxruntime's contrib ops register as "com.microsoft.Name")."""
+    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+
+
 def op(*names: str):
     def register(kernel):
         for name in names:

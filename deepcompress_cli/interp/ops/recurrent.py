@@ -247,3 +247,26 @@ def rnn(inputs, attrs, ctx):
         return [apply(acts, x_t + np.matmul(h, rec.rt), rec.clip)]
 
     return run_steps(rec, xw, [rec.state(input_at(inputs, 5))], step)
+
+
+@op("com.microsoft.DynamicQuantizeLSTM")
+def dynamic_quantize_lstm(inputs, attrs, ctx):
+    """onnxruntime's LSTM on 8-bit weights (what onnxruntime.quantization.quantize_dynamic makes of
+    an LSTM): W [dirs, input, 4H] and R [dirs, H, 4H] (transposed from LSTM's), each with a scale
+    and zero point per direction [dirs] or per gate row [dirs, 4H] (inputs 8-11).
+
+    Runs LSTM on the dequantized weights; onnxruntime also rounds X and h to 8 bits on the fly,
+    so its outputs differ from these by that rounding.
+    """
+    if len(inputs) < 12 or any(v is None for v in inputs[8:12]):
+        raise DczError("DynamicQuantizeLSTM: W_scale, W_zero_point, R_scale and R_zero_point are required.")
+
+    def dequantized(q, scale, zero_point):
+        dirs = q.shape[0]
+        zero_point = np.asarray(zero_point).reshape(dirs, 1, -1).astype(np.float32)
+        values = (q.astype(np.float32) - zero_point) * np.asarray(scale, np.float32).reshape(dirs, 1, -1)
+        return values.transpose(0, 2, 1)
+
+    w = dequantized(inputs[1], inputs[8], inputs[9])
+    r = dequantized(inputs[2], inputs[10], inputs[11])
+    return lstm([inputs[0], w, r, *inputs[3:8]], attrs, ctx)
