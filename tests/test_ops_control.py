@@ -219,3 +219,10 @@ def test_observe_sees_sequences_and_positions_are_checked():
     assert isinstance(seen["seq"], list) and len(seen["seq"]) == 3
     with pytest.raises(DczError, match="position 3 is outside"):
         interp.run({"x": np.arange(3, dtype=np.float32), "p": np.array(3, np.int64)})
+
+
+def test_bench_compares_a_tensor_output_past_sequences_and_empty_optionals():
+    from deepcompress_cli.benchmarking import first_numeric
+
+    ragged = [np.zeros(2, np.float32), np.zeros(3, np.float32)]
+    assert first_numeric([ragged, None, np.arange(3.0)]).tolist() == [0, 1, 2]
