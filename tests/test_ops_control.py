@@ -226,3 +226,14 @@ def test_bench_compares_a_tensor_output_past_sequences_and_empty_optionals():
 
     ragged = [np.zeros(2, np.float32), np.zeros(3, np.float32)]
     assert first_numeric([ragged, None, np.arange(3.0)]).tolist() == [0, 1, 2]
+
+
+def test_loop_scan_outputs_that_change_shape_are_one_line_errors():
+    body = helper.make_graph(
+        [constant("one", 1), make_node("Add", ["i", "one"], ["n"]), constant("axis", 0),
+         make_node("Unsqueeze", ["n", "axis"], ["shape"]), make_node("ConstantOfShape", ["shape"], ["scan"]),
+         make_node("Identity", ["c"], ["c_out"])],
+        "body", [info("i", I64, []), info("c", BOOL, [])], [info("c_out", BOOL, []), info("scan", F, None)])
+    m = model([make_node("Loop", ["M", ""], ["scans"], body=body)], [info("M", I64, [])], [info("scans", F, None)])
+    with pytest.raises(DczError, match=r"scan outputs change shape between iterations \(\[1\] then \[2\]\)"):
+        Interpreter(from_onnx(m, None)).run({"M": np.array(3, np.int64)})

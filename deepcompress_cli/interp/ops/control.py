@@ -42,9 +42,9 @@ def stack(ctx, op_name: str, parts: list, axis: int, declared) -> np.ndarray:
     try:
         return np.stack(parts, axis=axis)
     except ValueError:
+        other = next(p.shape for p in parts if p.shape != parts[0].shape)
         raise DczError(f"{op_name} node {ctx.node_name!r}: scan outputs change shape between iterations "
-                       f"({list(parts[0].shape)} then {[list(p.shape) for p in parts if p.shape != parts[0].shape][0]}).") \
-            from None
+                       f"({list(parts[0].shape)} then {list(other)}).") from None
 
 
 @op("Loop")

@@ -80,19 +80,20 @@ class Recurrence:
     def __init__(self, op_name: str, inputs: list, attrs: dict, gates: int):
         self.op_name = op_name
         x, w, r = inputs[0], inputs[1], inputs[2]
-        self.layout = attrs.get("layout", 0)
-        if self.layout:
-            x = x.transpose(1, 0, 2)  # [batch, seq, input] -> [seq, batch, input]
         direction = str_attr(attrs, "direction", "forward")
         if direction not in ("forward", "reverse", "bidirectional"):
             raise DczError(f"{op_name}: unknown direction {direction!r}.")
         self.reverse = [direction == "reverse"] if direction != "bidirectional" else [False, True]
         self.dirs = len(self.reverse)
         hidden = r.shape[-1]
-        if x.ndim != 3 or w.shape != (self.dirs, gates * hidden, x.shape[2]) or r.shape != (self.dirs, gates * hidden, hidden) \
+        rows = gates * hidden
+        if x.ndim != 3 or w.shape != (self.dirs, rows, x.shape[2]) or r.shape != (self.dirs, rows, hidden) \
                 or attrs.get("hidden_size", hidden) != hidden:
             raise DczError(f"{op_name}: X {list(x.shape)}, W {list(w.shape)}, R {list(r.shape)} and hidden_size "
                            f"{attrs.get('hidden_size')} do not fit {direction} with {gates} gates.")
+        self.layout = attrs.get("layout", 0)
+        if self.layout:
+            x = x.transpose(1, 0, 2)  # [batch, seq, input] -> [seq, batch, input]
         self.steps, self.batch, self.hidden, self.dtype = x.shape[0], x.shape[1], hidden, x.dtype
         self.clip = attrs.get("clip")
         b = input_at(inputs, 3)
