@@ -237,3 +237,17 @@ def test_loop_scan_outputs_that_change_shape_are_one_line_errors():
     m = model([make_node("Loop", ["M", ""], ["scans"], body=body)], [info("M", I64, [])], [info("scans", F, None)])
     with pytest.raises(DczError, match=r"scan outputs change shape between iterations \(\[1\] then \[2\]\)"):
         Interpreter(from_onnx(m, None)).run({"M": np.array(3, np.int64)})
+
+
+def test_loop_stacks_numpy_scalars():
+    """A scan output passed through from a numpy-scalar feed (as Range's function body does)."""
+    body = helper.make_graph(
+        [make_node("Identity", ["c"], ["c_out"]), make_node("Add", ["prev", "delta"], ["next"]),
+         make_node("Identity", ["prev"], ["out"])], "body",
+        [info("i", I64, []), info("c", BOOL, []), info("prev", F, [])],
+        [info("c_out", BOOL, []), info("next", F, []), info("out", F, [])])
+    m = model([make_node("Loop", ["M", "", "start"], ["last", "range"], body=body)],
+              [info("M", I64, []), info("start", F, []), info("delta", F, [])],
+              [info("last", F, None), info("range", F, None)])
+    got = Interpreter(from_onnx(m, None)).run({"M": np.array(3, np.int64), "start": np.float32(1), "delta": np.float32(2)})
+    assert got[1].tolist() == [1, 3, 5] and got[1].dtype == np.float32

@@ -36,8 +36,9 @@ def stack(ctx, op_name: str, parts: list, axis: int, declared) -> np.ndarray:
         dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type) if tensor.elem_type else np.float32
         dims = [d.dim_value for d in tensor.shape.dim]
         return np.zeros([*dims[:axis], 0, *dims[axis:]], dtype)
-    if any(not isinstance(p, np.ndarray) for p in parts):
+    if any(p is None or isinstance(p, list) for p in parts):
         raise DczError(f"{op_name} node {ctx.node_name!r}: a scan output must be a tensor.")
+    parts = [np.asarray(p) for p in parts]  # numpy scalars too
     ctx.check_size(op_name, [len(parts), *parts[0].shape], parts[0].itemsize)
     try:
         return np.stack(parts, axis=axis)
