@@ -16,6 +16,7 @@ from onnx import TensorProto, helper
 
 from deepcompress_cli.errors import DczError
 from deepcompress_cli.interp.graph import Interpreter
+from deepcompress_cli.interp.quant import Int8Interpreter
 from deepcompress_cli.onnx_io import from_onnx
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
@@ -161,6 +162,8 @@ def test_dynamic_quantize_lstm_from_quantize_dynamic(tmp_path, per_channel):
     quantized = load(str(quant_path))
     assert [(n.domain, n.op_type) for n in quantized.graph.node] == [("com.microsoft", "DynamicQuantizeLSTM")]
     got = Interpreter(from_onnx(quantized, None)).run(feeds)
+    for g, q in zip(got, Int8Interpreter(from_onnx(load(str(quant_path)), None)).run(feeds)):  # no int8 layer
+        np.testing.assert_array_equal(g, q)
     for path, tolerance in [(float_path, 0.06), (quant_path, 0.02)]:
         ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
         for g, r in zip(got, ref):
