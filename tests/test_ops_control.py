@@ -85,6 +85,12 @@ def test_loop_without_cond_input_ignores_the_body_cond():
     assert scans[-1].tolist() == (2 * acc).tolist()
 
 
+def test_loop_without_trip_count_or_cond_is_refused():
+    with pytest.raises(DczError, match="would never end"):
+        Interpreter(from_onnx(loop_model(False, False), None)).run({"x": np.ones(2, np.float32),
+                                                                    "acc0": np.zeros(2, np.float32)})
+
+
 def test_loop_without_iterations_types_its_scan_output_from_the_body():
     feeds = {"x": np.ones(2, np.float32), "acc0": np.zeros(2, np.float32), "M": np.array(0, np.int64),
              "cond": np.array(True)}

@@ -52,10 +52,13 @@ def stack(ctx, op_name: str, parts: list, axis: int, declared) -> np.ndarray:
 def loop(inputs, attrs, ctx):
     """for i in range(M) while cond: (cond, carried..., scans...) = body(i, cond, carried...).
 
-    An absent M runs until cond is false; an absent cond ignores the body's cond output.
+    An absent M runs until cond is false; an absent cond ignores the body's cond output (both
+    absent: the spec's endless loop, refused).
     """
     body = attrs["body"]
     trips, cond = input_at(inputs, 0), input_at(inputs, 1)
+    if trips is None and cond is None:
+        raise DczError(f"Loop node {ctx.node_name!r} has neither a trip count nor a condition: it would never end.")
     trips = None if trips is None else int(np.asarray(trips).reshape(-1)[0])
     running = True if cond is None else bool(np.asarray(cond).reshape(-1)[0])
     carried = list(inputs[2:])
@@ -63,8 +66,7 @@ def loop(inputs, attrs, ctx):
     scans = [[] for _ in range(n_scans)]
     i = 0
     while running and (trips is None or i < trips):
-        cond_value = np.array(running)
-        outputs = run_body(ctx, body, [np.array(i, np.int64), cond_value, *carried])
+        outputs = run_body(ctx, body, [np.array(i, np.int64), np.array(running), *carried])
         if cond is not None:
             running = bool(np.asarray(outputs[0]).reshape(-1)[0])
         carried = outputs[1:1 + len(carried)]
