@@ -17,8 +17,10 @@ from .shape import input_at, str_attr
 
 
 def _sigmoid(x):
-    e = np.exp(-np.abs(x))  # never overflows; both branches are the same function
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+    with np.errstate(over="ignore"):  # exp(-x) = inf gives 1 / inf = 0, exactly the limit
+        y = np.exp(-x)
+    y += 1
+    return np.reciprocal(y, out=y)
 
 
 # name -> (default alpha, default beta, f(x, alpha, beta)); None: the function takes no such value.
@@ -133,7 +135,8 @@ class Recurrence:
 
     def inputs_by_step(self, extra_bias: np.ndarray) -> np.ndarray:
         """Projected inputs + bias as [seq, dirs, batch, gates*hidden], reverse directions reordered."""
-        xw = self.projected + extra_bias[None, None]  # [seq, batch, dirs, G]
+        xw = self.projected  # [seq, batch, dirs, G], a fresh array used once: updated in place
+        xw += extra_bias[None, None]
         order = self.time_order()
         for d, rev in enumerate(self.reverse):
             if rev:
@@ -193,16 +196,20 @@ def lstm(inputs, attrs, ctx):
     clip = rec.clip
 
     def step(x_t, h, c):
-        g = x_t + np.matmul(h, rec.rt)
-        i, o, f, cand = g[..., :hid], g[..., hid:2 * hid], g[..., 2 * hid:3 * hid], g[..., 3 * hid:]
+        g = np.matmul(h, rec.rt)
+        g += x_t
+        cand = apply(g_act, g[..., 3 * hid:], clip)
+        if peep is None:  # i, o, f are adjacent: one activation call for the three
+            i, o, f = np.split(apply(f_act, g[..., :3 * hid], clip), 3, axis=-1)
+        else:
+            i = apply(f_act, g[..., :hid] + p_i * c, clip)
+            f = apply(f_act, g[..., 2 * hid:3 * hid] + p_f * c, clip)
+        if coupled:
+            f = 1 - i
+        c_new = f * c + i * cand
         if peep is not None:
-            i, f = i + p_i * c, f + p_f * c
-        i = apply(f_act, i, clip)
-        f = 1 - i if coupled else apply(f_act, f, clip)
-        c_new = f * c + i * apply(g_act, cand, clip)
-        if peep is not None:
-            o = o + p_o * c_new
-        return [apply(f_act, o, clip) * apply(h_act, c_new, None), c_new]
+            o = apply(f_act, g[..., hid:2 * hid] + p_o * c_new, clip)
+        return [o * apply(h_act, c_new, None), c_new]
 
     return run_steps(rec, xw, [rec.state(input_at(inputs, 5)), rec.state(input_at(inputs, 6))], step)
 
