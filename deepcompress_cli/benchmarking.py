@@ -128,9 +128,10 @@ def run_batched(interp, feeds: dict, batch: int, progress=None, desc: str = "",
 
 def first_numeric(outputs: list) -> np.ndarray:
     """The output bench compares: the first float one, else the first numeric one (string outputs
-    pass through unused).  Integer outputs before it are ids or labels that compression rarely
-    moves (a sentence encoder echoing its int64 token ids first would score a perfect 1.0)."""
-    values = [np.asarray(value) for value in outputs]
+    pass through unused, as do sequences and empty optionals).  Integer outputs before it are ids or
+    labels that compression rarely moves (a sentence encoder echoing its int64 token ids first would
+    score a perfect 1.0)."""
+    values = [np.asarray(value) for value in outputs if value is not None and not isinstance(value, list)]
     for kinds in ("f", "biuf"):
         for value in values:
             if value.dtype.kind in kinds:

@@ -16,7 +16,7 @@ from ..errors import DczError
 from ..graphs import graph_constants, implicit_inputs, node_subgraphs, opset_version, placeholder_name, \
     stored_constant, to_array, topological_order
 from ..tensors import Package
-from .ops import KERNELS, MAX_VALUE_BYTES, OpContext, load_all
+from .ops import KERNELS, MAX_VALUE_BYTES, OpContext, kernel_name, load_all
 from .ops.conv import FUSED_RELU
 
 
@@ -129,7 +129,7 @@ def fuse_conv_relu(nodes: list, outputs: set) -> tuple[list, set]:
 
 
 class Interpreter:
-    """Runs a model's main graph (and If subgraphs) in numpy float32."""
+    """Runs a model's main graph (and its subgraphs: If, Loop, Scan, SequenceMap) in numpy float32."""
 
     observe = None  # observe(value name, array) after every node, e.g. for calibration
 
@@ -149,7 +149,7 @@ class Interpreter:
         return Plan(graph, graph_constants(graph, self.weights.__getitem__), self.opset)
 
     def kernel_for(self, node: onnx.NodeProto):
-        return KERNELS[node.op_type]
+        return KERNELS[kernel_name(node)]
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         missing = [n for n in self.plan.inputs if n not in feeds]
@@ -161,18 +161,22 @@ class Interpreter:
         with np.errstate(all="ignore"):  # NaN and Inf propagate as IEEE says, without a warning per op
             return self.run_plan(self.plan, feeds)
 
-    def run_plan(self, plan: Plan, feeds: dict) -> list:
-        values = {**plan.constants, **feeds}
-        ctx = OpContext(self.opset, run_graph=lambda g, outer: self._run_subgraph(g, outer, values),
+    def run_plan(self, plan: Plan, feeds: dict, scope: dict | None = None) -> list:
+        """`plan`'s outputs from `feeds`; a subgraph also sees `scope`, the enclosing graph's
+        values, which its own constants and inputs shadow.  Values are arrays, lists (sequences)
+        or None (empty optionals)."""
+        values = {**(scope or {}), **plan.constants, **feeds}
+        ctx = OpContext(self.opset, run_graph=lambda g, bound: self._run_subgraph(g, bound, values),
                         max_bytes=self.max_bytes)
         run_nodes(plan.nodes, plan.attrs, values, ctx, self.kernel_for, plan.dead_after, self.observe)
         return [values[name] for name in plan.outputs]
 
-    def _run_subgraph(self, graph: onnx.GraphProto, extra: dict, scope: dict) -> list:
+    def _run_subgraph(self, graph: onnx.GraphProto, bound: dict, scope: dict) -> list:
+        """An If branch or a Loop/Scan/SequenceMap body, its inputs `bound` by name."""
         plan = self._subplans.get(id(graph))
         if plan is None:
             plan = self._subplans[id(graph)] = self._plan(graph)
-        return self.run_plan(plan, {**scope, **extra})
+        return self.run_plan(plan, bound, scope)
 
 
 def run_nodes(nodes: list, attrs: list, values: dict, ctx: OpContext, kernel_for, dead_after: dict | None = None,
@@ -211,8 +215,8 @@ def unsupported_ops(model: onnx.ModelProto) -> set[str]:
 
     def walk(graph):
         for node in graph.node:
-            if node.domain not in ("", "ai.onnx") or node.op_type not in KERNELS:
-                ops.add(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}")
+            if kernel_name(node) not in KERNELS:
+                ops.add(kernel_name(node))
             for sub in node_subgraphs(node):
                 walk(sub)
     walk(model.graph)

@@ -25,7 +25,7 @@ from ..errors import DczError
 from ..graphs import output_channel_axis, table_names
 from ..tensors import Package
 from .graph import Interpreter
-from .ops import KERNELS, MAX_VALUE_BYTES
+from .ops import KERNELS, MAX_VALUE_BYTES, kernel_name
 from .ops.conv import FUSED_RELU
 
 EXACT_FLOAT32 = 1 << 24
@@ -179,7 +179,7 @@ class Int8Interpreter(Interpreter):
     def kernel_for(self, node):
         if id(node) in self.layers:
             return lambda inputs, attrs, ctx: self._layer(node, inputs, attrs)
-        kernel = KERNELS[node.op_type]
+        kernel = KERNELS[kernel_name(node)]
         if node.op_type in CODE_OPS:
             def on_codes(inputs, attrs, ctx):
                 x = inputs[0]

@@ -4,7 +4,8 @@ Every kernel has the signature
 
     def kernel(inputs: list[np.ndarray | None], attrs: dict, ctx: OpContext) -> list[np.ndarray]
 
-- `inputs`: the node's inputs in order; an omitted optional input (empty name) is None.
+- `inputs`: the node's inputs in order; an omitted optional input (empty name) is None.  A value is
+  an array, a Python list of arrays (a sequence) or None (an empty optional).
 - `attrs`: the node's attributes as Python values (ints, floats, bytes for strings, lists, numpy
   arrays for tensors, GraphProto for subgraphs); absent attributes are absent, so kernels apply the defaults
   of the ONNX spec for `ctx.opset`.
@@ -36,7 +37,7 @@ class OpContext:
     opset: int  # the model's default-domain opset version
     node_name: str = ""
     num_outputs: int = 1  # outputs the node declares (Split without sizes needs it)
-    run_graph: Callable | None = None  # run_graph(graph_proto, outer_values: dict) -> list[outputs], for If
+    run_graph: Callable | None = None  # run_graph(graph_proto, {its input name: value}) -> its outputs (If, Loop...)
     max_bytes: int = MAX_VALUE_BYTES
 
     def check_size(self, op_name: str, shape, itemsize: int) -> None:
@@ -48,6 +49,12 @@ class OpContext:
         if nbytes > self.max_bytes:
             raise DczError(f"{op_name} node {self.node_name!r} would create a {nbytes:,}-byte array "
                            f"(shape {dims[:8]}{'...' if len(dims) > 8 else ''}); the limit is {self.max_bytes:,} bytes")
+
+
+def kernel_name(node) -> str:
+    """A node's key in KERNELS: its op type, prefixed by its domain outside the default one
+    (onnxruntime's contrib ops register as "com.microsoft.Name")."""
+    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
 
 
 def op(*names: str):
