@@ -1,4 +1,5 @@
-"""Elementwise kernels: arithmetic, activations, comparisons, logic, variadic ops and casts.
+"""Elementwise kernels: arithmetic, activations, comparisons, logic and variadic ops
+(casts are in cast.py).
 
 Binary ops use numpy broadcasting, which is ONNX's multidirectional broadcasting.  Results keep
 the input dtype (float32 stays float32); outputs go through np.asarray because numpy ufuncs turn
@@ -12,7 +13,6 @@ import math
 
 import numpy as np
 
-from ...errors import DczError
 from . import op
 from .shape import attr_or_input, str_attr
 
@@ -230,31 +230,3 @@ def mean(inputs, attrs, ctx):
     arrays = [a for a in inputs if a is not None]
     total = functools.reduce(np.add, arrays)
     return [_same(total / len(arrays), arrays[0].dtype)]
-
-
-# ------------------------------------------------------------------------------ casts
-
-
-def _np_dtype(to: int) -> np.dtype:
-    from onnx import helper
-
-    try:
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(to))
-    except (KeyError, TypeError, ValueError):
-        dtype = None
-    # Only plain numeric types and bfloat16: float8/int4 have their own rounding and saturation
-    # rules, strings their own formatting.
-    if dtype is None or (dtype.kind not in "biuf" and dtype.name != "bfloat16"):
-        raise DczError(f"Cast: target type {to} ({dtype}) is not supported.")
-    return dtype
-
-
-@op("Cast")
-def cast(inputs, attrs, ctx):
-    return [np.asarray(inputs[0]).astype(_np_dtype(attrs["to"]))]
-
-
-@op("CastLike")
-def cast_like(inputs, attrs, ctx):
-    return [np.asarray(inputs[0]).astype(inputs[1].dtype)]
-
