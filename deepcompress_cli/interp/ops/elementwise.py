@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from ...errors import DczError
 from . import op
 from .shape import attr_or_input, str_attr
 
@@ -203,9 +204,25 @@ def identity(inputs, attrs, ctx):
 
 @op("Dropout")
 def dropout(inputs, attrs, ctx):
-    # Inference: the data passes through (training_mode is ignored); the optional mask is not
-    # produced, the graph runner tolerates the missing output.
-    return [inputs[0]]
+    """Inference passes the data through (mask all true).  training_mode (opset 12+) keeps each
+    element with probability 1 - ratio and scales the kept ones by 1 / (1 - ratio).
+
+    The keep mask is uniform(0, 1) >= ratio drawn from numpy's RandomState(seed) when the seed
+    attribute is given (so a seeded run is reproducible), from fresh entropy otherwise.
+    """
+    x = inputs[0]
+    ratio, training = attrs.get("ratio", 0.5), False
+    if ctx.opset >= 12:
+        ratio = float(inputs[1]) if len(inputs) > 1 and inputs[1] is not None else 0.5
+        training = len(inputs) > 2 and inputs[2] is not None and bool(inputs[2])
+    if not training or ratio == 0:
+        mask = np.ones(x.shape, dtype=bool if ctx.opset >= 10 else x.dtype)
+        return [x, mask] if ctx.num_outputs > 1 else [x]
+    if not 0 <= ratio < 1:
+        raise DczError(f"Dropout node {ctx.node_name!r}: ratio {ratio} is not in [0, 1).")
+    rng = np.random.RandomState(attrs["seed"]) if "seed" in attrs else np.random.RandomState()
+    mask = rng.uniform(0, 1, x.shape) >= ratio
+    return [np.where(mask, x * _scalar(1 / (1 - ratio), x), _scalar(0, x)), mask]
 
 
 @op("Where")
