@@ -324,6 +324,15 @@ def test_resize_align_corners_fractional_length_follows_the_reference():
     np.testing.assert_allclose(y.reshape(-1), [1, 1 + 3 / 1.4], rtol=1e-6)
 
 
+@pytest.mark.parametrize("nearest_mode", ["round_prefer_floor", "round_prefer_ceil"])
+def test_resize_align_corners_from_sizes_keeps_ties(nearest_mode):
+    # 100 -> 105 samples output 52 at 52 * 99 / 104 = 49.5, a tie.  The divisor is the size asked
+    # for, not 100 * (105 / 100)f - 1, whose rounding would move the tie by 4e-6.
+    attrs = {"coordinate_transformation_mode": "align_corners", "nearest_mode": nearest_mode}
+    check("Resize", [np.arange(100, dtype=F32).reshape(1, 100), None, None, np.array([1, 105], np.int64)],
+          attrs, opset=19, tol=0)
+
+
 def test_resize_cubic_tf_crop_and_resize_and_int_input():
     roi = np.array([0, 0, 0.2, -0.1, 1, 1, 0.9, 1.3], F32)
     attrs = {"mode": "cubic", "coordinate_transformation_mode": "tf_crop_and_resize", "extrapolation_value": -3.0}

@@ -93,32 +93,34 @@ def _check_old_mode(attrs, op_name):
 
 
 def _scales_shape(x, scales, op_name):
-    """(per-axis float32 scales, output shape): out = floor(in * scale), multiplied in float32
-    like onnxruntime (so that 10 * 0.7f gives 7, not 6)."""
+    """(per-axis float32 scales, output shape, unrounded output lengths): out = floor(in * scale),
+    multiplied in float32 like onnxruntime (so that 10 * 0.7f gives 7, not 6)."""
     scales = np.asarray(scales, dtype=_F).reshape(-1)
     if scales.size != x.ndim or np.any(scales <= 0):
         raise DczError(f"{op_name}: scales {scales.tolist()} do not fit a rank-{x.ndim} input.")
-    shape = [int(np.floor(_F(d) * s)) for d, s in zip(x.shape, scales)]
-    return scales, shape
+    lengths = [_F(d) * s for d, s in zip(x.shape, scales)]
+    return scales, [int(np.floor(n)) for n in lengths], lengths
 
 
 def _sizes_plan(x, sizes, axes, policy):
     shape = list(x.shape)
     scales = np.ones(x.ndim, dtype=_F)
+    lengths = [_F(d) for d in x.shape]
     if len(sizes) != len(axes):
         raise DczError(f"Resize: {len(sizes)} sizes for {len(axes)} axes.")
     ratios = [_F(s) / _F(x.shape[a]) for s, a in zip(sizes, axes)]
     if policy == "stretch":
         for a, s, r in zip(axes, sizes, ratios):
-            shape[a], scales[a] = s, r
+            shape[a], scales[a], lengths[a] = s, r, _F(s)
     elif policy in ("not_larger", "not_smaller"):
         # One scale for every axis, so the aspect ratio is kept; sizes become a bound.
         r = min(ratios) if policy == "not_larger" else max(ratios)
         for a in axes:
-            shape[a], scales[a] = int(np.floor(_F(x.shape[a]) * r + _F(0.5))), r
+            lengths[a] = _F(x.shape[a]) * r
+            shape[a], scales[a] = int(np.floor(lengths[a] + _F(0.5))), r
     else:
         raise DczError(f"Resize: keep_aspect_ratio_policy {policy!r} is not supported.")
-    return scales, shape
+    return scales, shape, lengths
 
 
 def _roi(roi, rank, axes):
@@ -145,7 +147,7 @@ class _Filter:
 
 
 def _resample(x, plan, mode, coord, nearest_mode, op_name, crop=None, taps=_Filter()):
-    scales, shape = plan
+    scales, shape, lengths = plan
     if mode not in ("nearest", "linear", "cubic"):
         raise DczError(f"{op_name}: mode {mode!r} is not supported (nearest, linear, cubic).")
     if coord not in _COORD_MODES:
@@ -160,7 +162,7 @@ def _resample(x, plan, mode, coord, nearest_mode, op_name, crop=None, taps=_Filt
     for axis in range(x.ndim):
         n_in, n_out = x.shape[axis], shape[axis]
         roi = (crop[0][axis], crop[1][axis]) if crop else None
-        c = _coordinates(coord, n_out, n_in, scales[axis], roi)
+        c = _coordinates(coord, n_out, n_in, scales[axis], lengths[axis], roi)
         if crop is not None:
             out_mask = (c < 0) | (c > n_in - 1)
             outside = outside | out_mask.reshape([-1] + [1] * (x.ndim - axis - 1))
@@ -183,8 +185,9 @@ def _resample(x, plan, mode, coord, nearest_mode, op_name, crop=None, taps=_Filt
     return y
 
 
-def _coordinates(coord, n_out, n_in, scale, roi):
-    """Input coordinate of every output index along one axis (float32)."""
+def _coordinates(coord, n_out, n_in, scale, length, roi):
+    """Input coordinate of every output index along one axis (float32); `length` is the output
+    length before rounding (in * scale, or the size asked for)."""
     xr = np.arange(n_out, dtype=_F)
     half = _F(0.5)
     if coord == "asymmetric":
@@ -196,10 +199,9 @@ def _coordinates(coord, n_out, n_in, scale, roi):
     if coord == "tf_half_pixel_for_nn":
         return (xr + half) / scale
     if coord == "align_corners":
-        # length_resized is the unrounded in * scale, as in the ONNX reference and node tests
+        # length_resized is the unrounded length, as in the ONNX reference and node tests
         # (onnxruntime divides by n_out - 1: the two differ when in * scale is fractional).
-        resized = _F(n_in) * scale
-        return xr * _F(n_in - 1) / (resized - _F(1)) if n_out > 1 else np.zeros(n_out, dtype=_F)
+        return xr * _F(n_in - 1) / (length - _F(1)) if n_out > 1 else np.zeros(n_out, dtype=_F)
     if coord == "half_pixel_symmetric":
         # Centre the sampling grid when the integer output size rounded the scaled size down.
         # The offset is float32, the rest float64 (onnxruntime's literal 0.5 is a double).
