@@ -186,6 +186,13 @@ def test_castlike_takes_the_dtype_and_saturate(saturate):
     assert nans == 2 if saturate else nans > 2  # the NaN inputs; without saturate the overflows too
 
 
+def test_cast_from_strings():
+    x = np.array(["1.5", "-1e-5", "INF", "-inf", "NaN", "1000"], dtype=object)
+    check("Cast", [x], {"to": TP.FLOAT}, opset=21, which="ref")
+    got = kernel("Cast", [x], helper.make_node("Cast", ["x"], ["y"], to=TP.FLOAT8E4M3FN), 21)[0]
+    np.testing.assert_array_equal(got.astype(F32), [1.5, -0.0, 448, -448, np.nan, 448])
+
+
 def test_cast_unsupported_is_dcz_error():
     with pytest.raises(DczError, match="round_mode"):
         kernel("Cast", [SPECIALS], helper.make_node("Cast", ["x"], ["y"], to=TP.FLOAT8E8M0, round_mode="odd"), 24)

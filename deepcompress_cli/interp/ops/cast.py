@@ -42,8 +42,8 @@ def cast_to(x: np.ndarray, to: int, saturate: bool = True, round_mode: str = "up
     dtype = numeric_dtype(to, "Cast")
     if x.dtype == dtype:
         return x
-    if x.dtype.kind in "OUS":
-        raise DczError(f"Cast: casting from {x.dtype} is not supported.")
+    if x.dtype.kind in "OUS" and dtype.kind == "V":
+        x = x.astype(np.float64)  # numpy parses "1e-5", "INF", "NaN"; ml_dtypes types cannot
     if to == TensorProto.FLOAT8E8M0:
         return _to_e8m0(x.astype(np.float64), saturate, round_mode)
     if to in _SATURATING_FLOAT8 and saturate:

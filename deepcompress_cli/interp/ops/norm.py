@@ -108,7 +108,7 @@ def layer_normalization(inputs, attrs, ctx):
     scale = inputs[1] if len(inputs) > 1 else None
     bias = inputs[2] if len(inputs) > 2 else None
     axes = tuple(range(attrs.get("axis", -1) % x.ndim, x.ndim))
-    stashed = x.astype(numeric_dtype(attrs.get("stash_type", TensorProto.FLOAT), "LayerNormalization"))
+    stashed = x.astype(numeric_dtype(attrs.get("stash_type", TensorProto.FLOAT), "LayerNormalization"), copy=False)
     mean = stashed.mean(axis=axes, keepdims=True)
     centered = stashed - mean
     inv_std_dev = 1 / np.sqrt(np.square(centered).mean(axis=axes, keepdims=True)
