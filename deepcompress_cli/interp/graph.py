@@ -72,8 +72,7 @@ def fold_batch_norms(nodes: list, constants: dict, outputs: set) -> list:
     readers, producer = _single_reader_producers(nodes, outputs)
     folded, removed = {}, set()
     for node in nodes:
-        if node.op_type != "BatchNormalization" or len(node.output) != 1 or len(node.input) != 5 \
-                or any(a.name == "training_mode" and a.i for a in node.attribute):  # batch statistics
+        if node.op_type != "BatchNormalization" or len(node.output) != 1 or len(node.input) != 5:
             continue
         conv = producer.get(node.input[0])
         if conv is None or conv.op_type != "Conv" or readers[node.input[0]] != 1 or conv.output[0] in outputs:
