@@ -360,6 +360,13 @@ def test_resize_antialias(mode, target, coord):
     check("Resize", inputs, attrs, opset=18, tol=1e-4)
 
 
+@pytest.mark.parametrize("mode", ["linear", "cubic"])
+def test_resize_antialias_kernel_longer_than_the_axis(mode):
+    # At scale 0.1 the cubic kernel spans 40 samples of a 20-sample axis (the matrix path).
+    check("Resize", [randn(1, 2, 20, 30), None, np.array([1, 1, 0.1, 0.15], F32)],
+          {"mode": mode, "antialias": 1}, opset=18, tol=1e-4)
+
+
 @pytest.mark.parametrize("exclude_outside", [0, 1])
 def test_resize_antialias_cubic_exclude_outside_against_reference(exclude_outside):
     attrs = {"mode": "cubic", "antialias": 1, "exclude_outside": exclude_outside, "cubic_coeff_a": -0.5}

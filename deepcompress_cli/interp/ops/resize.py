@@ -258,7 +258,8 @@ def _convolve(y, axis, c, mode, scale, taps: _Filter):
     linear, 2 for cubic) around c.  With antialias a downscale by s stretches the kernel by 1/s,
     so about 1/s times more samples contribute; the weights are then normalized to sum to 1.
     Samples past the edges repeat the edge sample, or with exclude_outside get weight 0 (and the
-    rest are renormalized).  The loop runs over the few taps, never over samples.
+    rest are renormalized).  The loop runs over the few taps, never over samples (and a
+    kernel longer than the axis, a huge downscale, is one matrix product).
     """
     n_in = y.shape[axis]
     stretch = float(scale) if taps.antialias and scale < 1 else 1.0
@@ -279,6 +280,10 @@ def _convolve(y, axis, c, mode, scale, taps: _Filter):
         weights /= np.where(total == 0, 1, total)
     index = np.clip(index, 0, n_in - 1)
     weights = weights.astype(y.dtype)
+    if offsets.size > n_in:  # a kernel longer than the axis: one [n_out, n_in] matrix instead
+        matrix = np.zeros((c.size, n_in), dtype=y.dtype)
+        np.add.at(matrix, (np.arange(c.size)[:, None], index), weights)
+        return np.moveaxis(np.tensordot(matrix, y, axes=([1], [axis])), 0, axis)
     shape = [-1] + [1] * (y.ndim - axis - 1)
     out = None
     for k in range(offsets.size):
