@@ -204,17 +204,16 @@ def identity(inputs, attrs, ctx):
 
 @op("Dropout")
 def dropout(inputs, attrs, ctx):
-    """Inference passes the data through (mask all true).  training_mode (opset 12+) keeps each
-    element with probability 1 - ratio and scales the kept ones by 1 / (1 - ratio).
+    """Inference passes the data through (mask all true; of x's type before opset 10).
+    training_mode (opset 12+) keeps each element with probability 1 - ratio and scales the kept
+    ones by 1 / (1 - ratio).
 
     The keep mask is uniform(0, 1) >= ratio drawn from numpy's RandomState(seed) when the seed
     attribute is given (so a seeded run is reproducible), from fresh entropy otherwise.
     """
     x = inputs[0]
-    ratio, training = attrs.get("ratio", 0.5), False
-    if ctx.opset >= 12:
-        ratio = float(inputs[1]) if len(inputs) > 1 and inputs[1] is not None else 0.5
-        training = len(inputs) > 2 and inputs[2] is not None and bool(inputs[2])
+    training = ctx.opset >= 12 and len(inputs) > 2 and inputs[2] is not None and bool(inputs[2])
+    ratio = float(inputs[1]) if training and inputs[1] is not None else 0.5
     if not training or ratio == 0:
         mask = np.ones(x.shape, dtype=bool if ctx.opset >= 10 else x.dtype)
         return [x, mask] if ctx.num_outputs > 1 else [x]
