@@ -291,12 +291,6 @@ def test_batch_normalization(opset, shape):
     check("BatchNormalization", inputs, dict(epsilon=1e-3), opset=opset)
 
 
-def test_batch_normalization_training_mode_is_dcz_error():
-    inputs = [rand(1, 2, 3, 3), rand(2), rand(2), rand(2), np.abs(rand(2))]
-    with pytest.raises(DczError, match="BatchNormalization"):
-        KERNELS["BatchNormalization"](inputs, {"training_mode": 1}, OpContext(opset=15))
-
-
 @pytest.mark.parametrize("size", [3, 5])
 def test_lrn(size):
     x = rand(2, 7, 4, 5) * 3

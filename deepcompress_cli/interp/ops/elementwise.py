@@ -1,4 +1,5 @@
-"""Elementwise kernels: arithmetic, activations, comparisons, logic, variadic ops and casts.
+"""Elementwise kernels: arithmetic, activations, comparisons, logic and variadic ops
+(casts are in cast.py).
 
 Binary ops use numpy broadcasting, which is ONNX's multidirectional broadcasting.  Results keep
 the input dtype (float32 stays float32); outputs go through np.asarray because numpy ufuncs turn
@@ -203,9 +204,24 @@ def identity(inputs, attrs, ctx):
 
 @op("Dropout")
 def dropout(inputs, attrs, ctx):
-    # Inference: the data passes through (training_mode is ignored); the optional mask is not
-    # produced, the graph runner tolerates the missing output.
-    return [inputs[0]]
+    """Inference passes the data through (mask all true; of x's type before opset 10).
+    training_mode (opset 12+) keeps each element with probability 1 - ratio and scales the kept
+    ones by 1 / (1 - ratio).
+
+    The keep mask is uniform(0, 1) >= ratio drawn from numpy's RandomState(seed) when the seed
+    attribute is given (so a seeded run is reproducible), from fresh entropy otherwise.
+    """
+    x = inputs[0]
+    training = ctx.opset >= 12 and len(inputs) > 2 and inputs[2] is not None and bool(inputs[2])
+    ratio = float(inputs[1]) if training and inputs[1] is not None else 0.5
+    if not training or ratio == 0:
+        mask = np.ones(x.shape, dtype=bool if ctx.opset >= 10 else x.dtype)
+        return [x, mask] if ctx.num_outputs > 1 else [x]
+    if not 0 <= ratio < 1:
+        raise DczError(f"Dropout node {ctx.node_name!r}: ratio {ratio} is not in [0, 1).")
+    rng = np.random.RandomState(attrs["seed"]) if "seed" in attrs else np.random.RandomState()
+    mask = rng.uniform(0, 1, x.shape) >= ratio
+    return [np.where(mask, x * _scalar(1 / (1 - ratio), x), _scalar(0, x)), mask]
 
 
 @op("Where")
@@ -230,31 +246,3 @@ def mean(inputs, attrs, ctx):
     arrays = [a for a in inputs if a is not None]
     total = functools.reduce(np.add, arrays)
     return [_same(total / len(arrays), arrays[0].dtype)]
-
-
-# ------------------------------------------------------------------------------ casts
-
-
-def _np_dtype(to: int) -> np.dtype:
-    from onnx import helper
-
-    try:
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(to))
-    except (KeyError, TypeError, ValueError):
-        dtype = None
-    # Only plain numeric types and bfloat16: float8/int4 have their own rounding and saturation
-    # rules, strings their own formatting.
-    if dtype is None or (dtype.kind not in "biuf" and dtype.name != "bfloat16"):
-        raise DczError(f"Cast: target type {to} ({dtype}) is not supported.")
-    return dtype
-
-
-@op("Cast")
-def cast(inputs, attrs, ctx):
-    return [np.asarray(inputs[0]).astype(_np_dtype(attrs["to"]))]
-
-
-@op("CastLike")
-def cast_like(inputs, attrs, ctx):
-    return [np.asarray(inputs[0]).astype(inputs[1].dtype)]
-

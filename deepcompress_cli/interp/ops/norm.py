@@ -1,14 +1,14 @@
-"""Normalizations (inference): BatchNormalization, LRN, Softmax/LogSoftmax, LayerNormalization,
-InstanceNormalization, GroupNormalization, RMSNormalization."""
+"""Normalizations: BatchNormalization (inference and training_mode), LRN, Softmax/LogSoftmax,
+LayerNormalization, InstanceNormalization, GroupNormalization, RMSNormalization."""
 
 from __future__ import annotations
 
 import numpy as np
-
-from onnx import helper
+from onnx import TensorProto, helper
 
 from ...errors import DczError
 from . import op
+from .cast import numeric_dtype
 
 
 def _per_channel(param: np.ndarray, ndim: int) -> np.ndarray:
@@ -21,16 +21,25 @@ def _per_channel(param: np.ndarray, ndim: int) -> np.ndarray:
 
 @op("BatchNormalization")
 def batch_normalization(inputs, attrs, ctx):
+    """Inference normalizes with the given statistics.  training_mode=1 (opset 14+) normalizes
+    with the batch's own (population variance over every axis but the channel's) and also returns
+    the running statistics, input * momentum + batch * (1 - momentum)."""
     x, scale, bias, mean, var = inputs[:5]
-    if ctx.opset >= 14 and attrs.get("training_mode", 0):
-        raise DczError("BatchNormalization with training_mode=1 is not supported (inference only).")
     eps = attrs.get("epsilon", 1e-5)
+    running = []
+    if ctx.opset >= 14 and attrs.get("training_mode", 0):
+        axes = (0, *range(2, x.ndim))
+        momentum = attrs.get("momentum", 0.9)
+        batch_mean, batch_var = x.mean(axis=axes, dtype=np.float64), x.var(axis=axes, dtype=np.float64)
+        running = [(mean * momentum + batch_mean * (1 - momentum)).astype(mean.dtype),
+                   (var * momentum + batch_var * (1 - momentum)).astype(var.dtype)]
+        mean, var = batch_mean, batch_var
     # Fold into one multiply-add per element; the per-channel terms are computed in float64.
     a = scale.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps)
     c = bias.astype(np.float64) - mean.astype(np.float64) * a
     y = x * _per_channel(a.astype(x.dtype), x.ndim)
     y += _per_channel(c.astype(x.dtype), x.ndim)
-    return [y]
+    return [y, *running]
 
 
 @op("LRN")
@@ -94,17 +103,23 @@ def _normalize(x: np.ndarray, axes: tuple[int, ...], eps: float) -> np.ndarray:
 
 @op("LayerNormalization")
 def layer_normalization(inputs, attrs, ctx):
-    """Normalizes over axes [axis, rank); returns only Y (Mean and InvStdDev are for training)."""
+    """Normalizes over axes [axis, rank) in the stash_type precision (float32 by default); the
+    optional Mean and InvStdDev outputs keep the reduced axes as 1s."""
     x = inputs[0]
     scale = inputs[1] if len(inputs) > 1 else None
     bias = inputs[2] if len(inputs) > 2 else None
-    axis = attrs.get("axis", -1) % x.ndim
-    y = _normalize(x, tuple(range(axis, x.ndim)), attrs.get("epsilon", 1e-5))
+    axes = tuple(range(attrs.get("axis", -1) % x.ndim, x.ndim))
+    stashed = x.astype(numeric_dtype(attrs.get("stash_type", TensorProto.FLOAT), "LayerNormalization"), copy=False)
+    mean = stashed.mean(axis=axes, keepdims=True)
+    centered = stashed - mean
+    inv_std_dev = 1 / np.sqrt(np.square(centered).mean(axis=axes, keepdims=True)
+                              + np.asarray(attrs.get("epsilon", 1e-5), dtype=stashed.dtype))
+    y = (centered * inv_std_dev).astype(x.dtype, copy=False)
     if scale is not None:
         y *= scale
     if bias is not None:
         y += bias
-    return [y]
+    return [y, mean, inv_std_dev]
 
 
 @op("InstanceNormalization")

@@ -1,4 +1,5 @@
-"""Pooling: MaxPool, AveragePool (N-D, padded, dilated, ceil_mode) and the global pools.
+"""Pooling: MaxPool (with its optional Indices), AveragePool (N-D, padded, dilated, ceil_mode)
+and the global pools.
 
 A pool is a reduction over kernel offsets: one view of the (padded) input per offset,
 combined elementwise, so the loop runs prod(kernel_shape) times and never over pixels.
@@ -127,8 +128,42 @@ def max_pool(inputs, attrs, ctx):
     x = inputs[0]
     kernel_shape, strides, dilations, pads, out_spatial = pool_geometry(attrs, x.shape, "MaxPool")
     n = len(kernel_shape)
-    return [_window_reduce(x, kernel_shape, strides, dilations, pads[:n], out_spatial,
-                           _lowest(x.dtype), np.maximum)]
+    y = _window_reduce(x, kernel_shape, strides, dilations, pads[:n], out_spatial, _lowest(x.dtype), np.maximum)
+    if ctx.num_outputs < 2:
+        return [y]
+    return [y, _argmax_indices(x, kernel_shape, strides, dilations, pads[:n], out_spatial,
+                               attrs.get("storage_order", 0))]
+
+
+def _argmax_indices(x, kernel_shape, strides, dilations, begins, out_spatial, storage_order):
+    """MaxPool's Indices: where each window's maximum is, as an index into x flattened (padding
+    not counted) row-major, or with the spatial axes column-major when storage_order=1.
+
+    Ties go to the first kernel offset in row-major order (onnxruntime's window scan).
+    """
+    spatial = x.shape[2:]
+    n = len(spatial)
+    if storage_order:
+        steps = [math.prod(spatial[:a]) for a in range(n)]
+    else:
+        steps = [math.prod(spatial[a + 1:]) for a in range(n)]
+    ends = [max(0, (o - 1) * s + (k - 1) * d + 1 - b - size)
+            for o, s, k, d, b, size in zip(out_spatial, strides, kernel_shape, dilations, begins, spatial)]
+    padded = np.pad(x, [(0, 0), (0, 0), *zip(begins, ends)], constant_values=_lowest(x.dtype))
+    outputs = [np.arange(o) * s - b for o, s, b in zip(out_spatial, strides, begins)]  # window starts
+    best = best_index = None
+    for offset in itertools.product(*(range(k) for k in kernel_shape)):
+        tap = padded[(..., *(slice(i * d, i * d + (o - 1) * s + 1, s)
+                             for i, d, o, s in zip(offset, dilations, out_spatial, strides)))]
+        index = sum(((start + i * d) * step).reshape([-1] + [1] * (n - a - 1))
+                    for a, (start, i, d, step) in enumerate(zip(outputs, offset, dilations, steps)))
+        if best is None:
+            best, best_index = tap, np.broadcast_to(index, tap.shape)
+        else:
+            better = tap > best
+            best, best_index = np.where(better, tap, best), np.where(better, index, best_index)
+    planes = np.arange(x.shape[0] * x.shape[1], dtype=np.int64).reshape(x.shape[:2] + (1,) * n)
+    return (planes * math.prod(spatial) + best_index).astype(np.int64)
 
 
 @op("AveragePool")
