@@ -84,6 +84,9 @@ def test_top_k_ties_integers_and_opset_1():
     x = np.array([[3, 1, 3, 2, 3, 1]], np.int64)
     check("TopK", [x, np.array([4], I64)], opset=11, n_out=2)
     check("TopK", [x, np.array([4], I64)], {"largest": 0}, opset=11, n_out=2)
+    many_ties = RNG.integers(0, 3, (2, 300)).astype(F32)  # long enough for unstable sorts to show
+    check("TopK", [many_ties, np.array([250], I64)], opset=11, n_out=2)
+    check("TopK", [many_ties, np.array([250], I64)], {"largest": 0}, opset=11, n_out=2)
     values, indices = kernel("TopK", [x, np.array([4], I64)], opset=11, n_out=2)
     assert values.tolist() == [[3, 3, 3, 2]] and indices.tolist() == [[0, 2, 4, 3]]
     values, indices = kernel("TopK", [x, np.array([3], I64)], {"largest": 0}, opset=11, n_out=2)
