@@ -31,6 +31,8 @@ def randn(*shape, dtype=F32):
 
 def run_ort(op_type, inputs, attrs, opset, n_out):
     names = [f"x{i}" if a is not None else "" for i, a in enumerate(inputs)]
+    while names and not names[-1]:  # onnxruntime's DFT crashes on trailing omitted inputs
+        names.pop()
     node = helper.make_node(op_type, names, [f"y{i}" for i in range(n_out)], **attrs)
     graph = helper.make_graph(
         [node], "case",

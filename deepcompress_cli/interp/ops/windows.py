@@ -20,17 +20,22 @@ _COEFFICIENTS = {  # name -> (a0, a1, a2)
 }
 
 
+def output_datatype(attrs: dict, name: str, ctx) -> np.dtype:
+    """The numpy dtype of the `output_datatype` attribute of a generator op (default float32)."""
+    to = attrs.get("output_datatype", 1)
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(to))
+    except (KeyError, TypeError, ValueError):
+        raise DczError(f"{name} node {ctx.node_name!r}: output_datatype {to} is not a "
+                       f"tensor type.") from None
+
+
 def _window(name, a0, a1, a2):
     def kernel(inputs, attrs, ctx):
         if np.size(inputs[0]) != 1 or inputs[0].dtype.kind not in "iu":
             raise DczError(f"{name} node {ctx.node_name!r}: size must be one integer.")
         size = int(np.asarray(inputs[0]).reshape(-1)[0])
-        to = attrs.get("output_datatype", 1)
-        try:
-            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(to))
-        except (KeyError, TypeError, ValueError):
-            raise DczError(f"{name} node {ctx.node_name!r}: output_datatype {to} is not a "
-                           f"tensor type.") from None
+        dtype = output_datatype(attrs, name, ctx)
         ctx.check_size(name, [size], dtype.itemsize)
         length = size if attrs.get("periodic", 1) else size - 1
         if length == 0:
