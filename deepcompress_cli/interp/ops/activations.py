@@ -97,7 +97,7 @@ def hardmax(inputs, attrs, ctx):
         axis = norm_axis(attrs.get("axis", -1), x.ndim, "Hardmax")
         frame = x
     else:
-        axis = norm_axis(attrs.get("axis", 1), x.ndim, "Hardmax", allow_end=True)
+        axis = norm_axis(attrs.get("axis", 1), x.ndim, "Hardmax")
         frame = x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))
         axis = 1
     y = np.zeros(frame.shape, dtype=x.dtype)
