@@ -498,6 +498,10 @@ def test_grid_sample_by_hand():
     np.testing.assert_allclose(got.reshape(-1), [0, 5, 2.5, 0])  # zeros padding far outside
     got = kernel("GridSample", [x, corners], {"align_corners": 1, "padding_mode": "border"})[0]
     np.testing.assert_allclose(got.reshape(-1), [0, 5, 2.5, 1.5])
+    halves = np.array([[[[-0.5, -1], [0.5, -1]]]], F32)  # x at pixel 0.5 and 1.5: halves to even
+    got = kernel("GridSample", [x, halves], {"mode": "nearest", "align_corners": 1})[0]
+    assert got.reshape(-1).tolist() == [0, 2]
+    check("GridSample", [x, halves], {"mode": "nearest", "align_corners": 1}, opset=20)
     nan = np.array([[[[np.nan, 0.0]]]], F32)  # a NaN position reads nothing, never crashes
     assert kernel("GridSample", [x, nan], {"mode": "nearest"})[0].shape == (1, 1, 1, 1)
     with pytest.raises(DczError, match="does not fit"):
