@@ -164,6 +164,25 @@ def test_einsum_ints_half_and_errors():
         kernel("Einsum", [randn(3, 4), randn(5, 6)], {"equation": "ij,jk->ik"})
 
 
+@pytest.mark.parametrize("equation,shapes", [
+    ("ij,jk", [(2, 3), (3, 4)]), ("...ij,...jk->...ik", [(5, 1, 2, 3), (4, 3, 6)]),
+    ("b...i,b...i", [(2, 7, 3), (2, 1, 3)]), ("ii->i", [(4, 4)]), ("i,i", [(5,), (5,)]),
+    ("ji", [(2, 3)]), ("i...->...", [(2, 3, 4)]), ("ij,kl->ljki", [(2, 3), (4, 5)])])
+def test_einsum_output_shape_agrees_with_numpy(equation, shapes):
+    from deepcompress_cli.interp.ops.linalg import _einsum_output_shape
+
+    want = np.einsum(equation, *(np.ones(s) for s in shapes)).shape
+    assert _einsum_output_shape(equation, shapes) == list(want)
+
+
+def test_einsum_growth_is_capped():
+    v = np.ones(1 << 16, F32)
+    for equation in ("i,j->ij", "i,j"):  # 2**32 float32 values: 16 GiB
+        with pytest.raises(DczError, match="would create"):
+            kernel("Einsum", [v, v], {"equation": equation})
+    assert kernel("Einsum", [v, v], {"equation": "i,i"})[0] == 1 << 16
+
+
 # ------------------------------------------------------------------------------ Det and Trilu
 
 
