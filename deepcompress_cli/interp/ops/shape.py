@@ -360,6 +360,11 @@ def _log_sum_exp(x, axis, keepdims):
     return out if keepdims else np.squeeze(out, axis=axis)
 
 
+def _log_sum(x, axis, keepdims):
+    with np.errstate(divide="ignore", invalid="ignore"):  # log(0) = -inf, log(< 0) = nan
+        return np.log(np.sum(x, axis=axis, keepdims=keepdims, dtype=x.dtype))
+
+
 # name -> (reduction(x, axis, keepdims), first opset where `axes` is an input)
 _REDUCTIONS = {
     "ReduceSum": (lambda x, a, k: np.sum(x, axis=a, keepdims=k, dtype=x.dtype), 13),
@@ -371,6 +376,7 @@ _REDUCTIONS = {
     "ReduceL2": (lambda x, a, k: np.sqrt(np.sum(np.square(x), axis=a, keepdims=k, dtype=x.dtype)), 18),
     "ReduceSumSquare": (lambda x, a, k: np.sum(np.square(x), axis=a, keepdims=k, dtype=x.dtype), 18),
     "ReduceLogSumExp": (_log_sum_exp, 18),
+    "ReduceLogSum": (_log_sum, 18),
 }
 
 
