@@ -71,9 +71,12 @@ class _Axis:
             self.taps = [(base + k - 1, w) for k, w in enumerate(_cubic_weights(x - base))]
 
     def index(self, position):
-        """(integer index to read, weight multiplier: 0 where zeros padding reads outside)."""
+        """(integer index to read, weight multiplier: 0 where zeros padding reads outside).
+        A NaN position is outside for zeros padding, else it reads index 0."""
+        nan = np.isnan(position)
+        position = np.where(nan, 0.0, position)
         if self.padding == "zeros":
-            inside = (position >= 0) & (position <= self.size - 1)
+            inside = (position >= 0) & (position <= self.size - 1) & ~nan
             return np.clip(position, 0, self.size - 1).astype(np.intp), inside
         if self.padding == "reflection":  # only cubic taps still fall outside here
             position = _reflect(position, self.low, self.high)
