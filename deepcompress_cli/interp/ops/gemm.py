@@ -29,4 +29,6 @@ def gemm(inputs, attrs, ctx):
 
 @op("MatMul")
 def matmul(inputs, attrs, ctx):
-    return [np.matmul(inputs[0], inputs[1])]
+    y = np.matmul(inputs[0], inputs[1])
+    # numpy computes bfloat16 (ml_dtypes) products in float32: the op's type is its inputs'
+    return [y if y.dtype == inputs[0].dtype else y.astype(inputs[0].dtype)]
