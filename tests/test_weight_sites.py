@@ -148,3 +148,27 @@ def test_commands_compress_bench_and_export_them(cli, tmp_path, name, command):
         shared = read_model(str(tmp_path / f"{name}.0.dcz"))
         for t in package.tensors:
             np.testing.assert_array_equal(t.decode(), shared.tensor(t.name).decode())
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_qdq_export_dequantizes_constant_and_subgraph_weights(cli, tmp_path, name, per_channel):
+    from deepcompress_cli.graphs import all_graphs
+
+    original = tmp_path / f"{name}.onnx"
+    original.write_bytes(MODELS[name]())
+    stored, exported = tmp_path / "q.dcz", tmp_path / "qdq.onnx"
+    assert cli("-q", "quantize", original, "-o", stored, "--bits", "8", *["--per-channel"] * per_channel).exit_code == 0
+    result = cli("-q", "export", stored, "-o", exported, "--qdq")
+    assert result.exit_code == 0, result.stderr
+    qdq = onnx.load(str(exported))
+    onnx.checker.check_model(qdq, full_check=True)
+    dequantized = {n.output[0] for g in all_graphs(qdq.graph) for n in g.node if n.op_type == "DequantizeLinear"}
+    assert dequantized == set(WEIGHTS[name])
+    float_weights = {n.output[0] for g in all_graphs(qdq.graph) for n in g.node
+                     if n.op_type == "Constant" and n.attribute[0].t.data_type == TensorProto.FLOAT}
+    assert not float_weights & dequantized
+    x = samples()
+    package = read_model(str(stored))
+    ours = np.concatenate([Interpreter(package).run({"x": x[i:i + 1]})[0] for i in range(len(x))])
+    np.testing.assert_allclose(run_ort(exported.read_bytes(), x), ours, rtol=1e-4, atol=1e-4)
