@@ -704,8 +704,8 @@ def bench(ctx, models, baseline, data, calibrate, runs, warmup, batch_size, seed
     within the embedding they index, masks all 1). Symbolic dims not set by --shape: the sample
     axis takes the batch; a dim named like one already sized takes its size; batch-like names
     (batch, N) 1; sequence-like (seq, length, time, frames, tokens) 16 for integer inputs, 128
-    for float ones; spatial (height, width, h, w) 224; unnamed dims: integer inputs 16, float
-    inputs of rank >= 4 224, else 128. Float sequence and spatial sizes grow to what the model's
+    for float ones; spatial (height, width, h, w) 224; unnamed dims spatial in inputs of rank
+    >= 4, else sequence-like. Spatial and float sequence sizes grow to what the model's
     convolutions and pools need and round up to a multiple of their total stride.
 
     \b

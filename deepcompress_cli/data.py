@@ -52,7 +52,7 @@ one token is no test of an encoder). In order:
 - otherwise by the dim's name: batch-like (`batch`, `N`, `bs`) 1; sequence-like (`seq`,
   `length`, `time`, `frames`, `samples`, `tokens`) TOKENS for an integer input (token ids),
   TIME for a float one (audio, frames); spatial (`height`, `width`, `h`, `w`) SPATIAL; an
-  unnamed dim by its input: integer -> tokens, float of rank >= 4 -> spatial, else time;
+  unnamed dim by its input's rank: spatial in rank >= 4 (images), else sequence-like;
 - time and spatial sizes are raised to what the model's sliding windows need (the largest
   kernel span times the stride before it, `graphs.window_reach`) and rounded up to a multiple
   of the model's total stride, so that every window fits and a detector's up- and downsampled
@@ -213,7 +213,7 @@ def random_shapes(specs: list[InputSpec], layout: dict, samples: int, given: dic
         if kind == "batch":
             return 1
         if kind is None:
-            kind = "time" if spec.dtype.kind in "biu" or len(spec.dims) < 4 else "spatial"
+            kind = "spatial" if len(spec.dims) >= 4 else "time"  # [N, C, H, W] or [N, H, W, C] images
         if kind == "time" and spec.dtype.kind in "biu":
             return TOKENS
         return fit(TIME if kind == "time" else SPATIAL)

@@ -58,12 +58,13 @@ def test_default_rule_by_name_position_and_windows():
              spec("image", ["batch", 3, "height", "width"]),
              spec("crops", ["batch", 3, "d1", "d2"]),  # unnamed dims of a 4-D float: spatial
              spec("state", [2, "batch", 128]),  # batch on axis 1: the sample axis
-             spec("frames", ["batch", "d3", 40])]  # an unnamed dim of a 3-D float: time
+             spec("frames", ["batch", "d3", 40]),  # an unnamed dim of a 3-D input: sequence-like
+             spec("pixels", ["batch", "d4", "d5", 3], np.uint8)]  # unnamed dims of a 4-D one: spatial
     layout = declared_layout(specs)
     shapes = random_shapes(specs, layout, 5)
     assert shapes == {"input_ids": [5, TOKENS], "attention_mask": [5, TOKENS], "audio": [5, TIME],
                       "image": [5, 3, SPATIAL, SPATIAL], "crops": [5, 3, SPATIAL, SPATIAL], "state": [2, 5, 128],
-                      "frames": [5, TIME, 40]}
+                      "frames": [5, TIME, 40], "pixels": [5, SPATIAL, SPATIAL, 3]}
     # windows that reach 300 samples with a total stride of 64: 320 for time, 256 for images
     shapes = random_shapes(specs, layout, 1, stride=64, reach=300)
     assert shapes["audio"] == [1, 320] and shapes["image"] == [1, 3, 320, 320] and shapes["input_ids"] == [1, TOKENS]
