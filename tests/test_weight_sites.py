@@ -176,7 +176,7 @@ def test_qdq_export_dequantizes_constant_and_subgraph_weights(cli, tmp_path, nam
 
 def test_loop_body_weights_are_compressed_and_exported(cli, tmp_path):
     """A Loop body's Gemm weight (a Constant node) is an `fc` weight like any other; the exported
-    model runs in onnxruntime (the interpreter has no Loop kernel yet, so no bench here)."""
+    model runs in onnxruntime like the original."""
     w = (rng.standard_normal((16, 16)) * 0.2).astype(np.float32)
     info = helper.make_tensor_value_info
     body = helper.make_graph(
