@@ -397,8 +397,11 @@ def _planned(mode, model, output, searching, given_fn, configs, include, exclude
 
 def bench(*models, baseline=None, data=None, calibrate=None, runs=10, warmup=2, batch_size=1, seed=0, int8=True,
           ort=False, min_ratio=None, max_accuracy_drop=None, min_cosine=None, min_agreement=None, check=False,
-          max_data_bytes=None, max_decoded_bytes=None, progress=None) -> dict:
+          max_data_bytes=None, max_decoded_bytes=None, shapes=None, progress=None) -> dict:
     """Size, latency and accuracy (or fidelity) of `models`, as `bench --json` prints it.
+
+    `shapes`: the shapes of random inputs, {input name: dims} or `--shape` strings "NAME=D0,D1,...";
+    inputs not named get the default rule (data.random_shapes).
 
     `min_agreement`: top-1 agreement with the baseline's float32 outputs, in % (like `min_cosine`).
     Gates are evaluated (`report["gates"]`, `report["passed"]`) but do not raise: the caller decides
@@ -420,10 +423,25 @@ def bench(*models, baseline=None, data=None, calibrate=None, runs=10, warmup=2, 
              "min_agreement": min_agreement}
     config = BenchConfig(runs, warmup, batch_size, seed, int8, ort, _opt_path(data), _opt_path(calibrate),
                          _opt_path(baseline), gates, max_data_bytes=max_data_bytes,
-                         max_decoded_bytes=max_decoded_bytes)
+                         max_decoded_bytes=max_decoded_bytes, shapes=_shapes(shapes))
     report = run_bench(models, config, progress_bar(progress))
     report["passed"] = all(g["passed"] for g in report["gates"])
     return report
+
+
+def _shapes(shapes) -> dict[str, tuple[int, ...]]:
+    """--shape values (strings "NAME=D0,D1,...", or a dict) as {name: dims}; one input twice is an error."""
+    from .data import parse_shape
+
+    if isinstance(shapes, dict):
+        return {name: tuple(int(d) for d in dims) for name, dims in shapes.items()}
+    parsed = {}
+    for text in shapes or ():
+        name, dims = parse_shape(text)
+        if name in parsed:
+            raise DczError(f"--shape {name}: given twice")
+        parsed[name] = dims
+    return parsed
 
 
 # ----------------------------------------------------------------------------------- data

@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .data import (InputSpec, batch_size, check_classes, check_labels, convert, declared_layout, load_npz, pick,
-                   sample_count, sample_layout, take)
+from .data import (InputSpec, batch_size, check_classes, check_labels, check_shapes, convert, declared_layout,
+                   load_npz, pick, random_shapes, sample_count, sample_layout, shape_batch, take)
 from .data import input_specs as data_specs
 from .errors import DczError, GateFailed
 from .files import check_decoded_size, decoded_bytes, read_model
+from .graphs import index_bounds, window_reach
 from .interp.ops import MAX_VALUE_BYTES
 
 # Random inputs are sized by the shapes a model declares, which can be anything: all of them
@@ -47,6 +48,7 @@ class BenchConfig:
     max_value_bytes: int = MAX_VALUE_BYTES  # one array an op sizes from tensor values (interp/ops)
     max_data_bytes: int | None = None  # cap on the decoded --data/--calibrate arrays (data.MAX_DATA_BYTES)
     max_decoded_bytes: int | None = None  # cap on a model's decoded tensors (files.check_decoded_size)
+    shapes: dict = field(default_factory=dict)  # --shape: input name -> its shape for random inputs
 
 
 def graph_specs(interp) -> list[InputSpec]:
@@ -55,16 +57,20 @@ def graph_specs(interp) -> list[InputSpec]:
             if i.name not in interp.plan.constants]
 
 
-def make_inputs(interp, data: dict | None, count: int, seed: int,
-                max_bytes: int = MAX_RANDOM_INPUT_BYTES, option: str = "--data") -> dict[str, np.ndarray]:
+def make_inputs(interp, data: dict | None, count: int, seed: int, max_bytes: int = MAX_RANDOM_INPUT_BYTES,
+                option: str = "--data", shapes: dict | None = None) -> dict[str, np.ndarray]:
     """`count` samples per input: the arrays of `data` (checked against the inputs, in their
-    dtypes), or seeded random numbers laid out as `data.declared_layout` says (as many of `count`
-    as fit in `max_bytes`; not even one is a one-line error). `option`: the data option the
-    messages name (bench's --data, compress's --calibrate)."""
+    dtypes), or seeded random ones laid out as `data.declared_layout` says and shaped as
+    `data.random_shapes` says (`shapes`: --shape; as many of `count` samples as fit in
+    `max_bytes`; not even one is a one-line error). Random floats are standard normal; integers
+    index within the table a Gather reads them into (token ids), are all 1 for a mask, else 0 or 1.
+    `option`: the data option the messages name (bench's --data, compress's --calibrate)."""
     specs = graph_specs(interp)
     if data is not None:
         sample_layout(specs, data, option)  # names, shapes and dtypes, one line each
         return {s.name: convert(data[s.name], s) for s in specs}
+    shapes = shapes or {}
+    check_shapes(specs, shapes)
     layout = declared_layout(specs)
     scalar = next((s for s in specs if layout[s.name] is None and not s.dims), None)
     if scalar is not None:
@@ -74,31 +80,46 @@ def make_inputs(interp, data: dict | None, count: int, seed: int,
     text = next((s.name for s in specs if s.dtype.kind not in "biuf"), None)
     if text is not None:
         raise DczError(f"random inputs: input {text!r} is not numeric; give {option}")
+    stride, reach = window_reach(interp.model)
 
-    def shape(spec, n):
-        dims = [d if d else 1 for d in (spec.dims if spec.dims is not None else (None,))]
-        if layout[spec.name] is not None:
-            dims[layout[spec.name]] = n
-        return dims
+    def shape_of(n):
+        return random_shapes(specs, layout, n, shapes, stride, reach)
 
-    sample_bytes = sum(math.prod(shape(s, 1)) * s.dtype.itemsize for s in specs
+    one = shape_of(1)
+    sample_bytes = sum(math.prod(one[s.name]) * s.dtype.itemsize for s in specs
                        if layout[s.name] is not None)  # exact ints
     if sample_bytes * count > max_bytes:
         count = max_bytes // sample_bytes
         if count == 0:
             spec = max((s for s in specs if layout[s.name] is not None),
-                       key=lambda s: math.prod(shape(s, 1)) * s.dtype.itemsize)
+                       key=lambda s: math.prod(one[s.name]) * s.dtype.itemsize)
             raise DczError(f"random inputs: one sample takes {sample_bytes:,} bytes (input {spec.name!r} is "
-                           f"{shape(spec, 1)} {spec.dtype}), over the {max_bytes:,}-byte limit: give {option}")
+                           f"{one[spec.name]} {spec.dtype}), over the {max_bytes:,}-byte limit: give {option}")
     rng = np.random.default_rng(seed)
+    bounds = index_bounds(interp.model)
     feeds = {}
-    for spec in specs:
-        dims = shape(spec, count)
+    for spec, dims in zip(specs, shape_of(count).values()):
         if spec.dtype == np.float32:  # drawn in float32 directly: no float64 copy twice the size
             feeds[spec.name] = rng.standard_normal(dims, dtype=np.float32)
+        elif spec.dtype.kind in "iu" and "mask" in spec.name.lower():
+            feeds[spec.name] = np.ones(dims, spec.dtype)
+        elif spec.dtype.kind in "iu":
+            high = min(bounds.get(spec.name, 2), int(np.iinfo(spec.dtype).max) + 1)
+            feeds[spec.name] = rng.integers(0, high, dims).astype(spec.dtype)
         else:
             feeds[spec.name] = rng.standard_normal(dims).astype(spec.dtype)
     return feeds
+
+
+def _shape_batch(interp, config: BenchConfig) -> int | None:
+    """The batch of each run that --shape sets (its size on the sample axis), if it sets one;
+    a --batch-size that says otherwise is an error."""
+    specs = graph_specs(interp)
+    batch = shape_batch(specs, declared_layout(specs), config.shapes)
+    if batch is not None and config.batch not in (1, batch):
+        raise DczError(f"--shape sets a batch of {batch} (the size on the sample axis) but --batch-size is "
+                       f"{config.batch}")
+    return batch
 
 
 def feeds_layout(interp, feeds: dict, random: bool = False) -> dict[str, int | None]:
@@ -199,14 +220,16 @@ def bench(paths: list[str], config: BenchConfig, progress=lambda items, **kw: it
         layout = sample_layout(specs, data)
         labels = check_labels(labels, data, "--data", layout)
     check_gates_can_run(paths, config, labels)
+    if config.shapes and data is not None:
+        raise DczError("--shape sizes random inputs; with --data the arrays give the shapes")
     count = sample_count(data, layout) if data is not None else random_sample_count(first)
     results, reference = [], None
     for path in models:
         package, first = (first if first is not None else _read(path, config)), None
         fp32 = Interpreter(package, config.max_value_bytes)
-        feeds = make_inputs(fp32, data, count, config.seed)
+        feeds = make_inputs(fp32, data, count, config.seed, shapes=config.shapes)
         layout = feeds_layout(fp32, feeds, random=data is None)
-        batch = fixed_batch(fp32, layout) or config.batch
+        batch = fixed_batch(fp32, layout) or _shape_batch(fp32, config) or config.batch
         one_batch = pick(feeds, layout, np.arange(batch) % sample_count(feeds, layout))  # repeated if too few
         size = package.file_bytes or 0
         row = {"model": path, "file_bytes": size, "decoded_bytes": decoded_bytes(package),

@@ -678,6 +678,9 @@ def compress(ctx, model, output, fmt, metadata, sparsity, layer_sparsity, index_
 @click.option("--batch-size", "--batch", "batch_size", type=click.IntRange(1), default=1, show_default=True,
               help="Batch size (fixed-batch models keep theirs); --batch is the old spelling.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs used without --data.")
+@click.option("--shape", "shapes", multiple=True, metavar="NAME=D0,D1,...",
+              help="Shape of input NAME's random inputs (repeatable); its size on the sample axis is the batch. "
+                   "[default: the rule above]")
 @click.option("--int8/--no-int8", default=True, show_default=True, help="Also run the int8 interpreter.")
 @click.option("--ort", is_flag=True, help="Add onnxruntime's latency (when installed).")
 @click.option("--min-ratio", type=float, help="Gate: each model's file (external data included) at least R times "
@@ -691,15 +694,24 @@ def compress(ctx, model, output, fmt, metadata, sparsity, layer_sparsity, index_
 @decoded_bytes_option
 @json_option
 @click.pass_context
-def bench(ctx, models, baseline, data, calibrate, runs, warmup, batch_size, seed, int8, ort, min_ratio,
+def bench(ctx, models, baseline, data, calibrate, runs, warmup, batch_size, seed, shapes, int8, ort, min_ratio,
           max_accuracy_drop, min_cosine, min_agreement, check):
     """Size, latency (fp32 and int8) and accuracy or fidelity of models, side by side.
 
     Exit status 1 when a gate (--min-ratio, --max-accuracy-drop, --min-cosine, --min-agreement) fails.
 
+    Without --data, inputs are seeded random numbers (floats standard normal; integer token ids
+    within the embedding they index, masks all 1). Symbolic dims not set by --shape: the sample
+    axis takes the batch; a dim named like one already sized takes its size; batch-like names
+    (batch, N) 1; sequence-like (seq, length, time, frames, tokens) 16 for integer inputs, 128
+    for float ones; spatial (height, width, h, w) 224; unnamed dims spatial in inputs of rank
+    >= 4, else sequence-like. Spatial and float sequence sizes grow to what the model's
+    convolutions and pools need and round up to a multiple of their total stride.
+
     \b
     Examples:
       deepcompress bench model.onnx model.dcz --data test.npz
+      deepcompress bench detector.onnx --shape images=1,3,640,640
       deepcompress bench model.onnx small.dcz --min-ratio 20 --max-accuracy-drop 0.5 --data test.npz
     """
     from . import api
@@ -709,7 +721,7 @@ def bench(ctx, models, baseline, data, calibrate, runs, warmup, batch_size, seed
     report = api.bench(*models, baseline=baseline, data=data, calibrate=calibrate, runs=runs, warmup=warmup,
                        batch_size=batch_size, seed=seed, int8=int8, ort=ort, min_ratio=min_ratio,
                        max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, min_agreement=min_agreement,
-                       check=check,
+                       check=check, shapes=shapes,
                        max_data_bytes=max_data_bytes(ctx), max_decoded_bytes=max_decoded_bytes(ctx),
                        progress=settings(ctx)["progress"])
     if check:

@@ -38,13 +38,31 @@ Sample layout (`sample_layout`): which axis of each input's array holds the samp
 - `labels` (and the model's outputs) have their samples on axis 0.
 Every input with samples must have as many as the others. A wrong rank, a wrong fixed dim, a
 scalar input given an array (or the reverse) is a one-line DczError naming the input, what the
-array is and what the graph declares. Random inputs (`bench` without `--data`) follow the same
-layout, except that a scalar input cannot be made up (it is a setting, not data): give data.
+array is and what the graph declares. Random inputs (`bench` without `--data`, the default
+`compress`) follow the same layout, except that a scalar input cannot be made up (it is a
+setting, not data): give data.
+
+Random input shapes (`random_shapes`): a model's symbolic dims need sizes that let it run and
+that look like real use (all 1 breaks a detector's Concat and a window longer than the signal;
+one token is no test of an encoder). In order:
+- `bench --shape NAME=D0,D1,...` gives an input's whole shape (its size on the sample axis is
+  the batch of each run); a dim name it fixes has that size in every input that carries it;
+- the sample axis holds the samples; any other dim shares the size of a same-named dim already
+  sized;
+- otherwise by the dim's name: batch-like (`batch`, `N`, `bs`) 1; sequence-like (`seq`,
+  `length`, `time`, `frames`, `samples`, `tokens`) TOKENS for an integer input (token ids),
+  TIME for a float one (audio, frames); spatial (`height`, `width`, `h`, `w`) SPATIAL; an
+  unnamed dim by its input's rank: spatial in rank >= 4 (images), else sequence-like;
+- time and spatial sizes are raised to what the model's sliding windows need (the largest
+  kernel span times the stride before it, `graphs.window_reach`) and rounded up to a multiple
+  of the model's total stride, so that every window fits and a detector's up- and downsampled
+  branches line up (at most MAX_DEFAULT_SIZE).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 import struct
 import warnings
@@ -64,6 +82,13 @@ from .errors import DczError
 MAX_DATA_BYTES = 4 << 30
 
 LABELS = "labels"
+
+# Sizes of symbolic dims in random inputs (module docstring): text is judged on 16 tokens (a
+# short sentence), a float sequence on at least 128 steps, an image on 224 x 224 (ImageNet's).
+TOKENS = 16
+TIME = 128
+SPATIAL = 224
+MAX_DEFAULT_SIZE = 4096
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header, or the end record of an empty zip
 
 
@@ -99,6 +124,121 @@ def input_specs(graph) -> list[InputSpec]:
     """The graph inputs data must feed: those that are not initializers (ONNX < 4 lists both)."""
     initializers = {t.name for t in graph.initializer}
     return [InputSpec.of(i.name, i.type.tensor_type) for i in graph.input if i.name not in initializers]
+
+
+# ------------------------------------------------------------------------------ random input shapes
+
+def parse_shape(text: str, option: str = "--shape") -> tuple[str, tuple[int, ...]]:
+    """`NAME=D0,D1,...` -> (NAME, dims); `NAME=` is a scalar. A malformed one is a one-line error."""
+    name, equals, dims = text.rpartition("=")
+    if not equals or not name:
+        raise DczError(f"{option} {text!r}: expected NAME=D0,D1,... (an input name, then its sizes)")
+    try:
+        shape = tuple(int(d) for d in dims.split(",")) if dims.strip() else ()
+    except ValueError:
+        raise DczError(f"{option} {name}: sizes are integers, as in {name}=1,3,224,224 (got {dims!r})") from None
+    if any(d < 1 for d in shape):
+        raise DczError(f"{option} {name}: sizes are at least 1 (got {dims!r})")
+    return name, shape
+
+
+def check_shapes(specs: list[InputSpec], given: dict[str, tuple[int, ...]], option: str = "--shape") -> None:
+    """Each given shape names an input and agrees with its rank, fixed dims and the other shapes'
+    sizes of the same dim names: a one-line error naming the input otherwise."""
+    by_name = {s.name: s for s in specs}
+    sizes: dict[str, tuple[int, str]] = {}  # dim name -> (size, input that gave it)
+    for name, shape in given.items():
+        spec = by_name.get(name)
+        if spec is None:
+            have = ", ".join(repr(s.name) for s in specs[:8]) or "none"
+            raise DczError(f"{option} {name}: the model has no such input (its inputs: {have})")
+        if spec.dims is None:
+            continue
+        text = ",".join(map(str, shape))
+        if len(shape) != len(spec.dims):
+            raise DczError(f"{option} {name}={text}: rank {len(shape)}, but the model's input takes "
+                           f"{_declared(spec)} (rank {len(spec.dims)})")
+        for axis, (have, want, symbol) in enumerate(zip(shape, spec.dims, spec.symbols or (None,) * len(shape))):
+            if want is not None and have != want:
+                raise DczError(f"{option} {name}={text}: dim {axis} is fixed at {want} in the model's input "
+                               f"({_declared(spec)})")
+            if want is None and symbol:
+                size, where = sizes.setdefault(symbol, (have, name))
+                if size != have:
+                    raise DczError(f"{option} {name}={text}: dim {symbol!r} is {have} here but {size} in "
+                                   f"{option} {where}")
+
+
+def shape_batch(specs: list[InputSpec], layout: dict, given: dict[str, tuple[int, ...]]) -> int | None:
+    """The batch `--shape` sets: the given size on the sample axis of the first input it shapes."""
+    for spec in specs:
+        axis = layout.get(spec.name)
+        if spec.name in given and axis is not None and axis < len(given[spec.name]):
+            return given[spec.name][axis]
+    return None
+
+
+def dim_kind(symbol: str | None) -> str | None:
+    """"batch", "time" or "spatial" from a dim's name (`batch_size`, `sequence_length`, `height`,
+    `seqLen`, `num_frames`), None when the name does not tell (`unk__214`, `DynamicDimension.1`)."""
+    words = re.findall(r"[a-z]+", re.sub(r"([a-z])([A-Z])", r"\1_\2", symbol or "").lower())
+    if any(w in ("n", "b", "bs") or w.startswith("batch") for w in words):
+        return "batch"
+    if any(w in ("h", "w", "height", "width", "rows", "cols") for w in words):
+        return "spatial"
+    if any(w in ("t", "l", "len") or w.startswith(("seq", "length", "time", "frame", "sample", "step", "token"))
+           for w in words):
+        return "time"
+    return None
+
+
+def random_shapes(specs: list[InputSpec], layout: dict, samples: int, given: dict | None = None,
+                  stride: int = 1, reach: int = 1) -> dict[str, list[int]]:
+    """Each input's shape for `samples` random samples, by the rule in the module docstring
+    (`given`: --shape, checked by `check_shapes`; `stride`, `reach`: `graphs.window_reach`)."""
+    given = given or {}
+    named: dict[str, int] = {}  # dim name -> size, shared by every input that carries it
+    for name, shape in given.items():
+        spec = next(s for s in specs if s.name == name)
+        for axis, symbol in enumerate(spec.symbols or ()):
+            if symbol and axis != layout.get(name):
+                named.setdefault(symbol, shape[axis])
+
+    def fit(size):
+        size = max(size, reach)
+        return min(MAX_DEFAULT_SIZE, -(-size // stride) * stride)
+
+    def default(spec, symbol):
+        kind = dim_kind(symbol)
+        if kind == "batch":
+            return 1
+        if kind is None:
+            kind = "spatial" if len(spec.dims) >= 4 else "time"  # [N, C, H, W] or [N, H, W, C] images
+        if kind == "time" and spec.dtype.kind in "biu":
+            return TOKENS
+        return fit(TIME if kind == "time" else SPATIAL)
+
+    shapes = {}
+    for spec in specs:
+        axis = layout.get(spec.name)
+        if spec.name in given:
+            dims = list(given[spec.name])
+        elif spec.dims is None:
+            dims = [samples]
+        else:
+            dims = []
+            for a, (d, symbol) in enumerate(zip(spec.dims, spec.symbols or (None,) * len(spec.dims))):
+                if d is None and a != axis:
+                    d = named.get(symbol) if symbol else None
+                    if d is None:
+                        d = default(spec, symbol)
+                        if symbol:
+                            named[symbol] = d
+                dims.append(d)
+        if axis is not None:
+            dims[axis] = samples
+        shapes[spec.name] = dims
+    return shapes
 
 
 # ------------------------------------------------------------------------------ sample layout

@@ -6,7 +6,8 @@
 - the default-domain opset, which decides many ops' defaults;
 - constants: the data a graph holds (initializers, stored Constant nodes) as arrays;
 - node order: a stable topological sort;
-- the output-channel axis of a layer's weight.
+- the output-channel axis of a layer's weight;
+- what random inputs must respect: how far the convolutions reach, which inputs index a table.
 """
 
 from __future__ import annotations
@@ -206,3 +207,75 @@ def output_channel_axis(op: str, attributes: dict, input_index: int, ndim: int) 
     if op == "MatMul" and input_index == 1 and ndim >= 2:
         return ndim - 1
     return None
+
+
+# ------------------------------------------------------------------------------ input needs
+
+WINDOW_OPS = ("Conv", "MaxPool", "AveragePool", "LpPool")  # ops that slide a window and may stride
+
+
+def _declared_dims(graph: onnx.GraphProto) -> dict[str, tuple[int, ...]]:
+    """value name -> dims of every tensor the graph holds as data (placeholders keep their dims)."""
+    dims = {t.name: tuple(t.dims) for t in graph.initializer}
+    for node in graph.node:
+        for attr in node.attribute:
+            if node.op_type == "Constant" and node.output and attr.name == "value" and attr.type == attr.TENSOR:
+                dims[node.output[0]] = tuple(attr.t.dims)
+    return dims
+
+
+def window_reach(model: onnx.ModelProto) -> tuple[int, int]:
+    """(stride, reach) of the model's sliding windows (Conv and pooling), subgraphs included:
+    `stride` the largest product of strides between the inputs and a value, `reach` the largest
+    input extent, in input samples, that one window needs (its kernel span times the stride before
+    it).  An input size that is at least `reach` and a multiple of `stride` lets every window fit
+    and keeps a detector's upsampled branches aligned with its downsampled ones (sizes 1 do not).
+
+    Only values computed from the inputs carry a stride; an op joining several takes the smallest,
+    since they must agree in size (a Concat of an upsampled branch and a finer one: Resize scales
+    need not be known)."""
+    initializers = {t.name for t in model.graph.initializer}
+    step = {i.name: 1 for i in model.graph.input if i.name not in initializers}  # value -> stride
+    best = [1, 1]
+
+    def visit(graph: onnx.GraphProto, outer: dict) -> None:
+        dims = {**outer, **_declared_dims(graph)}
+        for node in topological_order(graph):
+            known = [step[n] for n in node.input if n in step]
+            for sub in node_subgraphs(node):
+                visit(sub, dims)
+                known += [step[o.name] for o in sub.output if o.name in step]
+            if not known:
+                continue  # computed from constants only
+            before = min(known)
+            if node.op_type in WINDOW_OPS and node.domain in DEFAULT_DOMAINS:
+                attrs = {a.name: list(a.ints) for a in node.attribute if a.type == a.INTS}
+                kernel = attrs.get("kernel_shape")
+                if not kernel and node.op_type == "Conv" and len(node.input) > 1:
+                    kernel = list(dims.get(node.input[1], ())[2:])
+                dilations = attrs.get("dilations") or [1] * len(kernel or ())
+                span = max([(k - 1) * d + 1 for k, d in zip(kernel or (), dilations)] or [1])
+                best[1] = max(best[1], before * span)
+                before *= max(attrs.get("strides") or [1])
+                best[0] = max(best[0], before)
+            for name in node.output:
+                step[name] = before
+    visit(model.graph, {})
+    return best[0], best[1]
+
+
+def index_bounds(model: onnx.ModelProto) -> dict[str, int]:
+    """Graph input -> the number of rows of the table it indexes, for inputs that a Gather reads as
+    indices into a tensor the model holds (token ids into an embedding; any graph level)."""
+    inputs = {i.name for i in model.graph.input}
+    bounds: dict[str, int] = {}
+    for graph in all_graphs(model.graph):
+        dims = _declared_dims(graph)
+        for node in graph.node:
+            if node.op_type == "Gather" and len(node.input) == 2 and node.input[1] in inputs:
+                table = dims.get(node.input[0])
+                axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+                if table and -len(table) <= axis < len(table) and table[axis] > 0:
+                    name = node.input[1]
+                    bounds[name] = min(bounds.get(name, table[axis]), table[axis])
+    return bounds
