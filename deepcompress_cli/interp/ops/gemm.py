@@ -6,6 +6,10 @@ import numpy as np
 
 from . import op
 
+# Set by the interpreter's plan on a MatMul that absorbed the Add of a constant bias (its third
+# input); never by a model.
+FUSED_BIAS = "_fused_bias"
+
 
 @op("Gemm")
 def gemm(inputs, attrs, ctx):
@@ -29,4 +33,7 @@ def gemm(inputs, attrs, ctx):
 
 @op("MatMul")
 def matmul(inputs, attrs, ctx):
-    return [np.matmul(inputs[0], inputs[1])]
+    y = np.matmul(inputs[0], inputs[1])
+    if attrs.get(FUSED_BIAS):  # y is fresh: the bias goes in place
+        y += inputs[2]
+    return [y]
