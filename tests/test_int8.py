@@ -142,10 +142,12 @@ def test_grids_per_row_are_independent():
     x[1] *= 1000  # an outlier token must not coarsen the others' grid
     scale, zero_point = quantization_grid(x.min(1, keepdims=True).astype(np.float64),
                                           x.max(1, keepdims=True).astype(np.float64), "x")
-    c = centered_codes(x, scale, zero_point)
+    c = centered_codes(x, scale, zero_point, clip=False)  # the measured range needs no clipping
+    assert np.array_equal(c, centered_codes(x, scale, zero_point))
+    assert np.all(c + zero_point >= 0) and np.all(c + zero_point <= 255)
     error = np.abs(c * scale - x).max(1)
     assert error[0] < 0.02 and error[2] < 0.02 and error[1] < 20
-    assert np.allclose(scale[[0, 2], 0], (np.maximum(x.max(1), 0) - np.minimum(x.min(1), 0))[[0, 2]] / 255)
+    assert np.allclose(scale[[0, 2], 0], (np.maximum(x.max(1), 0) - np.minimum(x.min(1), 0))[[0, 2]] / 254)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])

@@ -45,24 +45,29 @@ GEMM_GROUP = 64  # rows of a Gemm weight summed together for the exactness bound
 def quantization_grid(low: np.ndarray, high: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(scale, zero point) float64 arrays of uint8 grids over [low, high], widened to include 0.
 
-    NaN and Inf have no 8-bit code (they would become arbitrary codes): a one-line error instead.
+    254 steps and a zero point rounded up put every value of [low, high] on a code in 0..254
+    after rounding to nearest, so a measured range needs no clipping pass.  NaN and Inf have no
+    8-bit code (they would become arbitrary codes): a one-line error instead.
     """
     low, high = np.minimum(low, 0.0), np.maximum(high, 0.0)
     if not (np.isfinite(low).all() and np.isfinite(high).all()):
         raise DczError(f"int8: {name!r} holds NaN or Inf (range {np.min(low)}..{np.max(high)}), which 8-bit codes "
                        "cannot represent; the fp32 mode propagates them")
-    scale = (high - low) / 255
+    scale = (high - low) / 254
     scale[scale == 0] = 1.0
-    zero_point = np.clip(np.rint(-low / scale), 0, 255)
+    zero_point = np.clip(np.ceil(-low / scale), 0, 254)
     return scale, zero_point
 
 
-def centered_codes(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray) -> np.ndarray:
+def centered_codes(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, clip: bool = True) -> np.ndarray:
     """code - zero point of x as integer-valued float32 (in [-zp, 255 - zp]); scale and zero
-    point broadcast against x.  Padding these with 0 pads with a real 0.0."""
+    point broadcast against x.  Padding these with 0 pads with a real 0.0.  `clip=False` when
+    x lies in the grid's range (measured on x): no code can fall outside then."""
     c = np.multiply(x, (1 / scale).astype(np.float32), dtype=np.float32)
     np.rint(c, out=c)
-    return np.clip(c, (-zero_point).astype(np.float32), (255 - zero_point).astype(np.float32), out=c)
+    if clip:
+        np.clip(c, (-zero_point).astype(np.float32), (255 - zero_point).astype(np.float32), out=c)
+    return c
 
 
 def activation_range(x: np.ndarray, axes: tuple, calibrated: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -136,6 +141,11 @@ class QWeight:
     scales: np.ndarray
     abs_sums: np.ndarray
     worst_bound: float  # the largest partial sum any uint8 input could make (all |code - zero point| 255)
+    group_max: np.ndarray  # abs_sums' largest entry per input group: a quick, looser bound
+
+    def fits_once(self, magnitudes: np.ndarray) -> bool:
+        """Whether inputs of these per-group magnitudes are exact in one float32 BLAS call."""
+        return self.worst_bound < EXACT_FLOAT32 or float(magnitudes @ self.group_max) < EXACT_FLOAT32
 
 
 def qweight(centered: np.ndarray, scales: np.ndarray, kind: str) -> QWeight:
@@ -149,7 +159,7 @@ def qweight(centered: np.ndarray, scales: np.ndarray, kind: str) -> QWeight:
         padded[:k] = magnitude
         abs_sums = padded.reshape(-1, GEMM_GROUP, magnitude.shape[1]).sum(1)
     return QWeight(np.ascontiguousarray(centered, dtype=np.float32), scales.astype(np.float32), abs_sums,
-                   255 * float(abs_sums.sum(0).max(initial=0)))
+                   255 * float(abs_sums.sum(0).max(initial=0)), abs_sums.max(1, initial=0))
 
 
 def exact_chunks(abs_sums: np.ndarray, magnitudes: np.ndarray) -> list[tuple[int, int]]:
@@ -158,6 +168,8 @@ def exact_chunks(abs_sums: np.ndarray, magnitudes: np.ndarray) -> list[tuple[int
     `magnitudes[g]` bounds |code - zero point| of the input in group g; a group alone always
     fits (at most 255 * 127 * group size).
     """
+    if float((magnitudes @ abs_sums).max(initial=0)) < EXACT_FLOAT32:  # the usual case: one chunk
+        return [(0, len(abs_sums))]
     weighted = abs_sums * magnitudes[:, None]
     cumulative = np.vstack([np.zeros((1, weighted.shape[1])), np.cumsum(weighted, axis=0)])
     chunks, start = [], 0
@@ -175,10 +187,11 @@ def exact_matmul(c: np.ndarray, weight: QWeight) -> np.ndarray:
     if weight.worst_bound < EXACT_FLOAT32:
         return c @ weight.matrix
     k = c.shape[1]
-    per_k = np.fmax.reduce(np.abs(c), axis=0) if len(c) else np.zeros(k, np.float32)
+    per_k = np.maximum(c.max(0), -c.min(0)) if len(c) else np.zeros(k, np.float32)
     padded = np.zeros(len(weight.abs_sums) * GEMM_GROUP, np.float32)
     padded[:k] = per_k
-    chunks = exact_chunks(weight.abs_sums, padded.reshape(-1, GEMM_GROUP).max(1))
+    magnitudes = padded.reshape(-1, GEMM_GROUP).max(1).astype(np.float64)
+    chunks = [(0, len(magnitudes))] if weight.fits_once(magnitudes) else exact_chunks(weight.abs_sums, magnitudes)
     if len(chunks) == 1:
         return c @ weight.matrix
     total = None
@@ -196,9 +209,11 @@ def integer_conv(c: np.ndarray, weight: QWeight, attrs: dict, epilogue=None) -> 
     rescales in place as in `conv` (float32 output)."""
     chunks = [(0, c.shape[1])]
     if weight.worst_bound >= EXACT_FLOAT32:
-        magnitude = np.fmax.reduce(np.abs(c).reshape(len(c), c.shape[1], -1).max(2), axis=0) \
+        per_image = c.reshape(len(c), c.shape[1], -1)
+        magnitude = np.maximum(per_image.max(2), -per_image.min(2)).max(0).astype(np.float64) \
             if c.size else np.zeros(c.shape[1])
-        chunks = exact_chunks(weight.abs_sums, magnitude)
+        if not weight.fits_once(magnitude):
+            chunks = exact_chunks(weight.abs_sums, magnitude)
     if len(chunks) == 1:
         return conv(c, weight.matrix, None, attrs, epilogue or (lambda *_: None))
     total = None
@@ -302,7 +317,7 @@ class Int8Interpreter(Interpreter):
             raise DczError(f"Conv node {node.name!r}: input {list(x.shape)} does not fit weight "
                            f"{list(weight.matrix.shape)}")
         scale, zero_point = self._grid(x, node.input[0], tuple(range(1, x.ndim)))  # per image
-        c = centered_codes(x, scale, zero_point)
+        c = centered_codes(x, scale, zero_point, clip=node.input[0] in self.ranges)
         spatial = (1,) * (x.ndim - 2)
         factor = (scale.reshape(-1, 1) * weight.scales).astype(np.float32).reshape(len(x), -1, *spatial)
         shaped_bias = None if bias is None else bias.astype(np.float32).reshape(-1, *spatial)
@@ -310,14 +325,19 @@ class Int8Interpreter(Interpreter):
         low = np.full(len(x), np.inf)
         high = np.full(len(x), -np.inf)
 
+        non_negative = bounds is not None and bounds[0] >= 0  # a Relu's output: its grid starts at 0
+        if non_negative:
+            low[:] = 0
+
         def rescale(block, n0, n1):  # int32 accumulators -> float output, its range per image
             block *= factor[n0:n1]
             if shaped_bias is not None:
                 block += shaped_bias
             clamp(block, bounds)
-            flat = block.reshape(n1 - n0, -1)
-            np.minimum(low[n0:n1], flat.min(1), out=low[n0:n1])
-            np.maximum(high[n0:n1], flat.max(1), out=high[n0:n1])
+            axes = tuple(range(1, block.ndim))
+            if not non_negative:
+                np.minimum(low[n0:n1], block.min(axes), out=low[n0:n1])
+            np.maximum(high[n0:n1], block.max(axes), out=high[n0:n1])
 
         y = integer_conv(c, weight, attrs, rescale)
         self._measured[node.output[0]] = (low, high)
@@ -334,7 +354,7 @@ class Int8Interpreter(Interpreter):
                            f"[{k}, {n}]")
         rows = x.reshape(-1, k)
         scale, zero_point = self._grid(rows, node.input[0], (1,))  # per row (token, sample)
-        y = exact_matmul(centered_codes(rows, scale, zero_point), weight)
+        y = exact_matmul(centered_codes(rows, scale, zero_point, clip=node.input[0] in self.ranges), weight)
         factor = scale.astype(np.float32)
         if node.op_type == "Gemm":
             factor *= np.float32(attrs.get("alpha", 1.0))
