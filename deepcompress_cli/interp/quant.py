@@ -251,11 +251,22 @@ class Int8Interpreter(Interpreter):
         names = {}  # graph value -> table name, for stored codes (value names are unique across scopes)
         for graph in all_graphs(package.graph.graph):
             names.update(table_names(graph))
-        for plan in (self.plan, *self._subplans.values()):  # a subgraph's plan has the outer constants too
+        plans = (self.plan, *self._subplans.values())
+        for plan in plans:  # a subgraph's plan has the outer constants too
             for node, attrs in zip(plan.nodes, plan.attrs):
                 prepared = self._prepare(node, attrs, plan.constants, names)
                 if prepared is not None:
                     self.layers[id(node)] = prepared
+        self._range_read = set()  # Conv outputs whose range an int8 Conv reads (through RANGE_OPS)
+        for plan in plans:
+            producer = {o: n for n in plan.nodes for o in n.output}
+            for node in plan.nodes:
+                if id(node) in self.layers and node.op_type == "Conv":
+                    source = producer.get(node.input[0])
+                    while source is not None and source.op_type in RANGE_OPS and id(source) not in self.layers:
+                        source = producer.get(source.input[0])
+                    if source is not None and source.op_type == "Conv":
+                        self._range_read.add(source.output[0])
 
     def _prepare(self, node, attrs, constants, names) -> QWeight | None:
         if node.op_type not in INT8_LAYERS or len(node.input) < 2 or node.input[1] not in constants:
@@ -325,6 +336,7 @@ class Int8Interpreter(Interpreter):
         low = np.full(len(x), np.inf)
         high = np.full(len(x), -np.inf)
 
+        measure = node.output[0] in self._range_read
         non_negative = bounds is not None and bounds[0] >= 0  # a Relu's output: its grid starts at 0
         if non_negative:
             low[:] = 0
@@ -334,13 +346,16 @@ class Int8Interpreter(Interpreter):
             if shaped_bias is not None:
                 block += shaped_bias
             clamp(block, bounds)
+            if not measure:
+                return
             axes = tuple(range(1, block.ndim))
             if not non_negative:
                 np.minimum(low[n0:n1], block.min(axes), out=low[n0:n1])
             np.maximum(high[n0:n1], block.max(axes), out=high[n0:n1])
 
         y = integer_conv(c, weight, attrs, rescale)
-        self._measured[node.output[0]] = (low, high)
+        if measure:
+            self._measured[node.output[0]] = (low, high)
         return [y]
 
     def _gemm(self, node, inputs, attrs) -> list:
