@@ -49,14 +49,13 @@ def quantization_grid(low: np.ndarray, high: np.ndarray, name: str) -> tuple[np.
     after rounding to nearest, so a measured range needs no clipping pass.  NaN and Inf have no
     8-bit code (they would become arbitrary codes): a one-line error instead.
     """
-    low, high = np.minimum(low, 0.0), np.maximum(high, 0.0)
-    if not (np.isfinite(low).all() and np.isfinite(high).all()):
+    low, high = np.minimum(low, 0), np.maximum(high, 0)
+    width = high - low  # NaN or Inf anywhere makes it non-finite
+    if not np.isfinite(width).all():
         raise DczError(f"int8: {name!r} holds NaN or Inf (range {np.min(low)}..{np.max(high)}), which 8-bit codes "
                        "cannot represent; the fp32 mode propagates them")
-    scale = (high - low) / 254
-    scale[scale == 0] = 1.0
-    zero_point = np.clip(np.ceil(-low / scale), 0, 254)
-    return scale, zero_point
+    scale = np.maximum(width / 254, np.finfo(np.float32).tiny)  # an all-zero slice: any scale, codes 0
+    return scale, np.minimum(np.ceil(-low / scale), 254)
 
 
 def centered_codes(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, clip: bool = True) -> np.ndarray:
@@ -80,7 +79,7 @@ def activation_range(x: np.ndarray, axes: tuple, calibrated: tuple | None = None
         if not np.isfinite(x.min() + x.max()):
             return np.full(keep, np.nan), np.full(keep, np.nan)
         return np.full(keep, calibrated[0], np.float64), np.full(keep, calibrated[1], np.float64)
-    return x.min(axis=axes, keepdims=True).astype(np.float64), x.max(axis=axes, keepdims=True).astype(np.float64)
+    return x.min(axis=axes, keepdims=True), x.max(axis=axes, keepdims=True)
 
 
 def quantize_activation(x: np.ndarray, low: float | None = None, high: float | None = None,
