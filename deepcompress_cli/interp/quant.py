@@ -201,6 +201,15 @@ def exact_matmul(c: np.ndarray, weight: QWeight) -> np.ndarray:
     return total
 
 
+def _keeps_images(node, attrs: dict, x, y) -> bool:
+    """Whether slice i of y's first axis holds (some of) the values of slice i of x's."""
+    if np.ndim(x) == 0 or np.ndim(y) == 0 or y.shape[0] != x.shape[0]:
+        return False
+    if node.op_type == "Transpose":
+        return list(attrs.get("perm", range(np.ndim(x) - 1, -1, -1)))[0] == 0
+    return True  # C-order reshapes with the same first dimension keep each slice's block
+
+
 def integer_conv(c: np.ndarray, weight: QWeight, attrs: dict, epilogue=None) -> np.ndarray:
     """The Conv of centered codes c [N, C, ...] with weight.matrix, exactly: the float Conv
     (tiles, im2col, BLAS) on integer-valued float32, in one pass when no partial sum can reach
@@ -296,8 +305,11 @@ class Int8Interpreter(Interpreter):
                 measured = self._measured.get(node.input[0])
                 if measured is not None and node.output[0]:
                     low, high = measured
-                    self._measured[node.output[0]] = (np.maximum(low, 0), np.maximum(high, 0)) \
-                        if node.op_type == "Relu" else measured
+                    if node.op_type == "Relu":
+                        low, high = np.maximum(low, 0), np.maximum(high, 0)
+                    if not _keeps_images(node, attrs, inputs[0], outputs[0]):  # one range for the tensor
+                        low, high = low.min(keepdims=True), high.max(keepdims=True)
+                    self._measured[node.output[0]] = (low, high)
                 return outputs
             return keep_range
         return kernel
@@ -309,14 +321,15 @@ class Int8Interpreter(Interpreter):
         finally:
             self._measured = {}
 
-    def _grid(self, x: np.ndarray, name: str, axes: tuple) -> tuple[np.ndarray, np.ndarray]:
+    def _grid(self, x: np.ndarray, name: str, axes: tuple, whole_tensor_ok: bool) -> tuple[np.ndarray, np.ndarray]:
         """(scale, zero point) for x, one per slice left after reducing `axes` (kept as 1s):
-        calibrated, else the per-image range the producing Conv measured (when the slices are
-        those images), else measured here."""
+        calibrated, else the range the producing Conv measured (per image when the slices are
+        those images; for the whole tensor if `whole_tensor_ok`), else measured here."""
         measured = self._measured.get(name)
-        if name not in self.ranges and measured is not None and len(measured[0]) == x.shape[0] \
-                and axes == tuple(range(1, x.ndim)):
-            return quantization_grid(*(v.reshape(-1, *(1,) * len(axes)) for v in measured), name)
+        if name not in self.ranges and measured is not None and axes == tuple(range(1, x.ndim)) \
+                and len(measured[0]) in ((1, x.shape[0]) if whole_tensor_ok else (x.shape[0],)):
+            shape = (x.shape[0],) + (1,) * len(axes)
+            return quantization_grid(*(np.broadcast_to(v.reshape(-1, *(1,) * len(axes)), shape) for v in measured), name)
         return quantization_grid(*activation_range(x, axes, self.ranges.get(name)), name)
 
     def _conv(self, node, inputs, attrs) -> list:
@@ -326,7 +339,7 @@ class Int8Interpreter(Interpreter):
         if x.ndim != weight.matrix.ndim:
             raise DczError(f"Conv node {node.name!r}: input {list(x.shape)} does not fit weight "
                            f"{list(weight.matrix.shape)}")
-        scale, zero_point = self._grid(x, node.input[0], tuple(range(1, x.ndim)))  # per image
+        scale, zero_point = self._grid(x, node.input[0], tuple(range(1, x.ndim)), True)  # per image
         c = centered_codes(x, scale, zero_point, clip=node.input[0] in self.ranges)
         spatial = (1,) * (x.ndim - 2)
         factor = (scale.reshape(-1, 1) * weight.scales).astype(np.float32).reshape(len(x), -1, *spatial)
@@ -367,7 +380,7 @@ class Int8Interpreter(Interpreter):
             raise DczError(f"{node.op_type} node {node.name!r}: input {list(x.shape)} does not fit weight "
                            f"[{k}, {n}]")
         rows = x.reshape(-1, k)
-        scale, zero_point = self._grid(rows, node.input[0], (1,))  # per row (token, sample)
+        scale, zero_point = self._grid(rows, node.input[0], (1,), False)  # per row (token, sample)
         y = exact_matmul(centered_codes(rows, scale, zero_point, clip=node.input[0] in self.ranges), weight)
         factor = scale.astype(np.float32)
         if node.op_type == "Gemm":
