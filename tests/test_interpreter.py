@@ -84,6 +84,27 @@ def test_subgraph_if_and_freeing(tmp_path):
     assert "s" in interp.plan.dead_after[1]  # freed right after its last reader
 
 
+@pytest.mark.parametrize("opset", [7, 13])  # Clip bounds as attributes before opset 11
+def test_conv_clip_and_matmul_bias_are_fused_and_match_onnxruntime(tmp_path, opset):
+    w = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    clip = (helper.make_node("Clip", ["c"], ["r"], min=0.0, max=0.5) if opset < 11 else
+            helper.make_node("Clip", ["c", "lo", "hi"], ["r"]))
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), clip,
+             helper.make_node("Reshape", ["r", "shape"], ["f"]),
+             helper.make_node("MatMul", ["f", "m"], ["mm"]), helper.make_node("Add", ["bias", "mm"], ["y"])]
+    inits = [numpy_helper.from_array(a, n) for a, n in (
+        (w, "w"), (RNG.standard_normal(4).astype(np.float32), "b"), (np.float32(0), "lo"), (np.float32(0.5), "hi"),
+        (np.array([2, 4 * 36], np.int64), "shape"), (RNG.standard_normal((144, 5)).astype(np.float32), "m"),
+        (RNG.standard_normal(5).astype(np.float32), "bias"))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    package = load(tmp_path, model)
+    assert [n.op_type for n in Interpreter(package).plan.nodes] == ["Conv", "Reshape", "MatMul"]
+    x = RNG.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    assert_matches_ort(model.SerializeToString(), package, {"x": x})
+
+
 def test_unsorted_graph_is_sorted_and_cycles_refused(tmp_path):
     nodes = [helper.make_node("Relu", ["a"], ["y"]), helper.make_node("Neg", ["x"], ["a"])]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
