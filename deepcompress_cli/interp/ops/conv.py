@@ -204,40 +204,21 @@ def _tiles(n_images: int, out_rows: int, row_bytes: int):
 def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, attrs: dict, epilogue=None) -> np.ndarray:
     """Float Conv on [N, C, *spatial] inputs, tile by tile (see `_tiles`).
 
-    The bias goes into the matmul itself (a row of ones under the patches, the bias as one more
-    weight column) when that costs less than a pass over the output, else onto each block.
-    `epilogue(block, n0, n1)`, when given, then runs in place on each finished block of output
-    (images n0:n1, some or all rows) while it is fresh: a fused activation, the int8 rescaling.
+    `epilogue(block, n0, n1)`, when given, replaces the bias add: it runs in place on each
+    finished block of output (images n0:n1, some or all rows) while that block is still in
+    cache, so a fused activation or the int8 rescaling costs no extra pass over memory.
     """
+    if epilogue is None:
+        epilogue = lambda block, n0, n1: _add_bias(block, b)  # noqa: E731
     kernel_shape, strides, pads, dilations, group = conv_attrs(attrs, x.shape, w.shape)
     N, C = x.shape[:2]
     M = w.shape[0]
     n_sp = len(kernel_shape)
     out_spatial = conv_output_shape(x.shape[2:], kernel_shape, strides, pads, dilations)
     depthwise = group > 1 and group == C
-    K = C * math.prod(kernel_shape)
-    positions = N * math.prod(out_spatial)
-    one_x_one = set(kernel_shape) == {1} and set(strides) == {1} and not any(pads) and not depthwise
-    # Folding copies the weights (and, for 1x1, the input) once; adding costs a pass over the output.
-    fold = b is not None and group == 1 and (positions * (M - C - 1) > M * (C + 1) if one_x_one
-                                             else positions > 2 * (K + 1))
-    if fold:
-        w = np.concatenate([w.reshape(M, K), b.reshape(M, 1).astype(w.dtype)], axis=1)
-
-    def finish(block, n0, n1):
-        if not fold:
-            _add_bias(block, b)
-        if epilogue is not None:
-            epilogue(block, n0, n1)
-
-    if one_x_one:  # x already is the patch matrix
-        patches = x.reshape(N, C, -1)
-        if fold:
-            patches = np.empty((N, C + 1, patches.shape[2]), dtype=x.dtype)
-            patches[:, :C] = x.reshape(N, C, -1)
-            patches[:, C] = 1
-        y = _grouped_matmul(w, patches, group).reshape(N, M, *out_spatial)
-        finish(y, 0, N)
+    if set(kernel_shape) == {1} and set(strides) == {1} and not any(pads) and not depthwise:
+        y = _grouped_matmul(w, x.reshape(N, C, -1), group).reshape(N, M, *out_spatial)  # 1x1: x is the patches
+        epilogue(y, 0, N)
         return y
     padded_rest = [s + pads[i + 1] + pads[i + 1 + n_sp] for i, s in enumerate(x.shape[3:])]
     wide = (n_sp > 1 and set(strides) == {1}
@@ -249,6 +230,7 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, attrs: dict, epilog
         xp = pad_spatial(x, pads)
         row_shape = list(out_spatial[1:])
     row = math.prod(row_shape)
+    K = C * math.prod(kernel_shape)
     span = (kernel_shape[0] - 1) * dilations[0] + 1 + wide  # input rows under one output row
     y = np.empty((N, M, *out_spatial), dtype=np.result_type(x, w))
     keep = (..., *(slice(o) for o in out_spatial[1:]))  # drops a wide tile's junk columns
@@ -263,17 +245,10 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, attrs: dict, epilog
                                   (r1 - r0, *out_spatial[1:]))
         if depthwise:
             tile = _depthwise(patches, w).reshape(n1 - n0, M, -1)
-        elif fold:
-            cols = np.empty((n1 - n0, K + 1, (r1 - r0) * row), dtype=x.dtype)
-            cols[:, K] = 1
-            rows = cols[:, :K].view()
-            rows.shape = patches.shape  # a view of the buffer (raises rather than copy)
-            rows[...] = patches
-            tile = np.matmul(w, cols)
         else:
             tile = _grouped_matmul(w, patches.reshape(n1 - n0, K, -1), group)
         y[n0:n1, :, r0:r1] = tile.reshape(n1 - n0, M, r1 - r0, *row_shape)[keep]
-        finish(y[n0:n1, :, r0:r1], n0, n1)
+        epilogue(y[n0:n1, :, r0:r1], n0, n1)
     return y
 
 
@@ -300,7 +275,11 @@ def conv_kernel(inputs, attrs, ctx):
     x, w = inputs[0], inputs[1]
     b = inputs[2] if len(inputs) > 2 else None
     bounds = attrs.get(FUSED_CLAMP)  # the activation that followed, applied to each fresh block
-    return [conv(x, w, b, attrs, None if bounds is None else lambda block, n0, n1: clamp(block, bounds))]
+
+    def epilogue(block, n0, n1):
+        _add_bias(block, b)
+        clamp(block, bounds)
+    return [conv(x, w, b, attrs, epilogue)]
 
 
 def conv_transpose_geometry(attrs: dict, x_shape, w_shape):
