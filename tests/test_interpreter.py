@@ -1,4 +1,4 @@
-"""The interpreter: whole models against onnxruntime, the int8 scheme's exactness and peers, bench."""
+"""The interpreter: whole models against onnxruntime, bench (the int8 mode: test_int8.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from deepcompress_cli import zoo
 from deepcompress_cli.errors import DczError
 from deepcompress_cli.files import read_model
 from deepcompress_cli.interp.graph import Interpreter
-from deepcompress_cli.interp.quant import Int8Interpreter, QTensor, QWeight, exact_matmul, quantize_activation
 
 RNG = np.random.default_rng(0)
 
@@ -85,6 +84,27 @@ def test_subgraph_if_and_freeing(tmp_path):
     assert "s" in interp.plan.dead_after[1]  # freed right after its last reader
 
 
+@pytest.mark.parametrize("opset", [7, 13])  # Clip bounds as attributes before opset 11
+def test_conv_clip_and_matmul_bias_are_fused_and_match_onnxruntime(tmp_path, opset):
+    w = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    clip = (helper.make_node("Clip", ["c"], ["r"], min=0.0, max=0.5) if opset < 11 else
+            helper.make_node("Clip", ["c", "lo", "hi"], ["r"]))
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), clip,
+             helper.make_node("Reshape", ["r", "shape"], ["f"]),
+             helper.make_node("MatMul", ["f", "m"], ["mm"]), helper.make_node("Add", ["bias", "mm"], ["y"])]
+    inits = [numpy_helper.from_array(a, n) for a, n in (
+        (w, "w"), (RNG.standard_normal(4).astype(np.float32), "b"), (np.float32(0), "lo"), (np.float32(0.5), "hi"),
+        (np.array([2, 4 * 36], np.int64), "shape"), (RNG.standard_normal((144, 5)).astype(np.float32), "m"),
+        (RNG.standard_normal(5).astype(np.float32), "bias"))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    package = load(tmp_path, model)
+    assert [n.op_type for n in Interpreter(package).plan.nodes] == ["Conv", "Reshape", "MatMul"]
+    x = RNG.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    assert_matches_ort(model.SerializeToString(), package, {"x": x})
+
+
 def test_unsorted_graph_is_sorted_and_cycles_refused(tmp_path):
     nodes = [helper.make_node("Relu", ["a"], ["y"]), helper.make_node("Neg", ["x"], ["a"])]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
@@ -111,111 +131,6 @@ def test_unsupported_op_is_named(tmp_path, cli):
     assert "Frobnicate" in result.stderr
     result = cli("bench", "--check", path)
     assert result.exit_code == 2 and "Frobnicate" in result.stdout
-
-
-# ------------------------------------------------------------------------------------ int8
-
-def test_exact_matmul_equals_int64_reference():
-    for k in (7, 300, 5000):
-        a = RNG.integers(-255, 256, (5, k)).astype(np.float32)
-        b = RNG.integers(-127, 128, (k, 9))
-        got = exact_matmul(a, b.astype(np.float32), 255 * 127)
-        assert np.array_equal(got.astype(np.int64), a.astype(np.int64) @ b.astype(np.int64))
-    worst = np.full((1, 4096), 255, np.float32)  # every partial sum at its largest
-    assert exact_matmul(worst, np.full((4096, 2), 255, np.float32), 255 * 255)[0, 0] == 4096 * 255 * 255
-
-
-def qlinear_model(op: str, x_shape, w, sx, zx, sw, zw, sy, zy, bias_int=None, **attrs):
-    """One QLinearConv / QLinearMatMul node fed the same codes as ours."""
-    inits = [numpy_helper.from_array(np.float32(sx), "sx"), numpy_helper.from_array(np.uint8(zx), "zx"),
-             numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.float32(sw), "sw"),
-             numpy_helper.from_array(np.uint8(zw), "zw"), numpy_helper.from_array(np.float32(sy), "sy"),
-             numpy_helper.from_array(np.uint8(zy), "zy")]
-    inputs = ["x", "sx", "zx", "w", "sw", "zw", "sy", "zy"]
-    if bias_int is not None:
-        inits.append(numpy_helper.from_array(bias_int, "b"))
-        inputs.append("b")
-    node = helper.make_node(op, inputs, ["y"], **attrs)
-    graph = helper.make_graph([node], "q", [helper.make_tensor_value_info("x", TensorProto.UINT8, x_shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.UINT8, None)], initializer=inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
-
-
-def requantize(acc, sx, sw, sy, zy, bias=None):
-    y = acc * (sx * sw / sy)
-    return np.clip(np.rint(y) + zy, 0, 255).astype(np.uint8)
-
-
-@pytest.mark.parametrize("shape", [(1, 3, 9, 9), (2, 8, 12, 10)])
-def test_int8_conv_equals_onnxruntime_qlinearconv(shape):
-    from deepcompress_cli.interp.quant import int8_conv_acc
-
-    x = QTensor(RNG.integers(0, 256, shape).astype(np.uint8), 0.02, 113)
-    w = RNG.integers(0, 256, (6, shape[1], 3, 3)).astype(np.uint8)
-    zw, sw, sy, zy = 131, 0.004, 0.9, 100
-    weight = QWeight(np.ascontiguousarray((w.astype(np.int32) - zw).reshape(6, -1), np.float32),
-                     np.full(6, sw), int(np.abs(w.astype(np.int32) - zw).max()), w.shape)
-    attrs = {"pads": [1, 0, 1, 2], "strides": [2, 1]}
-    acc, out_shape = int8_conv_acc(x, weight, attrs)
-    reference = np.zeros(out_shape, np.int64)  # int64 reference by direct summation
-    xc = np.pad(x.q.astype(np.int64) - x.zero_point, ((0, 0), (0, 0), (1, 1), (0, 2)))
-    wc = w.astype(np.int64) - zw
-    for i in range(out_shape[2]):
-        for j in range(out_shape[3]):
-            patch = xc[:, :, 2 * i:2 * i + 3, j:j + 3]
-            reference[:, :, i, j] = np.einsum("nchw,mchw->nm", patch, wc)
-    ours = acc.reshape(out_shape)
-    assert np.array_equal(ours.astype(np.int64), reference)
-    model = qlinear_model("QLinearConv", list(shape), w, x.scale, x.zero_point, sw, zw, sy, zy, **attrs)
-    expected = ort_outputs(model, {"x": x.q})[0]
-    assert np.abs(requantize(ours, x.scale, sw, sy, zy).astype(int) - expected.astype(int)).max() <= 1
-
-
-def test_int8_matmul_equals_onnxruntime_qlinearmatmul():
-    x = QTensor(RNG.integers(0, 256, (4, 300)).astype(np.uint8), 0.03, 90)
-    w = RNG.integers(0, 256, (300, 20)).astype(np.uint8)
-    zw, sw, sy, zy = 120, 0.002, 2.0, 128
-    acc = exact_matmul(x.centered(), w.astype(np.float32) - zw, 255 * 255)
-    assert np.array_equal(acc.astype(np.int64), (x.q.astype(np.int64) - 90) @ (w.astype(np.int64) - zw))
-    model = qlinear_model("QLinearMatMul", [4, 300], w, x.scale, x.zero_point, sw, zw, sy, zy)
-    expected = ort_outputs(model, {"x": x.q})[0]
-    assert np.abs(requantize(acc, x.scale, sw, sy, zy).astype(int) - expected.astype(int)).max() <= 1
-
-
-def test_activation_quantization_keeps_zero_exact():
-    x = RNG.standard_normal(1000).astype(np.float32)
-    x[::7] = 0
-    q = quantize_activation(x)
-    assert np.all(q.dequantize()[::7] == 0)
-    assert np.abs(q.dequantize() - x).max() <= q.scale / 2 + 1e-6
-
-
-def test_int8_interpreter_stays_close_and_uses_stored_codes(tmp_path, cli):
-    source = SAMPLES / "lenet5.onnx"
-    data = np.load(SAMPLES / "digits_test.npz")
-    x = {"input": data["input"]}
-    fp32 = Interpreter(read_model(str(source))).run(x)[0]
-    int8 = Int8Interpreter(read_model(str(source))).run(x)[0]
-    assert (int8.argmax(1) == data["labels"]).mean() >= (fp32.argmax(1) == data["labels"]).mean() - 0.01
-    assert cli("quantize", source, "-o", tmp_path / "q.dcz", "--per-channel").exit_code == 0
-    quantized = Int8Interpreter(read_model(str(tmp_path / "q.dcz")))
-    assert len(quantized.layers) == 4  # every Conv and Gemm runs in int8
-    assert ((quantized.run(x)[0]).argmax(1) == data["labels"]).mean() >= 0.95
-
-
-def test_int8_mnist_within_half_a_point(tmp_path):
-    """Issue 5: int8 top-1 on MNIST (10k, mnist_cnn.onnx) within 0.5 points of fp32."""
-    source = shared_path("models", "mnist_cnn.onnx")
-    data = np.load(shared_path("data", "mnist_test.npz"), allow_pickle=False)
-    x = ((data["images"].astype(np.float32) / 255 - 0.5) / 0.5)[:, None]
-    package = read_model(str(source))
-    accuracy = {}
-    for mode, interp in (("fp32", Interpreter(package)), ("int8", Int8Interpreter(package))):
-        out = np.concatenate([interp.run({"input": x[i:i + 500]})[0] for i in range(0, len(x), 500)])
-        accuracy[mode] = float((out.argmax(1) == data["labels"]).mean())
-    print(f"mnist_cnn interpreter: fp32 {accuracy['fp32']:.4f}, int8 {accuracy['int8']:.4f}")
-    assert accuracy["fp32"] == pytest.approx(0.9877, abs=1e-4)
-    assert accuracy["int8"] >= accuracy["fp32"] - 0.005
 
 
 # ------------------------------------------------------------------------------------ bench

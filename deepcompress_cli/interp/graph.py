@@ -7,6 +7,7 @@ kernels of `quant.py`.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import numpy as np
@@ -17,7 +18,8 @@ from ..graphs import graph_constants, implicit_inputs, node_subgraphs, opset_ver
     stored_constant, to_array, topological_order
 from ..tensors import Package
 from .ops import KERNELS, MAX_VALUE_BYTES, OpContext, kernel_name, load_all
-from .ops.conv import FUSED_RELU
+from .ops.conv import FUSED_CLAMP
+from .ops.gemm import FUSED_BIAS
 
 
 def attribute_values(node: onnx.NodeProto) -> dict:
@@ -33,6 +35,16 @@ def attribute_values(node: onnx.NodeProto) -> dict:
     return values
 
 
+def inline_constant(node: onnx.NodeProto) -> np.ndarray | None:
+    """The array of a Constant node whose `value` tensor holds its own data, else None."""
+    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.output) != 1:
+        return None
+    for attr in node.attribute:
+        if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR and placeholder_name(attr.t) is None:
+            return to_array(attr.t)
+    return None
+
+
 class Plan:
     """One graph prepared to run: sorted nodes, their attributes, and when each value dies."""
 
@@ -42,14 +54,24 @@ class Plan:
         self.inputs = [i.name for i in graph.input if i.name not in constants]
         self.outputs = [o.name for o in graph.output]
         self.constants = dict(constants)
-        # Constant nodes whose tensor is in the table are constants already: no node to run.
-        nodes = [n for n in topological_order(graph) if stored_constant(n) is None]
+        # Constant nodes whose tensor is in the table are constants already, and those holding a
+        # tensor of their own become constants now: no node to run, and a weight held that way is
+        # a layer's weight like an initializer (BatchNormalization folding, int8).
+        for node in graph.node:
+            value = inline_constant(node)
+            if value is not None:
+                self.constants[node.output[0]] = value
+        nodes = [n for n in topological_order(graph)
+                 if stored_constant(n) is None and not (n.op_type == "Constant" and n.output[0] in self.constants)]
         self.nodes = fold_batch_norms(nodes, self.constants, set(self.outputs))
-        self.nodes, relu_fused = fuse_conv_relu(self.nodes, set(self.outputs))
+        self.nodes, clamps = fuse_conv_activation(self.nodes, self.constants, set(self.outputs), opset)
+        self.nodes, biased = fuse_matmul_bias(self.nodes, self.constants, set(self.outputs))
         self.attrs = [attribute_values(n) for n in self.nodes]
         for node, attrs in zip(self.nodes, self.attrs):
-            if id(node) in relu_fused:
-                attrs[FUSED_RELU] = True
+            if id(node) in clamps:
+                attrs[FUSED_CLAMP] = clamps[id(node)]
+            if id(node) in biased:
+                attrs[FUSED_BIAS] = True
         self.reads = [[*node.input, *sorted(implicit_inputs(node))] for node in self.nodes]
         last_use = {}
         for i, names in enumerate(self.reads):
@@ -108,14 +130,35 @@ def _single_reader_producers(nodes: list, outputs: set) -> tuple[dict, dict]:
     return readers, producer
 
 
-def fuse_conv_relu(nodes: list, outputs: set) -> tuple[list, set]:
-    """Conv -> Relu becomes one Conv that clamps its own fresh output (one pass and one array less)."""
+def _clamp_bounds(node: onnx.NodeProto, constants: dict, opset: int) -> tuple[float, float] | None:
+    """(low, high) of a Relu, or of a Clip whose bounds are constants; None for anything else."""
+    if node.op_type == "Relu":
+        return 0.0, math.inf
+    if node.op_type != "Clip":
+        return None
+    if opset < 11:
+        attrs = {a.name: a.f for a in node.attribute}
+        return attrs.get("min", -math.inf), attrs.get("max", math.inf)
+    bounds = []
+    for index, default in ((1, -math.inf), (2, math.inf)):
+        name = node.input[index] if len(node.input) > index else ""
+        if not name:
+            bounds.append(default)
+        elif name in constants and constants[name].size == 1 and constants[name].dtype.kind == "f":
+            bounds.append(float(constants[name].reshape(())))
+        else:
+            return None
+    return bounds[0], bounds[1]
+
+
+def fuse_conv_activation(nodes: list, constants: dict, outputs: set, opset: int) -> tuple[list, dict]:
+    """Conv -> Relu / Clip (constant bounds) becomes one Conv that clamps each fresh block of its
+    output (one pass over memory and one array less).  Returns the nodes and id(conv) -> bounds."""
     readers, producer = _single_reader_producers(nodes, outputs)
-    fused, removed = {}, set()
+    fused, bounds, removed = {}, {}, set()
     for node in nodes:
-        if node.op_type != "Relu":
-            continue
-        conv = producer.get(node.input[0])
+        clamp = _clamp_bounds(node, constants, opset)
+        conv = producer.get(node.input[0]) if clamp is not None and node.input else None
         if conv is None or conv.op_type != "Conv" or readers[node.input[0]] != 1 or conv.output[0] in outputs \
                 or id(conv) in fused:
             continue
@@ -123,7 +166,34 @@ def fuse_conv_relu(nodes: list, outputs: set) -> tuple[list, set]:
         merged.CopyFrom(conv)
         merged.output[0] = node.output[0]
         fused[id(conv)] = merged
+        bounds[id(merged)] = clamp
         removed.add(id(node))
+    new_nodes = [fused.get(id(n), n) for n in nodes if id(n) not in removed]
+    return new_nodes, bounds
+
+
+def fuse_matmul_bias(nodes: list, constants: dict, outputs: set) -> tuple[list, set]:
+    """MatMul -> Add of a constant vector over the last axis (a transformer's bias) becomes one
+    MatMul with the bias as a third input, added in place to its fresh product."""
+    readers, producer = _single_reader_producers(nodes, outputs)
+    fused, removed = {}, set()
+    for node in nodes:
+        if node.op_type != "Add" or len(node.input) != 2:
+            continue
+        for mine, other in ((0, 1), (1, 0)):
+            matmul, bias = producer.get(node.input[mine]), constants.get(node.input[other])
+            weight = constants.get(matmul.input[1]) if matmul is not None and matmul.op_type == "MatMul" else None
+            if weight is None or bias is None or readers[node.input[mine]] != 1 or matmul.output[0] in outputs \
+                    or id(matmul) in fused or weight.ndim != 2 or bias.shape not in ((weight.shape[1],),) \
+                    or bias.dtype != weight.dtype:
+                continue
+            merged = onnx.NodeProto()
+            merged.CopyFrom(matmul)
+            merged.input.append(node.input[other])
+            merged.output[0] = node.output[0]
+            fused[id(matmul)] = merged
+            removed.add(id(node))
+            break
     new_nodes = [fused.get(id(n), n) for n in nodes if id(n) not in removed]
     return new_nodes, {id(n) for n in fused.values()}
 
@@ -142,11 +212,19 @@ class Interpreter:
         unsupported = sorted(unsupported_ops(self.model))
         if unsupported:
             raise DczError(f"unsupported op{'s' if len(unsupported) > 1 else ''}: {', '.join(unsupported)}")
+        self._subplans: dict[int, Plan] = {}  # id(subgraph attribute) -> its plan
         self.plan = self._plan(self.model.graph)
-        self._subplans: dict[int, Plan] = {}
 
-    def _plan(self, graph: onnx.GraphProto) -> Plan:
-        return Plan(graph, graph_constants(graph, self.weights.__getitem__), self.opset)
+    def _plan(self, graph: onnx.GraphProto, outer: dict | None = None) -> Plan:
+        """The plan of `graph` and, made now too, those of its subgraphs (If branches, loop
+        bodies): a subgraph's plan holds the constants of every enclosing scope, so its layers'
+        weights are known at load (to fold BatchNormalization, to prepare int8 weights)."""
+        plan = Plan(graph, {**(outer or {}), **graph_constants(graph, self.weights.__getitem__)}, self.opset)
+        for attrs in plan.attrs:
+            for value in attrs.values():
+                if isinstance(value, onnx.GraphProto):
+                    self._subplans[id(value)] = self._plan(value, plan.constants)
+        return plan
 
     def kernel_for(self, node: onnx.NodeProto):
         return KERNELS[kernel_name(node)]

@@ -1,20 +1,29 @@
 """The seed's 8-bit inference (TensorFlow's scheme) on top of the float interpreter.
 
-- Weights of Conv/Gemm/MatMul are 8-bit: the codes `quantize` stored, or quantized on the fly.
-- Activations are uint8 with a range from calibration data, or measured on the tensor itself.
-- Conv/Gemm/MatMul multiply the integer values (code - zero point) and accumulate exactly in
-  32 bits, then requantize the result to the range actually used (QuantizeDownAndShrinkRange).
-- Relu, MaxPool and pure data-movement ops work on the uint8 codes directly, so a chain of them
-  never goes back to float; any other op dequantizes its inputs and runs in float.
+- Weights of Conv/Gemm/MatMul are 8-bit with one scale per output channel: the codes `quantize`
+  stored, or quantized on the fly (symmetric).  Found wherever the graph holds them: initializers,
+  Constant nodes and the scopes around `If` branches.
+- Each such layer quantizes its input to uint8 (value = (code - zero point) * scale) with a range
+  per row for Gemm/MatMul (a token of a transformer, a sample of an MLP) and per image for Conv,
+  from calibration data when given, else measured on the tensor itself.
+- The integer products accumulate exactly (int32 semantics), then are rescaled to float with the
+  bias and any fused activation: the requantization of TensorFlow's scheme happens at the next
+  int8 layer's input, with the range the producing Conv measured on its fresh output (the
+  QuantizeDownAndShrinkRange range), carried through Relu, MaxPool and pure data movement, which
+  commute with the code <-> value map.  Ops without a sound 8-bit form (Softmax, LayerNorm,
+  residual sums, attention products) run in float on float inputs, so no Quantize/Dequantize
+  pair is left around them.
 
-The integer GEMM runs through float BLAS: integer-valued float32 products are exact while every
-partial sum stays below 2^24, so K is cut into chunks that guarantee it; chunk results are
-added in float64, which is exact far beyond int32.
+The integer GEMM runs through float BLAS on integer-valued float32 (codes minus zero point):
+products and sums are exact while every partial sum stays below 2^24.  The bound is taken per
+output channel from the weights' absolute sums (precomputed at load) and, when the worst case
+could pass 2^24, from the input's actual code magnitudes; only then is K cut into chunks whose
+results add up in float64.  NaN or Inf in a tensor an int8 layer reads is a one-line error (an
+8-bit code cannot hold them); the fp32 mode propagates them.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,77 +31,63 @@ import numpy as np
 from ..codecs import linear
 from ..encoding import Quantized, dense_codes, quantized_form
 from ..errors import DczError
-from ..graphs import output_channel_axis, table_names
+from ..graphs import all_graphs, output_channel_axis, table_names
 from ..tensors import Package
 from .graph import Interpreter
 from .ops import KERNELS, MAX_VALUE_BYTES, kernel_name
-from .ops.conv import FUSED_RELU
+from .ops.conv import FUSED_CLAMP, clamp, conv
+from .ops.gemm import FUSED_BIAS
 
 EXACT_FLOAT32 = 1 << 24
+GEMM_GROUP = 64  # rows of a Gemm weight summed together for the exactness bound
 
 
-@dataclass
-class QTensor:
-    """uint8 codes with `value = (q - zero_point) * scale`."""
+def quantization_grid(low: np.ndarray, high: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, zero point) float64 arrays of uint8 grids over [low, high], widened to include 0.
 
-    q: np.ndarray
-    scale: float
-    zero_point: int
+    254 steps and a zero point rounded up put every value of [low, high] on a code in 0..254
+    after rounding to nearest, so a measured range needs no clipping pass.  NaN and Inf have no
+    8-bit code (they would become arbitrary codes): a one-line error instead.
+    """
+    low, high = np.minimum(low, 0), np.maximum(high, 0)
+    width = high - low  # NaN or Inf anywhere makes it non-finite
+    if not np.isfinite(width).all():
+        raise DczError(f"int8: {name!r} holds NaN or Inf (range {np.min(low)}..{np.max(high)}), which 8-bit codes "
+                       "cannot represent; the fp32 mode propagates them")
+    scale = np.maximum(width / 254, np.finfo(np.float32).tiny)  # an all-zero slice: any scale, codes 0
+    return scale, np.minimum(np.ceil(-low / scale), 254)
 
-    def dequantize(self) -> np.ndarray:
-        return (self.q.astype(np.float32) - np.float32(self.zero_point)) * np.float32(self.scale)
 
-    def centered(self) -> np.ndarray:
-        """q - zero_point as integer-valued float32 (padding with 0 then means a real 0.0)."""
-        return self.q.astype(np.float32) - np.float32(self.zero_point)
+def centered_codes(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, clip: bool = True) -> np.ndarray:
+    """code - zero point of x as integer-valued float32 (in [-zp, 255 - zp]); scale and zero
+    point broadcast against x.  Padding these with 0 pads with a real 0.0.  `clip=False` when
+    x lies in the grid's range (measured on x): no code can fall outside then."""
+    c = np.multiply(x, (1 / scale).astype(np.float32), dtype=np.float32)
+    np.rint(c, out=c)
+    if clip:
+        np.clip(c, (-zero_point).astype(np.float32), (255 - zero_point).astype(np.float32), out=c)
+    return c
+
+
+def activation_range(x: np.ndarray, axes: tuple, calibrated: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) float64 of x per slice left after reducing `axes` (kept as 1s): the calibrated
+    range when given (x is still checked: an 8-bit grid cannot hide NaN or Inf), else measured."""
+    keep = [1 if a in axes else s for a, s in enumerate(x.shape)]
+    if not x.size:
+        return np.zeros(keep), np.zeros(keep)
+    if calibrated is not None:
+        if not np.isfinite(x.min() + x.max()):
+            return np.full(keep, np.nan), np.full(keep, np.nan)
+        return np.full(keep, calibrated[0], np.float64), np.full(keep, calibrated[1], np.float64)
+    return x.min(axis=axes, keepdims=True), x.max(axis=axes, keepdims=True)
 
 
 def quantize_activation(x: np.ndarray, low: float | None = None, high: float | None = None,
-                        name: str = "activation") -> QTensor:
-    """uint8 over [low, high] (measured from `x` when not given), widened to include 0.
-
-    NaN and Inf have no 8-bit code (they would become arbitrary codes): a one-line error instead.
-    """
-    if x.size:
-        x_low, x_high = float(x.min()), float(x.max())  # NaN anywhere makes both NaN
-        low = min(x_low if low is None else low, 0.0)
-        high = max(x_high if high is None else high, 0.0)
-        if not (math.isfinite(x_low) and math.isfinite(x_high) and math.isfinite(low) and math.isfinite(high)):
-            raise DczError(f"int8: {name!r} holds NaN or Inf (range {x_low}..{x_high}), which 8-bit codes "
-                           "cannot represent; the fp32 mode propagates them")
-    else:
-        low = high = 0.0
-    scale = (high - low) / 255 or 1.0
-    zero_point = int(np.clip(round(-low / scale), 0, 255))
-    q = np.clip(np.rint(x / np.float32(scale)) + zero_point, 0, 255).astype(np.uint8)
-    return QTensor(q, scale, zero_point)
-
-
-@dataclass
-class QWeight:
-    """A weight prepared for the integer GEMM: its (code - zero point) matrix and scales."""
-
-    matrix: np.ndarray  # integer-valued float32: [K, N] for Gemm/MatMul (x @ W), [M, C*k] for Conv (W @ cols)
-    scales: np.ndarray  # [output channels] float64
-    magnitude: int  # max |code - zero point|
-    shape: tuple = ()  # the weight's own shape
-
-
-def exact_matmul(a: np.ndarray, b: np.ndarray, bound: int) -> np.ndarray:
-    """`a @ b` of integer-valued float32 arrays, exactly (as float64 values).
-
-    float32 holds integers exactly up to 2^24, so the shared axis is cut into chunks short enough
-    that no partial sum can pass it (`bound` = max|a| * max|b|); chunk results add up in float64.
-    """
-    k = a.shape[-1]
-    step = max(1, EXACT_FLOAT32 // max(1, bound))
-    if step >= k:
-        return (a @ b).astype(np.float64)
-    total = None
-    for start in range(0, k, step):
-        part = (a[..., start:start + step] @ b[..., start:start + step, :]).astype(np.float64)
-        total = part if total is None else total + part
-    return total
+                        name: str = "activation") -> tuple[np.ndarray, float]:
+    """(centered codes, scale) of x on one uint8 grid over [low, high] (measured when not given)."""
+    calibrated = None if low is None or high is None else (low, high)
+    scale, zero_point = quantization_grid(*activation_range(x, tuple(range(x.ndim)), calibrated), name)
+    return centered_codes(x, scale, zero_point), float(scale.reshape(-1)[0])
 
 
 # Weights quantized on the fly go through linear.quantize (float64 inside) this many elements at
@@ -131,114 +126,270 @@ def prepare_weight(values: np.ndarray, stored: Quantized | None, out_axis: int) 
     return centered.reshape(values.shape), per_channel
 
 
-# Ops that work on uint8 codes unchanged: they only move, select or drop values (Relu and MaxPool
-# commute with the monotonic code -> value map), so a QTensor goes through with its scale.
-CODE_OPS = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Dropout", "MaxPool", "Relu"}
+@dataclass
+class QWeight:
+    """A weight prepared at load for the integer GEMM.
+
+    matrix: the (code - zero point) values as integer-valued float32: the Conv weight's own shape
+    [M, C, *k], or [K, N] for Gemm/MatMul (x @ W).  scales: float32 per output channel.
+    abs_sums: float64 [input groups, outputs], the sum of |code - zero point| over each group of
+    the shared axis (an input channel of a Conv, GEMM_GROUP rows of a Gemm): the exactness bound.
+    """
+
+    matrix: np.ndarray
+    scales: np.ndarray
+    abs_sums: np.ndarray
+    worst_bound: float  # the largest partial sum any uint8 input could make (all |code - zero point| 255)
+    group_max: np.ndarray  # abs_sums' largest entry per input group: a quick, looser bound
+
+    def fits_once(self, magnitudes: np.ndarray) -> bool:
+        """Whether inputs of these per-group magnitudes are exact in one float32 BLAS call."""
+        return self.worst_bound < EXACT_FLOAT32 or float(magnitudes @ self.group_max) < EXACT_FLOAT32
+
+
+def qweight(centered: np.ndarray, scales: np.ndarray, kind: str) -> QWeight:
+    """QWeight of an int16 centered weight: `kind` "conv" ([M, C, *k]) or "gemm" ([K, N])."""
+    magnitude = np.abs(centered.astype(np.float64))
+    if kind == "conv":
+        abs_sums = magnitude.reshape(*magnitude.shape[:2], -1).sum(2).T  # [C, M]
+    else:
+        k = magnitude.shape[0]
+        padded = np.zeros((-(-k // GEMM_GROUP) * GEMM_GROUP, magnitude.shape[1]))
+        padded[:k] = magnitude
+        abs_sums = padded.reshape(-1, GEMM_GROUP, magnitude.shape[1]).sum(1)
+    return QWeight(np.ascontiguousarray(centered, dtype=np.float32), scales.astype(np.float32), abs_sums,
+                   255 * float(abs_sums.sum(0).max(initial=0)), abs_sums.max(1, initial=0))
+
+
+def exact_chunks(abs_sums: np.ndarray, magnitudes: np.ndarray) -> list[tuple[int, int]]:
+    """Consecutive input groups [g0, g1) whose partial sums stay below 2^24 for every output.
+
+    `magnitudes[g]` bounds |code - zero point| of the input in group g; a group alone always
+    fits (at most 255 * 127 * group size).
+    """
+    if float((magnitudes @ abs_sums).max(initial=0)) < EXACT_FLOAT32:  # the usual case: one chunk
+        return [(0, len(abs_sums))]
+    weighted = abs_sums * magnitudes[:, None]
+    cumulative = np.vstack([np.zeros((1, weighted.shape[1])), np.cumsum(weighted, axis=0)])
+    chunks, start = [], 0
+    while start < len(weighted):
+        reach = (cumulative[start + 1:] - cumulative[start]).max(1)  # non-decreasing
+        stop = start + max(1, int(np.searchsorted(reach, EXACT_FLOAT32, side="left")))
+        chunks.append((start, stop))
+        start = stop
+    return chunks
+
+
+def exact_matmul(c: np.ndarray, weight: QWeight) -> np.ndarray:
+    """c @ weight.matrix for centered codes c [rows, K], exactly: float32 when one BLAS call is
+    exact, else float64 sums of K-chunks (views: BLAS reads them in place)."""
+    if weight.worst_bound < EXACT_FLOAT32:
+        return c @ weight.matrix
+    k = c.shape[1]
+    per_k = np.maximum(c.max(0), -c.min(0)) if len(c) else np.zeros(k, np.float32)
+    padded = np.zeros(len(weight.abs_sums) * GEMM_GROUP, np.float32)
+    padded[:k] = per_k
+    magnitudes = padded.reshape(-1, GEMM_GROUP).max(1).astype(np.float64)
+    chunks = [(0, len(magnitudes))] if weight.fits_once(magnitudes) else exact_chunks(weight.abs_sums, magnitudes)
+    if len(chunks) == 1:
+        return c @ weight.matrix
+    total = None
+    for g0, g1 in chunks:
+        a, b = g0 * GEMM_GROUP, min(k, g1 * GEMM_GROUP)
+        part = (c[:, a:b] @ weight.matrix[a:b]).astype(np.float64)
+        total = part if total is None else total + part
+    return total
+
+
+def _keeps_images(node, attrs: dict, x, y) -> bool:
+    """Whether slice i of y's first axis holds (some of) the values of slice i of x's."""
+    if np.ndim(x) == 0 or np.ndim(y) == 0 or y.shape[0] != x.shape[0]:
+        return False
+    if node.op_type == "Transpose":
+        return list(attrs.get("perm", range(np.ndim(x) - 1, -1, -1)))[0] == 0
+    return True  # C-order reshapes with the same first dimension keep each slice's block
+
+
+def integer_conv(c: np.ndarray, weight: QWeight, attrs: dict, epilogue=None) -> np.ndarray:
+    """The Conv of centered codes c [N, C, ...] with weight.matrix, exactly: the float Conv
+    (tiles, im2col, BLAS) on integer-valued float32, in one pass when no partial sum can reach
+    2^24, else over chunks of input channels summed in float64.  `epilogue(block, n0, n1)` then
+    rescales in place as in `conv` (float32 output)."""
+    chunks = [(0, c.shape[1])]
+    if weight.worst_bound >= EXACT_FLOAT32:
+        per_image = c.reshape(len(c), c.shape[1], -1)
+        magnitude = np.maximum(per_image.max(2), -per_image.min(2)).max(0).astype(np.float64) \
+            if c.size else np.zeros(c.shape[1])
+        if not weight.fits_once(magnitude):
+            chunks = exact_chunks(weight.abs_sums, magnitude)
+    if len(chunks) == 1:
+        return conv(c, weight.matrix, None, attrs, epilogue or (lambda *_: None))
+    total = None
+    for c0, c1 in chunks:
+        part = conv(c[:, c0:c1], weight.matrix[:, c0:c1], None, attrs, lambda *_: None).astype(np.float64)
+        total = part if total is None else total + part
+    if epilogue is None:
+        return total
+    y = total.astype(np.float32)
+    epilogue(y, 0, len(y))
+    return y
+
+
+# Ops that commute with quantization (they only move, select or drop values; Relu and MaxPool
+# are monotonic): an int8 layer reading their output uses the range measured before them.
+RANGE_OPS = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Dropout", "MaxPool", "Relu"}
 INT8_LAYERS = {"Conv", "Gemm", "MatMul"}
 
 
 class Int8Interpreter(Interpreter):
-    """The interpreter with 8-bit Conv/Gemm/MatMul and uint8 activations between them."""
+    """The interpreter with 8-bit Conv/Gemm/MatMul (see the module docstring)."""
 
     def __init__(self, package: Package, ranges: dict[str, tuple[float, float]] | None = None,
                  max_bytes: int = MAX_VALUE_BYTES):
         super().__init__(package, max_bytes)
         self.ranges = ranges or {}  # calibrated activation ranges; otherwise measured per run
-        stored = {}
+        self.stored = {}
         for t in package.tensors:
             form = quantized_form(t)
             if form is not None:
-                stored[t.name] = Quantized(dense_codes(form), *(getattr(form.values, f) for f in
-                                           ("scales", "zero_points", "bits", "channels", "inner", "symmetric")))
-        names = table_names(package.graph.graph)  # graph value -> table name, for stored codes
+                self.stored[t.name] = Quantized(dense_codes(form), *(getattr(form.values, f) for f in
+                                                ("scales", "zero_points", "bits", "channels", "inner", "symmetric")))
         self.layers: dict[int, QWeight] = {}  # id(node) -> prepared weight, cached per model
-        for node, attrs in zip(self.plan.nodes, self.plan.attrs):
-            prepared = self._prepare(node, attrs, stored, names)
-            if prepared is not None:
-                self.layers[id(node)] = prepared
+        self._measured: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # this run's per-image output ranges
+        names = {}  # graph value -> table name, for stored codes (value names are unique across scopes)
+        for graph in all_graphs(package.graph.graph):
+            names.update(table_names(graph))
+        plans = (self.plan, *self._subplans.values())
+        for plan in plans:  # a subgraph's plan has the outer constants too
+            for node, attrs in zip(plan.nodes, plan.attrs):
+                prepared = self._prepare(node, attrs, plan.constants, names)
+                if prepared is not None:
+                    self.layers[id(node)] = prepared
+        self._range_read = set()  # Conv outputs whose range an int8 Conv reads (through RANGE_OPS)
+        for plan in plans:
+            producer = {o: n for n in plan.nodes for o in n.output}
+            for node in plan.nodes:
+                if id(node) in self.layers and node.op_type == "Conv":
+                    source = producer.get(node.input[0])
+                    while source is not None and source.op_type in RANGE_OPS and id(source) not in self.layers:
+                        source = producer.get(source.input[0])
+                    if source is not None and source.op_type == "Conv":
+                        self._range_read.add(source.output[0])
 
-    def _prepare(self, node, attrs, stored, names) -> QWeight | None:
-        if node.op_type not in INT8_LAYERS or len(node.input) < 2 or node.input[1] not in self.plan.constants:
+    def _prepare(self, node, attrs, constants, names) -> QWeight | None:
+        if node.op_type not in INT8_LAYERS or len(node.input) < 2 or node.input[1] not in constants:
             return None
-        values = self.plan.constants[node.input[1]]
-        if node.op_type == "Conv" and (attrs.get("group", 1) != 1 or values.ndim != 4):
-            return None  # grouped and 1-D/3-D convolutions run in float
+        values = constants[node.input[1]]
+        if values.dtype.kind != "f":
+            return None
+        if node.op_type == "Conv" and (attrs.get("group", 1) != 1 or values.ndim < 3):
+            return None  # grouped convolutions run in float
         if node.op_type in ("Gemm", "MatMul") and values.ndim != 2:
             return None
         out_axis = output_channel_axis(node.op_type, attrs, 1, values.ndim)
-        centered, scales = prepare_weight(values, stored.get(names.get(node.input[1])), out_axis)
+        centered, scales = prepare_weight(values, self.stored.get(names.get(node.input[1])), out_axis)
         if node.op_type == "Conv":
-            matrix = centered.reshape(centered.shape[0], -1)
-        else:
-            matrix = centered.T if out_axis == 0 else centered  # Gemm transB: [N, K] -> [K, N]
-        return QWeight(np.ascontiguousarray(matrix, dtype=np.float32), scales,
-                       int(np.abs(centered).max(initial=0)), values.shape)
+            return qweight(centered, scales, "conv")
+        return qweight(centered.T if out_axis == 0 else centered, scales, "gemm")  # Gemm transB: [N, K] -> [K, N]
 
     # ------------------------------------------------------------------------------ dispatch
 
     def kernel_for(self, node):
         if id(node) in self.layers:
-            return lambda inputs, attrs, ctx: self._layer(node, inputs, attrs)
+            layer = self._conv if node.op_type == "Conv" else self._gemm
+            return lambda inputs, attrs, ctx: layer(node, inputs, attrs)
         kernel = KERNELS[kernel_name(node)]
-        if node.op_type in CODE_OPS:
-            def on_codes(inputs, attrs, ctx):
-                x = inputs[0]
-                if not isinstance(x, QTensor):
-                    return kernel(_floats(inputs), attrs, ctx)
-                if node.op_type == "Relu":  # max(value, 0) is max(code, zero point)
-                    return [QTensor(np.maximum(x.q, np.uint8(x.zero_point)), x.scale, x.zero_point)]
-                data = x.q.astype(np.float32) if node.op_type == "MaxPool" else x.q  # pooling pads with -inf
-                out = kernel([data, *_floats(inputs[1:])], attrs, ctx)
-                return [QTensor(out[0].astype(np.uint8, copy=False), x.scale, x.zero_point), *out[1:]]
-            return on_codes
-        return lambda inputs, attrs, ctx: kernel(_floats(inputs), attrs, ctx)
+        if node.op_type in RANGE_OPS:
+            def keep_range(inputs, attrs, ctx):
+                outputs = kernel(inputs, attrs, ctx)
+                measured = self._measured.get(node.input[0])
+                if measured is not None and node.output[0]:
+                    low, high = measured
+                    if node.op_type == "Relu":
+                        low, high = np.maximum(low, 0), np.maximum(high, 0)
+                    if not _keeps_images(node, attrs, inputs[0], outputs[0]):  # one range for the tensor
+                        low, high = low.min(keepdims=True), high.max(keepdims=True)
+                    self._measured[node.output[0]] = (low, high)
+                return outputs
+            return keep_range
+        return kernel
 
     def run(self, feeds):
-        return [v.dequantize() if isinstance(v, QTensor) else v for v in super().run(feeds)]
+        self._measured = {}
+        try:
+            return super().run(feeds)
+        finally:
+            self._measured = {}
 
-    def _activation(self, value, name: str) -> QTensor:
-        if isinstance(value, QTensor):
-            return value
-        return quantize_activation(value, *self.ranges.get(name, (None, None)), name=name)
+    def _grid(self, x: np.ndarray, name: str, axes: tuple, whole_tensor_ok: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(scale, zero point) for x, one per slice left after reducing `axes` (kept as 1s):
+        calibrated, else the range the producing Conv measured (per image when the slices are
+        those images; for the whole tensor if `whole_tensor_ok`), else measured here."""
+        measured = self._measured.get(name)
+        if name not in self.ranges and measured is not None and axes == tuple(range(1, x.ndim)) \
+                and len(measured[0]) in ((1, x.shape[0]) if whole_tensor_ok else (x.shape[0],)):
+            shape = (x.shape[0],) + (1,) * len(axes)
+            return quantization_grid(*(np.broadcast_to(v.reshape(-1, *(1,) * len(axes)), shape) for v in measured), name)
+        return quantization_grid(*activation_range(x, axes, self.ranges.get(name)), name)
 
-    def _requantize(self, y: np.ndarray, name: str) -> QTensor:
-        """QuantizeDownAndShrinkRange: 8 bits over the range the output actually uses."""
-        return quantize_activation(y.astype(np.float32), *self.ranges.get(name, (None, None)), name=name)
-
-    def _layer(self, node, inputs, attrs) -> list:
+    def _conv(self, node, inputs, attrs) -> list:
         weight = self.layers[id(node)]
-        x = self._activation(inputs[0], node.input[0])
-        bias = _floats(inputs[2:3])[0] if len(inputs) > 2 and inputs[2] is not None else None
-        if node.op_type == "Conv":
-            acc, out_shape = int8_conv_acc(x, weight, attrs)  # [N, M, L]
-            y = acc * (x.scale * weight.scales)[:, None]
-            if bias is not None:
-                y += bias[:, None]
-            y = y.reshape(out_shape)
-            if attrs.get(FUSED_RELU):
-                np.maximum(y, 0, out=y)
-        else:
-            a = x.centered()
-            if node.op_type == "Gemm" and attrs.get("transA", 0):
-                a = a.T
-            acc = exact_matmul(a, weight.matrix, 255 * weight.magnitude)
-            y = acc * (x.scale * weight.scales)
-            if node.op_type == "Gemm":
-                y *= attrs.get("alpha", 1.0)
-                if bias is not None:
-                    y += attrs.get("beta", 1.0) * bias
-        return [self._requantize(y, node.output[0])]
+        x = inputs[0]
+        bias = inputs[2] if len(inputs) > 2 else None
+        if x.ndim != weight.matrix.ndim:
+            raise DczError(f"Conv node {node.name!r}: input {list(x.shape)} does not fit weight "
+                           f"{list(weight.matrix.shape)}")
+        scale, zero_point = self._grid(x, node.input[0], tuple(range(1, x.ndim)), True)  # per image
+        c = centered_codes(x, scale, zero_point, clip=node.input[0] in self.ranges)
+        spatial = (1,) * (x.ndim - 2)
+        factor = (scale.reshape(-1, 1) * weight.scales).astype(np.float32).reshape(len(x), -1, *spatial)
+        shaped_bias = None if bias is None else bias.astype(np.float32).reshape(-1, *spatial)
+        bounds = attrs.get(FUSED_CLAMP)
+        low = np.full(len(x), np.inf)
+        high = np.full(len(x), -np.inf)
 
+        measure = node.output[0] in self._range_read
+        non_negative = bounds is not None and bounds[0] >= 0  # a Relu's output: its grid starts at 0
+        if non_negative:
+            low[:] = 0
 
-def _floats(values: list) -> list:
-    return [v.dequantize() if isinstance(v, QTensor) else v for v in values]
+        def rescale(block, n0, n1):  # int32 accumulators -> float output, its range per image
+            block *= factor[n0:n1]
+            if shaped_bias is not None:
+                block += shaped_bias
+            clamp(block, bounds)
+            if not measure:
+                return
+            axes = tuple(range(1, block.ndim))
+            if not non_negative:
+                np.minimum(low[n0:n1], block.min(axes), out=low[n0:n1])
+            np.maximum(high[n0:n1], block.max(axes), out=high[n0:n1])
 
+        y = integer_conv(c, weight, attrs, rescale)
+        if measure:
+            self._measured[node.output[0]] = (low, high)
+        return [y]
 
-def int8_conv_acc(x: QTensor, weight: QWeight, attrs: dict) -> tuple[np.ndarray, tuple]:
-    """Exact int32 accumulators of a convolution as [N, M, L] (float64 values), and the output shape."""
-    from .ops.conv import conv_attrs, im2col
-
-    kernel_shape, strides, pads, dilations, _ = conv_attrs(attrs, x.q.shape, weight.shape)
-    cols, out_spatial = im2col(x.centered(), kernel_shape, strides, pads, dilations)  # pads: real 0.0
-    acc = exact_matmul(weight.matrix, cols, 255 * weight.magnitude)
-    return acc, (x.q.shape[0], weight.shape[0], *out_spatial)
+    def _gemm(self, node, inputs, attrs) -> list:
+        weight = self.layers[id(node)]
+        x = inputs[0]
+        if node.op_type == "Gemm" and attrs.get("transA", 0):
+            x = x.T
+        k, n = weight.matrix.shape
+        if x.ndim == 0 or x.shape[-1] != k:
+            raise DczError(f"{node.op_type} node {node.name!r}: input {list(x.shape)} does not fit weight "
+                           f"[{k}, {n}]")
+        rows = x.reshape(-1, k)
+        scale, zero_point = self._grid(rows, node.input[0], (1,), False)  # per row (token, sample)
+        y = exact_matmul(centered_codes(rows, scale, zero_point, clip=node.input[0] in self.ranges), weight)
+        factor = scale.astype(np.float32)
+        if node.op_type == "Gemm":
+            factor *= np.float32(attrs.get("alpha", 1.0))
+        y *= weight.scales
+        y *= factor
+        y = y.astype(np.float32, copy=False)
+        if node.op_type == "Gemm" and len(inputs) > 2 and inputs[2] is not None:
+            y += np.float32(attrs.get("beta", 1.0)) * inputs[2]
+        elif attrs.get(FUSED_BIAS):
+            y += inputs[2]
+        return [y.reshape(*x.shape[:-1], n)]

@@ -22,7 +22,9 @@ _WIDE_MAX_WASTE = 1.15
 _TILE_BYTES = 8 << 20
 
 
-FUSED_RELU = "_fused_relu"  # set by the interpreter's plan, never by a model
+# (low, high) of the activation the plan fused into a Conv (Relu: (0, inf), Clip: its bounds);
+# set by the interpreter's plan, never by a model.
+FUSED_CLAMP = "_fused_clamp"
 
 
 def attr_str(attrs: dict, name: str, default: str) -> str:
@@ -199,8 +201,15 @@ def _tiles(n_images: int, out_rows: int, row_bytes: int):
             yield n, n + 1, r0, min(out_rows, r0 + rows)
 
 
-def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, attrs: dict) -> np.ndarray:
-    """Float Conv on [N, C, *spatial] inputs, tile by tile (see `_tiles`)."""
+def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, attrs: dict, epilogue=None) -> np.ndarray:
+    """Float Conv on [N, C, *spatial] inputs, tile by tile (see `_tiles`).
+
+    `epilogue(block, n0, n1)`, when given, replaces the bias add: it runs in place on each
+    finished block of output (images n0:n1, some or all rows) while that block is still in
+    cache, so a fused activation or the int8 rescaling costs no extra pass over memory.
+    """
+    if epilogue is None:
+        epilogue = lambda block, n0, n1: _add_bias(block, b)  # noqa: E731
     kernel_shape, strides, pads, dilations, group = conv_attrs(attrs, x.shape, w.shape)
     N, C = x.shape[:2]
     M = w.shape[0]
@@ -208,8 +217,9 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, attrs: dict) -> np.
     out_spatial = conv_output_shape(x.shape[2:], kernel_shape, strides, pads, dilations)
     depthwise = group > 1 and group == C
     if set(kernel_shape) == {1} and set(strides) == {1} and not any(pads) and not depthwise:
-        y = _grouped_matmul(w, x.reshape(N, C, -1), group)  # 1x1: x already is the patch matrix
-        return _add_bias(y, b).reshape(N, M, *out_spatial)
+        y = _grouped_matmul(w, x.reshape(N, C, -1), group).reshape(N, M, *out_spatial)  # 1x1: x is the patches
+        epilogue(y, 0, N)
+        return y
     padded_rest = [s + pads[i + 1] + pads[i + 1 + n_sp] for i, s in enumerate(x.shape[3:])]
     wide = (n_sp > 1 and set(strides) == {1}
             and math.prod(padded_rest) <= _WIDE_MAX_WASTE * math.prod(out_spatial[1:]))
@@ -237,8 +247,8 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, attrs: dict) -> np.
             tile = _depthwise(patches, w).reshape(n1 - n0, M, -1)
         else:
             tile = _grouped_matmul(w, patches.reshape(n1 - n0, K, -1), group)
-        tile = _add_bias(tile, b).reshape(n1 - n0, M, r1 - r0, *row_shape)
-        y[n0:n1, :, r0:r1] = tile[keep]
+        y[n0:n1, :, r0:r1] = tile.reshape(n1 - n0, M, r1 - r0, *row_shape)[keep]
+        epilogue(y[n0:n1, :, r0:r1], n0, n1)
     return y
 
 
@@ -249,14 +259,27 @@ def _add_bias(y: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     return y
 
 
+def clamp(y: np.ndarray, bounds) -> None:
+    """y clipped to a fused activation's (low, high), in place; None: no activation."""
+    if bounds is None:
+        return
+    low, high = bounds
+    if high == math.inf:
+        np.maximum(y, np.asarray(low, y.dtype), out=y)
+    else:
+        np.clip(y, np.asarray(low, y.dtype), np.asarray(high, y.dtype), out=y)
+
+
 @op("Conv")
 def conv_kernel(inputs, attrs, ctx):
     x, w = inputs[0], inputs[1]
     b = inputs[2] if len(inputs) > 2 else None
-    y = conv(x, w, b, attrs)
-    if attrs.get(FUSED_RELU):  # the plan fused the Relu that followed: y is ours to overwrite
-        np.maximum(y, 0, out=y)
-    return [y]
+    bounds = attrs.get(FUSED_CLAMP)  # the activation that followed, applied to each fresh block
+
+    def epilogue(block, n0, n1):
+        _add_bias(block, b)
+        clamp(block, bounds)
+    return [conv(x, w, b, attrs, epilogue)]
 
 
 def conv_transpose_geometry(attrs: dict, x_shape, w_shape):

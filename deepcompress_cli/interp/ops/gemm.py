@@ -6,6 +6,10 @@ import numpy as np
 
 from . import op
 
+# Set by the interpreter's plan on a MatMul that absorbed the Add of a constant bias (its third
+# input); never by a model.
+FUSED_BIAS = "_fused_bias"
+
 
 @op("Gemm")
 def gemm(inputs, attrs, ctx):
@@ -30,5 +34,8 @@ def gemm(inputs, attrs, ctx):
 @op("MatMul")
 def matmul(inputs, attrs, ctx):
     y = np.matmul(inputs[0], inputs[1])
-    # numpy computes bfloat16 (ml_dtypes) products in float32: the op's type is its inputs'
-    return [y if y.dtype == inputs[0].dtype else y.astype(inputs[0].dtype)]
+    if y.dtype != inputs[0].dtype:  # numpy computes bfloat16 (ml_dtypes) products in float32
+        y = y.astype(inputs[0].dtype)
+    if attrs.get(FUSED_BIAS):  # y is fresh: the bias goes in place
+        y += inputs[2]
+    return [y]
