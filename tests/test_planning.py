@@ -28,7 +28,7 @@ def test_target_is_met_on_the_calibration_data_and_reported(cli, tmp_path):
 
     fitted, _ = fit_split(1347)
     assert fid["measured"] and fid["data"] == "calibration" and fid["held_out"]
-    assert fid["samples"] == 1347 - len(fitted) == 835 and "held-out" in fid["described"]
+    assert fid["samples"] == 1347 - len(fitted) == 835 and "835 held out" in fid["described"]
     assert fid["top1_agreement"] >= 0.97 and report["target_met"] and not report["lossless"]
     assert report["ratio_file"] > 2 and out.exists()
     # what bench measures on those samples agrees with the report
