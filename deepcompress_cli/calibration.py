@@ -43,6 +43,7 @@ MIN_COLUMNS = 512
 # take 5 GB) is left to the data-free path.
 MAX_INPUTS = 8192
 SEED = 0
+MIN_DAMPING = 0.01  # GPTQ's own choice, for H from many more columns than inputs
 
 
 @dataclass
@@ -68,6 +69,21 @@ class LayerStats:
         On EfficientNet-Lite0 at 4 bits it leaves less such error than H on 49 of the 50 layers,
         but end to end it measured no better (logit cosine 0.938 vs 0.940 on 100 eval crops)."""
         return self.hessian - self.mean[:, :, None] * self.mean[:, None, :]
+
+
+def damping(stats: LayerStats) -> float:
+    """GPTQ's damping λ/mean(diag H) for H estimated from `stats.count` columns of K inputs.
+
+    H from fewer columns than inputs is rank-deficient: GPTQ then hides the rounding error in
+    directions the calibration set never excites, and other inputs do.  Fitting on one half of
+    EfficientNet-Lite0's 224 calibration images and judging on the other, the classifier (K = 1280,
+    112 columns) left 13x more error out of sample than in it at λ = 1 %, and least out of sample at
+    λ = 100 %; its 1x1 convs at 7x7 (K = 1152, 5 488 columns) did best at 10 %, those with
+    K / count near 0.03 at 1 %.  K / (2 · count), clipped to [1 %, 100 %], follows them all."""
+    if stats.hessian is None:
+        return MIN_DAMPING
+    k = stats.hessian.shape[-1]
+    return float(min(max(k / (2 * max(stats.count, 1)), MIN_DAMPING), 1.0))
 
 
 def to_matrix(weight: np.ndarray, stats: LayerStats) -> np.ndarray:

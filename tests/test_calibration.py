@@ -179,3 +179,14 @@ def test_means_only():
     means = calibration.collect(package, {"x": x}, hessians=False)["w"]
     assert means.hessian is None and means.count == full.count
     np.testing.assert_allclose(means.mean, full.mean)
+
+
+def test_damping_grows_as_columns_get_few():
+    def stats(k, count):
+        return calibration.LayerStats("w", "Gemm", 0, 1, np.eye(k)[None], np.zeros((1, k)), count, None)
+
+    assert calibration.damping(stats(9, 28672)) == calibration.MIN_DAMPING  # many columns: GPTQ's 1 %
+    assert calibration.damping(stats(1152, 5488)) == pytest.approx(1152 / (2 * 5488))
+    assert calibration.damping(stats(1280, 112)) == 1.0  # fewer columns than inputs: capped
+    means_only = calibration.LayerStats("w", "Gemm", 0, 1, None, np.zeros((1, 4)), 10, None)
+    assert calibration.damping(means_only) == calibration.MIN_DAMPING

@@ -23,13 +23,21 @@ def test_target_is_met_on_the_calibration_data_and_reported(cli, tmp_path):
     out = tmp_path / "m.dcz"
     report = run_json(cli, "compress", LENET5, "-o", out, "--calibrate", TRAIN, "--min-agreement", "97")
     fid = report["fidelity"]
-    assert fid["measured"] and fid["data"] == "calibration" and fid["samples"] == 1347
+    # judged on the samples the rounding was not fitted to: all but every other of 1024 spaced ones
+    from deepcompress_cli.planning import fit_split
+
+    fitted, _ = fit_split(1347)
+    assert fid["measured"] and fid["data"] == "calibration" and fid["held_out"]
+    assert fid["samples"] == 1347 - len(fitted) == 835 and "835 held out" in fid["described"]
     assert fid["top1_agreement"] >= 0.97 and report["target_met"] and not report["lossless"]
     assert report["ratio_file"] > 2 and out.exists()
-    # what bench measures on the same data agrees with the report
+    # what bench measures on those samples agrees with the report
     import deepcompress_cli as dc
 
-    bench = dc.bench(LENET5, out, data=TRAIN, int8=False, runs=1, warmup=0, progress=False)
+    data = dict(np.load(TRAIN))
+    judged = np.setdiff1d(np.arange(1347), fitted)
+    np.savez(tmp_path / "held.npz", **{k: v[judged] for k, v in data.items()})
+    bench = dc.bench(LENET5, out, data=tmp_path / "held.npz", int8=False, runs=1, warmup=0, progress=False)
     assert bench["models"][1]["modes"]["fp32"]["fidelity"]["top1_agreement"] == pytest.approx(
         fid["top1_agreement"], abs=1e-6)
     # every layer's chosen setting is in the report
@@ -197,3 +205,25 @@ def test_planned_output_does_not_depend_on_jobs(cli, tmp_path):
         assert result.exit_code == 0, result.stderr
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]
+
+
+@pytest.mark.parametrize("count", [1, 2, 7, 1347, 5000])
+def test_fit_split_holds_out_every_other_statistics_sample(count):
+    from deepcompress_cli.planning import STATS_SAMPLES, fit_split
+
+    fitted, held = fit_split(count)
+    if count == 1:
+        assert list(fitted) == [0] and held is None
+        return
+    assert len(np.intersect1d(fitted, held)) == 0 and abs(len(fitted) - len(held)) <= 1
+    assert len(fitted) + len(held) == min(count, STATS_SAMPLES) and fitted.max() < count
+
+
+def test_search_mode_is_chosen_by_multiply_adds_not_by_the_clock():
+    """The same inputs must give the same file on a loaded machine: a count, not a timing."""
+    from deepcompress_cli.files import read_model
+    from deepcompress_cli.planning import Runner, calibration_evidence
+
+    package = read_model(str(LENET))  # 64-300-100-10 Gemms
+    runner = Runner(package, calibration_evidence(package, str(TRAIN)))
+    assert runner.macs_per_sample() == 64 * 300 + 300 * 100 + 100 * 10
