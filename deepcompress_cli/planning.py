@@ -373,7 +373,6 @@ class Layer:
     candidates: list = field(default_factory=list)  # [(Setting, bytes, D)]
     factor: object = None  # reconstruct.Factor of its H, once needed
     held: object = None  # LayerStats of the held-out samples (not fitted to), None without them
-    gptq_error: float | None = None  # GPTQ's relative error on the RATIO_STEP grid (choose_order)
 
     @property
     def name(self) -> str:
@@ -573,37 +572,22 @@ def _candidates(layer: Layer, mode: str, scale_codec: bool, synthesized: bool = 
     return out
 
 
-def choose_order(layer: Layer) -> None:
-    """GPTQ's column order for this layer: as stored, or by decreasing H_jj ("act-order"),
-    whichever leaves less error on the held-out samples on the RATIO_STEP grid.  Act-order was
-    1.1-1.6x better on three of mnist_cnn's four layers and 1.1x worse on the first conv."""
-    from .calibration import damping
-    from .reconstruct import Grid, factor, reconstruct
-
-    step = _matrix_rows(layer, _channel_steps(_row_rms(layer), RATIO_STEP))
-    judged, judged_base = _judged(layer)
-    best = None
-    for act_order in (False, True):
-        f = factor(layer.stats.hessian, damp=damping(layer.stats), act_order=act_order)
-        res = reconstruct(layer.matrix, f, Grid(step=step, levels=LEVELS))
-        error = _error(layer, res.weights, judged) / judged_base
-        if best is None or error < best[0]:
-            best = (error, f)
-    layer.gptq_error, layer.factor = best
-
-
 def _gptq_ratio(layer: Layer, diag: np.ndarray, base: float, j: int = RATIO_STEP) -> float:
     """GPTQ's output error (judged on held-out samples when there are) over the nearest-rounding,
     diagonal-H estimate, on one mid-range grid (step RMS·2^(-j/2), all weights kept): on mnist_cnn
     and EfficientNet-Lite0 the estimate is 3-17x too high, by a factor that differs from layer to
     layer (depthwise more than pointwise) but hardly with the step."""
+    from .reconstruct import Grid, reconstruct
+
     step = _matrix_rows(layer, _channel_steps(_row_rms(layer), j))
     n = np.clip(np.rint(layer.matrix / step[..., None]), -LEVELS, LEVELS)
     err = n * step[..., None] - layer.matrix
     estimate = float((err * err * diag).sum()) / base
-    if not estimate > 0 or layer.gptq_error is None:
+    if not estimate > 0:
         return 1.0
-    return float(min(max(layer.gptq_error / estimate, MIN_GPTQ_RATIO), 1.0))
+    judged, judged_base = _judged(layer)
+    res = reconstruct(layer.matrix, _factor(layer), Grid(step=step, levels=LEVELS))
+    return float(min(max(_error(layer, res.weights, judged) / judged_base / estimate, MIN_GPTQ_RATIO), 1.0))
 
 
 def _share_candidates(layer, Wd, keep, diag, base, rms_c, scale_codec, synthesized=False):
@@ -951,11 +935,6 @@ class Planner:
                     self.judged = np.setdiff1d(np.arange(ev.count), fitted)
             self._phase("layer statistics", start)
         self.layers = _layers(self.package, stats, held_stats)
-        if ev is not None and ev.kind == "calibration":  # the plan path needs the same order
-            start = time.perf_counter()
-            fitted = [layer for layer in self.layers if layer.stats is not None and layer.base > 0]
-            self._map(choose_order, fitted, "GPTQ order")
-            self._phase("GPTQ order", start)
         if not need_candidates or ev is None:
             return
         start = time.perf_counter()
