@@ -5,15 +5,14 @@ against onnxruntime, on one-node models run by both (onnx.reference where `oracl
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
-from onnx import helper, numpy_helper
 
 from deepcompress_cli.errors import DczError
 from deepcompress_cli.interp.ops import KERNELS, OpContext
 from deepcompress_cli.interp.ops import deform_conv, detection, sampling, spectral  # noqa: F401  (registration)
 
 ort = pytest.importorskip("onnxruntime")
+from one_node import check, oracle_and_kernel, run  # noqa: E402
 RNG = np.random.default_rng(7)
 F32, I64 = np.float32, np.int64
 
@@ -21,49 +20,6 @@ F32, I64 = np.float32, np.int64
 def randn(*shape):
     return RNG.standard_normal(shape).astype(F32)
 
-
-def attr_values(node) -> dict:
-    def value(attr):
-        v = helper.get_attribute_value(attr)
-        return numpy_helper.to_array(v) if attr.type == onnx.AttributeProto.TENSOR else v
-    return {a.name: value(a) for a in node.attribute}
-
-
-def oracle_and_kernel(op_type, inputs, attrs, opset, oracle):
-    names = [f"x{i}" if a is not None else "" for i, a in enumerate(inputs)]
-    while names and not names[-1]:  # trailing omitted inputs are left out (onnxruntime crashes on some)
-        names.pop()
-    node = helper.make_node(op_type, names, ["y"], **attrs)
-    graph_inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
-                    for n, a in zip(names, inputs) if a is not None]
-    graph = helper.make_graph([node], "case", graph_inputs, [helper.make_empty_tensor_value_info("y")])
-    opset_id = helper.make_opsetid("", opset)
-    model = helper.make_model(graph, opset_imports=[opset_id], ir_version=helper.find_min_ir_version_for([opset_id]))
-    feeds = {n: a for n, a in zip(names, inputs) if a is not None}
-    if oracle == "ref":
-        from onnx.reference import ReferenceEvaluator
-
-        want = np.asarray(ReferenceEvaluator(model).run(None, feeds)[0])
-    else:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        want = session.run(None, feeds)[0]
-    before = [None if a is None else a.copy() for a in inputs]
-    got = KERNELS[op_type](list(inputs), attr_values(node), OpContext(opset=opset, node_name="n"))[0]
-    for a, b in zip(inputs, before):  # kernels never write their inputs
-        assert a is None or np.array_equal(a, b, equal_nan=True)
-    return np.asarray(got), want
-
-
-def check(op_type, inputs, attrs=None, opset=18, oracle="ort", tol=1e-5):
-    got, want = oracle_and_kernel(op_type, inputs, attrs or {}, opset, oracle)
-    assert got.dtype == want.dtype and got.shape == want.shape, (got.dtype, got.shape, want.dtype, want.shape)
-    np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=tol, atol=tol)
-
-
-def run(op_type, inputs, attrs=None, opset=18):
-    return KERNELS[op_type](list(inputs), attrs or {}, OpContext(opset=opset, node_name="n"))[0]
 
 
 

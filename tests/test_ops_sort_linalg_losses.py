@@ -17,6 +17,7 @@ from deepcompress_cli.errors import DczError
 from deepcompress_cli.interp.ops import KERNELS, OpContext, load_all
 
 ort = pytest.importorskip("onnxruntime")
+from one_node import one_node, oracle_run  # noqa: E402
 load_all()
 RNG = np.random.default_rng(1414)
 F32, I64 = np.float32, np.int64
@@ -30,23 +31,8 @@ def randn(*shape, dtype=F32):
 
 
 def run_ort(op_type, inputs, attrs, opset, n_out):
-    names = [f"x{i}" if a is not None else "" for i, a in enumerate(inputs)]
-    while names and not names[-1]:  # onnxruntime's DFT crashes on trailing omitted inputs
-        names.pop()
-    node = helper.make_node(op_type, names, [f"y{i}" for i in range(n_out)], **attrs)
-    graph = helper.make_graph(
-        [node], "case",
-        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
-         for n, a in zip(names, inputs) if a is not None],
-        [helper.make_empty_tensor_value_info(o) for o in node.output])
-    opset_id = helper.make_opsetid("", opset)
-    model = helper.make_model(graph, opset_imports=[opset_id],
-                              ir_version=helper.find_min_ir_version_for([opset_id]))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
-    return session.run(None, {n: a for n, a in zip(names, inputs) if a is not None})
+    model, _, feeds = one_node(op_type, inputs, attrs, opset, n_out)
+    return oracle_run(model, feeds)
 
 
 def kernel(op_type, inputs, attrs=None, opset=18, n_out=1):
