@@ -250,8 +250,8 @@ class Runner:
             desc: str = "") -> np.ndarray:
         interp = self.interp
         interp.weights = {**self.base, **(weights or {})}
+        interp._subplans = {}  # _plan makes the subgraphs' plans anew, with these weights
         interp.plan = interp._plan(interp.model.graph)  # the plan holds the weights (BN folded in)
-        interp._subplans = {}
         from .benchmarking import run_batched
 
         ev = self.evidence
@@ -260,8 +260,8 @@ class Runner:
         return run_batched(interp, feeds, self.batch, progress, desc, layout=ev.layout)
 
     def macs_per_sample(self) -> float:
-        """Multiply-adds of the Conv/Gemm/MatMul nodes of the main graph on the first sample (one
-        run that records the shapes of the values those nodes read and write)."""
+        """Multiply-adds per sample of the Conv/Gemm/MatMul nodes of the main graph (one run of a
+        batch that records the shapes of the values those nodes read and write)."""
         from .data import take
 
         nodes = self.interp.plan.nodes  # as run: a batch norm folded into its conv renames it
@@ -271,7 +271,7 @@ class Runner:
         interp = self.interp
         interp.observe = lambda name, value: shapes.__setitem__(name, np.shape(value)) if name in wanted else None
         try:
-            interp.run(take(self.evidence.feeds, self.evidence.layout, 0, 1))
+            interp.run(take(self.evidence.feeds, self.evidence.layout, 0, self.batch))
         finally:
             interp.observe = None
         for name in wanted:  # weights are constants: never observed
@@ -291,7 +291,7 @@ class Runner:
             else:
                 continue
             total += float(math.prod(out)) * k
-        return total
+        return total / max(1, min(self.batch, self.evidence.count))
 
 
 @np.errstate(all="ignore")

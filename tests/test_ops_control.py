@@ -257,3 +257,46 @@ def test_loop_stacks_numpy_scalars():
               [info("last", F, None), info("range", F, None)])
     got = Interpreter(from_onnx(m, None)).run({"M": np.array(3, np.int64), "start": np.float32(1), "delta": np.float32(2)})
     assert got[1].tolist() == [1, 3, 5] and got[1].dtype == np.float32
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_a_loop_input_shadows_an_outer_weight_of_its_name(int8):
+    """The body's carried `W` (the identity) is what its MatMul multiplies by, not the outer
+    initializer `W` (100 I): in plans made at load, in fp32 and in int8."""
+    from onnx import numpy_helper
+
+    body = helper.make_graph(
+        [make_node("Identity", ["cond"], ["cond_out"]), make_node("MatMul", ["x", "W"], ["y"]),
+         make_node("Identity", ["W"], ["W_out"])], "body",
+        [info("i", I64, []), info("cond", BOOL, []), info("W", F, [2, 2])],
+        [info("cond_out", BOOL, []), info("W_out", F, [2, 2]), info("y", F, [1, 2])])
+    nodes = [make_node("Loop", ["trips", "", "W0"], ["W_last", "ys"], body=body)]
+    inits = [numpy_helper.from_array(np.array(1, np.int64), "trips"),
+             numpy_helper.from_array(100 * np.eye(2, dtype=np.float32), "W"),
+             numpy_helper.from_array(np.eye(2, dtype=np.float32), "W0")]
+    m = model(nodes, [info("x", F, [1, 2])], [info("W_last", F, [2, 2]), info("ys", F, [1, 1, 2])], initializers=inits)
+    x = np.array([[1.0, 2.0]], np.float32)
+    if int8:
+        from deepcompress_cli.interp.quant import Int8Interpreter
+
+        got = Int8Interpreter(from_onnx(m, None), {}).run({"x": x})[1]
+        np.testing.assert_allclose(got.reshape(-1), [1, 2], rtol=0.02)
+    else:
+        got, ref = both(m, {"x": x})
+        assert_same(got, ref)
+
+
+def test_fusions_keep_a_value_a_branch_reads():
+    """MatMul -> Add fuses only when nothing else reads the product: an If branch reading it counts."""
+    from onnx import numpy_helper
+
+    then = helper.make_graph([make_node("Identity", ["p"], ["t"])], "then", [], [info("t", F, [1, 2])])
+    other = helper.make_graph([make_node("Neg", ["p"], ["e"])], "else", [], [info("e", F, [1, 2])])
+    nodes = [make_node("MatMul", ["a", "B"], ["p"]), make_node("Add", ["p", "bias"], ["q"]),
+             make_node("If", ["flag"], ["r"], then_branch=then, else_branch=other)]
+    inits = [numpy_helper.from_array(np.arange(4, dtype=np.float32).reshape(2, 2), "B"),
+             numpy_helper.from_array(np.ones(2, np.float32), "bias")]
+    m = model(nodes, [info("a", F, [1, 2]), info("flag", BOOL, [])], [info("q", F, [1, 2]), info("r", F, [1, 2])],
+              initializers=inits)
+    got, ref = both(m, {"a": np.array([[1.0, 2.0]], np.float32), "flag": np.array(True)})
+    assert_same(got, ref)

@@ -124,7 +124,7 @@ def fold_batch_norms(nodes: list, constants: dict, outputs: set) -> list:
 def _single_reader_producers(nodes: list, outputs: set) -> tuple[dict, dict]:
     readers = defaultdict(int)
     for node in nodes:
-        for name in node.input:
+        for name in [*node.input, *implicit_inputs(node)]:  # a subgraph's reads count too
             readers[name] += 1
     producer = {o: node for node in nodes for o in node.output}
     return readers, producer
@@ -219,7 +219,10 @@ class Interpreter:
         """The plan of `graph` and, made now too, those of its subgraphs (If branches, loop
         bodies): a subgraph's plan holds the constants of every enclosing scope, so its layers'
         weights are known at load (to fold BatchNormalization, to prepare int8 weights)."""
-        plan = Plan(graph, {**(outer or {}), **graph_constants(graph, self.weights.__getitem__)}, self.opset)
+        # A Loop/Scan body's own inputs shadow the enclosing constants of the same name.
+        shadowed = {i.name for i in graph.input}
+        inherited = {name: value for name, value in (outer or {}).items() if name not in shadowed}
+        plan = Plan(graph, {**inherited, **graph_constants(graph, self.weights.__getitem__)}, self.opset)
         for attrs in plan.attrs:
             for value in attrs.values():
                 if isinstance(value, onnx.GraphProto):

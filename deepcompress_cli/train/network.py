@@ -15,7 +15,7 @@ from ..data import InputSpec, batch_size, declared_layout
 from ..errors import DczError
 from ..graphs import graph_constants, opset_version, stored_constant, table_names, topological_order
 from ..interp.graph import attribute_values, run_nodes
-from ..interp.ops import KERNELS, OpContext, load_all
+from ..interp.ops import KERNELS, OpContext, kernel_name, load_all
 from ..tensors import Package
 from .grads import GRADS
 
@@ -130,7 +130,7 @@ class Network:
         """(logits, every value computed), with the current parameters."""
         values = {**self.constants, **self.params, **feeds}
         # Every value stays (no dead_after): backward reads the inputs and outputs of each node.
-        run_nodes(self.nodes, self.attrs, values, OpContext(self.opset), lambda node: KERNELS[node.op_type],
+        run_nodes(self.nodes, self.attrs, values, OpContext(self.opset), lambda node: KERNELS[kernel_name(node)],
                   stop_at=self.logits if upto_logits else None)
         return values[self.logits], values
 
