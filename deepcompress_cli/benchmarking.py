@@ -144,6 +144,18 @@ def run_batched(interp, feeds: dict, batch: int, progress=None, desc: str = "",
     if progress is not None:
         starts = progress(starts, desc=desc, total=len(starts), unit="batch")
     outs = [first_numeric(interp.run(take(feeds, layout, i, i + batch))) for i in starts]
+    return samples_first(outs, [min(i + batch, n) - i for i in range(0, n, batch)])
+
+
+def samples_first(outs: list, sizes: list) -> np.ndarray:
+    """Per-batch outputs joined with the samples on axis 0: on the first axis whose length is each
+    batch's sample count (a time-major [T, N, C] output, as CTC recognizers give, has them on
+    axis 1); on axis 0 when no axis tells."""
+    ndim = {np.ndim(o) for o in outs}
+    if len(ndim) == 1 and min(ndim) > 0:
+        for axis in range(min(ndim)):
+            if all(np.shape(o)[axis] == size for o, size in zip(outs, sizes)):
+                return np.moveaxis(np.concatenate(outs, axis=axis), axis, 0)
     return np.concatenate(outs)
 
 

@@ -919,6 +919,9 @@ class Planner:
         if ev is not None:
             self.runner = Runner(self.package, ev)
             self.reference = self.runner.run(progress=self.progress, desc="reference")
+            if np.ndim(self.reference) == 0 or len(self.reference) != ev.count:
+                raise DczError(f"the model's output {list(np.shape(self.reference))} does not hold its {ev.count} "
+                               f"input samples on one axis, so fidelity cannot be measured per sample")
             self._phase("reference run", start)
             start = time.perf_counter()
             from .calibration import collect

@@ -227,3 +227,13 @@ def test_search_mode_is_chosen_by_multiply_adds_not_by_the_clock():
     package = read_model(str(LENET))  # 64-300-100-10 Gemms
     runner = Runner(package, calibration_evidence(package, str(TRAIN)))
     assert runner.macs_per_sample() == 64 * 300 + 300 * 100 + 100 * 10
+
+
+def test_batched_outputs_keep_their_samples_first():
+    """A time-major [T, N, C] output (CTC recognizers) is joined on its sample axis, then moved first."""
+    from deepcompress_cli.benchmarking import samples_first
+
+    outs = [np.arange(5 * 2 * 3).reshape(5, 2, 3), np.arange(5 * 1 * 3).reshape(5, 1, 3)]
+    joined = samples_first(outs, [2, 1])
+    assert joined.shape == (3, 5, 3) and np.array_equal(joined[2], outs[1][:, 0])
+    assert samples_first([np.ones((2, 4)), np.ones((1, 4))], [2, 1]).shape == (3, 4)  # already first
