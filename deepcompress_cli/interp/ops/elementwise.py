@@ -84,26 +84,30 @@ for _name, _fn in _BINARY.items():
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
-    """erf in float64 with ~1e-8 absolute error (no scipy at runtime).
+    """erf in float64 with < 6e-8 absolute error (no scipy at runtime), in a few passes.
 
-    |x| < 1: Maclaurin series (24 terms, error < 1e-16).  Beyond: 1 - erfc with the Chebyshev
-    fit of Numerical Recipes' erfcc (fractional error < 1.2e-7 on erfc, and erfc(1) < 0.16).
+    |x| < 0.5: Maclaurin series (9 terms, error < 3e-13).  Beyond: 1 - erfc with the Chebyshev
+    fit of Numerical Recipes' erfcc (fractional error < 1.2e-7 on erfc, and erfc(0.5) < 0.48).
+    A 24-term series up to |x| = 1 took 75x a tanh; a transformer's GELUs spent most of its time
+    there.
     """
     x = np.asarray(x, dtype=np.float64)
     z = np.abs(x)
     # series: erf(x) = 2/sqrt(pi) * sum_n (-1)^n x^(2n+1) / (n! (2n+1))
-    small = np.minimum(z, 1.0)
-    term, total, z2 = small.copy(), small.copy(), small * small
-    for n in range(1, 24):
-        term = term * (-z2) / n
-        total = total + term / (2 * n + 1)
-    series = total * (2.0 / math.sqrt(math.pi))
+    small = np.minimum(z, 0.5)
+    z2 = small * small
+    term, total = small.copy(), small.copy()
+    for n in range(1, 9):
+        term *= z2
+        term *= -1.0 / n
+        total += term * (1.0 / (2 * n + 1))
+    total *= 2.0 / math.sqrt(math.pi)
     t = 1.0 / (1.0 + 0.5 * z)
     poly = -z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
         -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (
             -0.82215223 + t * 0.17087277))))))))
     tail = 1.0 - t * np.exp(poly)
-    return np.copysign(np.where(z < 1.0, series, tail), x)
+    return np.copysign(np.where(z < 0.5, total, tail), x)
 
 
 def _erf_op(x):
