@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from . import op
+from .elementwise import sigmoid
 from .shape import norm_axis
 
 # Selu's defaults (opset 6+): the constants of Klambauer et al. 2017, as float32 values.
@@ -21,12 +22,6 @@ _SELU_GAMMA = 1.05070102214813232421875
 
 def _const(value, x: np.ndarray):
     return np.asarray(value, dtype=x.dtype)
-
-
-def _sigmoid(x):
-    # exp of -|x| never overflows; the two branches are the same function.
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
 
 
 def _softplus(x):
@@ -82,7 +77,7 @@ def mish(inputs, attrs, ctx):
 def swish(inputs, attrs, ctx):
     x = inputs[0]
     alpha = _const(attrs.get("alpha", 1.0), x)
-    return [np.asarray(x * _sigmoid(alpha * x)).astype(x.dtype, copy=False)]
+    return [np.asarray(x * sigmoid(alpha * x)).astype(x.dtype, copy=False)]
 
 
 @op("Hardmax")

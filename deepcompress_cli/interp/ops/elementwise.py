@@ -15,6 +15,7 @@ import numpy as np
 
 from ...errors import DczError
 from . import op
+from .broadcast import check_broadcast
 from .shape import attr_or_input, str_attr
 
 
@@ -66,12 +67,7 @@ _BINARY = {
 def _binary(fn, name):
     def kernel(inputs, attrs, ctx):
         a, b = inputs
-        # Broadcasting [N, 1] with [1, N] grows past both inputs.  The output never holds more than
-        # size(a) * size(b) values, so the exact check runs only when that product could pass the cap.
-        if np.size(a) * np.size(b) * 8 > ctx.max_bytes:
-            shape = np.broadcast_shapes(np.shape(a), np.shape(b))
-            if math.prod(shape) > max(np.size(a), np.size(b)):
-                ctx.check_size(name, shape, np.result_type(a, b).itemsize)
+        check_broadcast(ctx, name, a, b)
         return [np.asarray(fn(a, b))]
     return kernel
 
@@ -114,7 +110,7 @@ def _erf_op(x):
     return _same(_erf(x), x.dtype)
 
 
-def _sigmoid(x):
+def sigmoid(x):
     # exp of -|x| never overflows; the two branches are the same function.
     e = np.exp(-np.abs(x))
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
@@ -122,7 +118,7 @@ def _sigmoid(x):
 
 _UNARY = {
     "Sqrt": np.sqrt, "Exp": np.exp, "Log": np.log, "Neg": np.negative, "Abs": np.abs,
-    "Reciprocal": np.reciprocal, "Tanh": np.tanh, "Sigmoid": _sigmoid, "Erf": _erf_op,
+    "Reciprocal": np.reciprocal, "Tanh": np.tanh, "Sigmoid": sigmoid, "Erf": _erf_op,
     "Floor": np.floor, "Ceil": np.ceil, "Round": np.round,  # np.round rounds half to even, as ONNX
     "Sign": np.sign, "Not": np.logical_not,
     "Relu": lambda x: np.maximum(x, _scalar(0, x)),
