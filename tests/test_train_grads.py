@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from deepcompress_cli.interp.ops import KERNELS, OpContext, load_all
-from deepcompress_cli.train.grads import GRADS
+from deepcompress_cli.train.grads import ALL_OUTPUTS, GRADS
 
 load_all()
 
@@ -18,11 +18,20 @@ def check_gradient(op, inputs, attrs=None, wrt=None, opset=17, eps=1e-2, points=
     inputs = [None if x is None else np.asarray(x, dtype=np.float32) for x in inputs]
     wrt = [i for i, x in enumerate(inputs) if x is not None and x.dtype == np.float32] if wrt is None else wrt
 
+    every = op in ALL_OUTPUTS  # L = Σ over every output of y_k·r_k
+
     def forward(xs):
-        return KERNELS[op](xs, attrs, OpContext(opset))[0]
+        outputs = KERNELS[op](xs, attrs, OpContext(opset))
+        return outputs if every else outputs[0]
+
+    def loss(xs):
+        ys = forward(xs)
+        return sum(np.sum(yk.astype(np.float64) * rk) for yk, rk in zip(ys, r)) if every \
+            else np.sum(ys.astype(np.float64) * r)
 
     y = forward(inputs)
-    r = rng.standard_normal(y.shape).astype(np.float32)
+    r = [rng.standard_normal(yk.shape).astype(np.float32) for yk in y] if every \
+        else rng.standard_normal(y.shape).astype(np.float32)
     needs = [i in wrt for i in range(len(inputs))]
     grads = GRADS[op](inputs, y, attrs, r, needs, opset)
     for i in wrt:
@@ -33,7 +42,7 @@ def check_gradient(op, inputs, attrs=None, wrt=None, opset=17, eps=1e-2, points=
             minus = [x.copy() if x is not None else None for x in inputs]
             plus[i].flat[j] += eps
             minus[i].flat[j] -= eps
-            numeric = (np.sum(forward(plus).astype(np.float64) * r) - np.sum(forward(minus).astype(np.float64) * r)) / (2 * eps)
+            numeric = (loss(plus) - loss(minus)) / (2 * eps)
             analytic = float(grads[i].flat[j])
             assert analytic == pytest.approx(numeric, rel=2e-2, abs=2e-2), (op, attrs, i, j)
 

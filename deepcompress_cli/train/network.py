@@ -17,7 +17,7 @@ from ..graphs import graph_constants, opset_version, stored_constant, table_name
 from ..interp.graph import attribute_values, run_nodes
 from ..interp.ops import KERNELS, OpContext, kernel_name, load_all
 from ..tensors import Package
-from .grads import GRADS
+from .grads import ALL_OUTPUTS, GRADS
 
 FROZEN_INPUTS = {"BatchNormalization": {1, 2, 3, 4}}  # inference statistics: not trained
 
@@ -138,15 +138,20 @@ class Network:
         """Gradients of the parameters, given the loss's gradient at the logits."""
         grads = {self.logits: grad_logits.astype(np.float32)}
         for node, attrs in zip(reversed(self.nodes), reversed(self.attrs)):
-            g = grads.pop(node.output[0], None)
-            if g is None or node.op_type not in GRADS:
+            if node.op_type in ALL_OUTPUTS:  # e.g. Split: every output's gradient at once
+                g = [grads.pop(o, None) if o else None for o in node.output]
+                reached = any(gi is not None for gi in g)
+            else:
+                g = grads.pop(node.output[0], None)
+                reached = g is not None
+            if not reached or node.op_type not in GRADS:
                 continue
+            y = [values.get(o) for o in node.output] if node.op_type in ALL_OUTPUTS else values[node.output[0]]
             needs = [bool(n) and n in self._needs_grad for n in node.input]
             if not any(needs):
                 continue
             inputs = [values[n] if n else None for n in node.input]
-            for name, gi, need in zip(node.input, GRADS[node.op_type](inputs, values[node.output[0]], attrs, g,
-                                                                        needs, self.opset), needs):
+            for name, gi, need in zip(node.input, GRADS[node.op_type](inputs, y, attrs, g, needs, self.opset), needs):
                 if need and gi is not None:
                     grads[name] = grads[name] + gi if name in grads else gi
         return {name: grads[name] for name in self.params if name in grads}
