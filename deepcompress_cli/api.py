@@ -236,14 +236,15 @@ def compress(model, output, *, sparsity=None, layer_sparsity=None, index_bits=No
     explicit = p_config.sparsity.given or p_config.index_bits.given or threshold_std is not None or s_config.bits.given \
         or bool(per_channel)
     searching = _planning(calibrate, min_cosine, min_agreement, max_accuracy_drop, plan, plan_out, train,
-                          default=not explicit)
+                          default=not explicit, retrains=True)
     if searching is not None and explicit and (searching["goal"] or plan is not None):
         raise DczError("--sparsity/--bits/--index-bits/--threshold-std/--per-channel set the paper's fixed recipe; a target or "
                        "--plan searches the settings: give one or the other")
+    training = _train_config(train, val, epochs, lr, batch_size, seed, logits, max_data_bytes)
     if searching is not None and not explicit:
+        searching["train"] = training  # with a target: fine-tuned plans (train/targeted.py)
         return _planned("compress", model, output, searching, None, [p_config, s_config], include, exclude,
                         metadata, format, max_data_bytes, jobs, progress, report=report)
-    training = _train_config(train, val, epochs, lr, batch_size, seed, logits, max_data_bytes)
     _no_trained_per_channel(s_config, training)
     steps = _steps(steps, training, DEFAULT_TRAIN_STEPS)
     package = load(model, include, exclude)
@@ -283,8 +284,10 @@ def compress(model, output, *, sparsity=None, layer_sparsity=None, index_bits=No
 WARN_COSINE = 0.99  # the fixed recipe warns below this output cosine
 
 
-def _planning(calibrate, min_cosine, min_agreement, max_accuracy_drop, plan, plan_out, train, default=False):
-    """What a writing command's target options ask for (None: the plain stage)."""
+def _planning(calibrate, min_cosine, min_agreement, max_accuracy_drop, plan, plan_out, train, default=False,
+              retrains=False):
+    """What a writing command's target options ask for (None: the plain stage); `retrains`:
+    the command can fine-tune towards a target (compress)."""
     from .planning import targets
 
     goal = targets(min_cosine, min_agreement, max_accuracy_drop)
@@ -294,12 +297,16 @@ def _planning(calibrate, min_cosine, min_agreement, max_accuracy_drop, plan, pla
     if train is not None:
         if not asked:
             return None
-        raise DczError("--calibrate, --min-cosine, --min-agreement, --max-accuracy-drop and --plan compress "
-                       "without retraining: not with --train")
+        if not retrains:
+            raise DczError("--calibrate, a target and --plan compress without retraining: not with --train "
+                           "(compress --train takes a target)")
+        if not goal or calibrate is not None or plan is not None or plan_out is not None:
+            raise DczError("with --train, a target (--min-cosine, --min-agreement, --max-accuracy-drop) is measured on "
+                           "the --train data's held-out samples; --calibrate, --plan and --plan-out go without --train")
     if plan is not None and plan_out is not None and _path(plan) == _path(plan_out):
         raise DczError("--plan-out must not overwrite the --plan it applies")
     return {"calibrate": _opt_path(calibrate), "goal": goal, "plan": _opt_path(plan),
-            "plan_out": _opt_path(plan_out), "default": default and not goal and plan is None}
+            "plan_out": _opt_path(plan_out), "default": default and not goal and plan is None, "train": None}
 
 
 def _probe(package, calibrate, max_data_bytes):
@@ -342,7 +349,8 @@ def _planned(mode, model, output, searching, given_fn, configs, include, exclude
     calibrate = searching["calibrate"]
     evidence, why = None, None
     synthesized_plan = plan is not None and (plan.get("data") or {}).get("kind") == "synthesized"
-    if calibrate is not None or default or goal or synthesized_plan:
+    training = searching.get("train")
+    if training is None and (calibrate is not None or default or goal or synthesized_plan):
         evidence, why = planning.evidence_for(package, calibrate, max_data_bytes)
         if evidence is None and goal:
             raise DczError(f"cannot measure {goal[0].option} without data ({why}): pass --calibrate DATA.npz")
@@ -353,8 +361,14 @@ def _planned(mode, model, output, searching, given_fn, configs, include, exclude
     options = dict(progress=progress_bar(progress), jobs=_jobs(jobs), log=planning.progress_log(progress),
                    model_sha256=planning.file_sha256(_path(model)))
     try:
-        outcome = planning.run(package, mode, goal=goal, evidence=evidence, given=given, plan=plan,
-                               not_measured=why, **options)
+        if training is not None:
+            from .train import targeted
+
+            evidence = planning.calibration_evidence(package, training.data, max_data_bytes, "--train")
+            outcome = targeted.run(package, goal, evidence, training, **options)
+        else:
+            outcome = planning.run(package, mode, goal=goal, evidence=evidence, given=given, plan=plan,
+                                   not_measured=why, **options)
     except DczError as e:
         if not default or calibrate is not None:
             raise
@@ -362,7 +376,7 @@ def _planned(mode, model, output, searching, given_fn, configs, include, exclude
         package = load(model, include, exclude)
         goal, evidence = [], None
         outcome = planning.run(package, mode, goal=[], evidence=None, not_measured=str(e), **options)
-    reads = [p for p in (calibrate, searching["plan"]) if p is not None]
+    reads = [p for p in (calibrate, searching["plan"]) if p is not None] + _data_files(training)
     size, fmt = _write(package, model, output, fmt, metadata, reads=reads)
     outcome.plan["bytes"] = size
     if searching["plan_out"] is not None:
@@ -390,6 +404,8 @@ def _planned(mode, model, output, searching, given_fn, configs, include, exclude
             "warnings": []}
     if peer is not None:
         data["onnx_bytes"], data["gzip9_bytes"] = peer
+    if outcome.training is not None:
+        data["training"] = outcome.training
     return data
 
 

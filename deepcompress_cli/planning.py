@@ -181,30 +181,30 @@ def file_sha256(path: str) -> str | None:
     return digest.hexdigest()
 
 
-def calibration_evidence(package, path: str, max_bytes: int | None = None) -> Evidence:
+def calibration_evidence(package, path: str, max_bytes: int | None = None, option: str = "--calibrate") -> Evidence:
     """The calibration file's inputs (checked against the graph: exit 2, one line) and labels."""
     from . import data as data_mod
 
     specs = data_mod.input_specs(package.graph.graph)
-    arrays = data_mod.load_npz(path, specs, "--calibrate", max_bytes)
+    arrays = data_mod.load_npz(path, specs, option, max_bytes)
     labels = arrays.pop(data_mod.LABELS, None)
-    layout = data_mod.sample_layout(specs, arrays, "--calibrate")
-    labels = data_mod.check_labels(labels, arrays, "--calibrate", layout)
+    layout = data_mod.sample_layout(specs, arrays, option)
+    labels = data_mod.check_labels(labels, arrays, option, layout)
     count = data_mod.sample_count(arrays, layout)
     evidence = Evidence(arrays, layout, count, "calibration", path, file_sha256(path), labels)
     if count > VERIFY_SAMPLES:  # evenly spaced, so a file sorted by class keeps every class
-        index = _spaced(count, VERIFY_SAMPLES)
+        index = spaced(count, VERIFY_SAMPLES)
         evidence = Evidence(pick(arrays, layout, index), layout, len(index), "calibration", path,
                             evidence.sha256, None if labels is None else labels[index], total=count)
     return evidence
 
 
-def _spaced(count: int, wanted: int) -> np.ndarray:
+def spaced(count: int, wanted: int) -> np.ndarray:
     return np.unique(np.linspace(0, count - 1, min(wanted, count)).round().astype(np.int64))
 
 
 def _stats_samples(count: int) -> np.ndarray:
-    return np.arange(count) if count <= STATS_SAMPLES else _spaced(count, STATS_SAMPLES)
+    return np.arange(count) if count <= STATS_SAMPLES else spaced(count, STATS_SAMPLES)
 
 
 def fit_split(count: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -688,13 +688,11 @@ def scale_codec_available() -> bool:
 
 def apply_layer(layer: Layer, setting: Setting, mode: str, scale_codec: bool):
     """(new weight entry, decoded weight, report facts) of `layer` under `setting`."""
-    from .encoding import Quantized, WeightForm, build, dense_form, readable, sparse_form
+    from .encoding import build, dense_form, readable, sparse_form
 
     t, W0 = layer.tensor, layer.weight
     shape, dtype = W0.shape, t.dtype
     aware = setting.data_aware and layer.stats is not None
-    channels, inner = _channel_layout(layer)
-    rms_c = _row_rms(layer)
     facts = {"levels": None, "index_bits": None}
     if mode == "prune" or (setting.step is None and setting.bits is None):
         if setting.density >= 1:
@@ -711,20 +709,35 @@ def apply_layer(layer: Layer, setting: Setting, mode: str, scale_codec: bool):
         return best, best.decode().reshape(shape), facts
     if mode == "share":
         return _apply_share(layer, setting, aware, scale_codec)
-    # linear codes n on a per-channel step grid
-    if setting.step is not None:
-        steps = _channel_steps(rms_c, setting.step)
-        levels = LEVELS
-    else:
-        levels = (1 << (setting.bits - 1)) - 1
-        steps = _max_steps(layer, levels)
+    steps, levels = linear_grid(layer, setting)  # linear codes n on a per-channel step grid
     n, keep = _codes(layer, steps, levels, setting.density, aware)
-    facts["levels"] = int(np.abs(n).max(initial=0))
+    return encode_codes(layer, n, keep, steps, setting.density < 1 and scale_codec)
+
+
+def linear_grid(layer: Layer, setting: Setting) -> tuple[np.ndarray, int] | None:
+    """(per-channel steps, largest |code|) of a linear setting, None for float or shared ones."""
+    if setting.step is not None:
+        return _channel_steps(_row_rms(layer), setting.step), LEVELS
+    if setting.bits is not None:
+        levels = (1 << (setting.bits - 1)) - 1
+        return _max_steps(layer, levels), levels
+    return None
+
+
+def encode_codes(layer: Layer, n: np.ndarray, keep: np.ndarray, steps: np.ndarray, sparse_ok: bool):
+    """(entry, decoded weight, facts) of integer codes n (0 where not `keep`) on per-channel
+    `steps`: sparse positions plus codes when `sparse_ok` and smaller, else dense codes."""
+    from .encoding import Quantized, WeightForm, build, dense_form, readable
+
+    t = layer.tensor
+    shape, dtype = layer.weight.shape, t.dtype
+    channels, inner = _channel_layout(layer)
+    facts = {"levels": int(np.abs(n).max(initial=0)), "index_bits": None}
     low, high = int(n.min(initial=0)), int(n.max(initial=0))
     bits = max(2, (high - low).bit_length())
     udtype = np.uint8 if bits <= 8 else np.uint16
     new = None
-    if setting.density < 1 and scale_codec:
+    if sparse_ok:
         best = None
         for ib in _index_widths(keep):
             from .codecs import sparse
@@ -886,6 +899,7 @@ class Outcome:
     notes: list = field(default_factory=list)
     phases: dict = field(default_factory=dict)
     verifies: int = 0
+    training: list | None = None  # the fine-tunes of a search with retraining (train/targeted.py)
 
 
 class Planner:
@@ -1045,8 +1059,8 @@ class Planner:
         pool = self.judged if self.judged is not None else np.arange(ev.count)
         cheap = self.runner.macs_per_sample() * len(pool) <= FULL_SEARCH_MACS
         subset = None if cheap or len(pool) <= 2 * SEARCH_SAMPLES else \
-            pool[_spaced(len(pool), max(SEARCH_SAMPLES, len(pool) // 4))]
-        budget = _initial_budget(goal)
+            pool[spaced(len(pool), max(SEARCH_SAMPLES, len(pool) // 4))]
+        budget = initial_budget(goal)
         lo = hi = None
         seen = []
 
@@ -1167,7 +1181,7 @@ class Planner:
         return rows
 
 
-def _initial_budget(goal: list[Target]) -> float:
+def initial_budget(goal: list[Target]) -> float:
     """A first predicted-NSR budget: for a cosine, the NSR it allows (cos ≈ 1 − NSR/2); for
     agreement and accuracy a guess the verification corrects."""
     budgets = []
@@ -1230,7 +1244,7 @@ def run(package, mode: str, *, goal: list[Target], evidence: Evidence | None, gi
         if plan.get("lossless"):
             planner.prepare(need_candidates=False, names=set())
             fid = planner.verify({}, {}) if evidence is not None else None
-            return _outcome(planner, {}, {}, {}, {}, fid, goal, lossless=True, notes=["applied --plan (lossless)"])
+            return finish(planner, {}, {}, {}, {}, fid, goal, lossless=True, notes=["applied --plan (lossless)"])
         planner.prepare(need_candidates=False)  # statistics of every weight, as the search had them
         missing = [layer.name for layer in planner.layers if layer.name not in settings]
         if missing:
@@ -1240,13 +1254,13 @@ def run(package, mode: str, *, goal: list[Target], evidence: Evidence | None, gi
         planner._phase("apply plan", start)
         fid = planner.verify(decoded, biases) if evidence is not None else None
         _enforce(goal, fid, evidence, "--plan")
-        return _outcome(planner, settings, entries, facts, biases, fid, goal, notes=["applied --plan"])
+        return finish(planner, settings, entries, facts, biases, fid, goal, notes=["applied --plan"])
     if evidence is None:
         planner.prepare(need_candidates=False)
         settings = {layer.name: (given or {}).get(layer.name) or default_setting(mode) for layer in planner.layers}
         settings = {name: Setting(s.density, s.step, s.bits, False) for name, s in settings.items()}
         entries, decoded, facts, biases = planner.realize(settings)
-        outcome = _outcome(planner, settings, entries, facts, biases, None, goal)
+        outcome = finish(planner, settings, entries, facts, biases, None, goal)
         outcome.notes.append(f"fidelity not measured: {not_measured or 'no data'}")
         return outcome
     if given is not None or not goal:  # the given settings, data-aware where the layer has statistics
@@ -1257,13 +1271,13 @@ def run(package, mode: str, *, goal: list[Target], evidence: Evidence | None, gi
         planner._phase("apply", start)
         fid = planner.verify(decoded, biases)
         _enforce(goal, fid, evidence, "the given settings")  # a target with settings: a gate
-        return _outcome(planner, settings, entries, facts, biases, fid, goal)
+        return finish(planner, settings, entries, facts, biases, fid, goal)
     if any(t.kind == "max_accuracy_drop" for t in goal) and evidence.labels is None:
         raise DczError("--max-accuracy-drop needs `labels` in the --calibrate data")
     planner.prepare()
     best, fid, tried = planner.search(goal)
     if best is None:
-        outcome = _outcome(planner, {}, {}, {}, {}, fid, goal, lossless=True)
+        outcome = finish(planner, {}, {}, {}, {}, fid, goal, lossless=True)
         outcome.notes.append("the target is met only losslessly: the weights are stored as they were (pack)")
         outcome.verifies = len(tried)
         return outcome
@@ -1274,7 +1288,7 @@ def run(package, mode: str, *, goal: list[Target], evidence: Evidence | None, gi
         for c in layer.candidates:
             if c[0] == s and layer.gain is not None:
                 d_by_layer[layer.name] = layer.gain * c[2]
-    outcome = _outcome(planner, settings, entries, facts, biases, fid, goal, d_by_layer=d_by_layer)
+    outcome = finish(planner, settings, entries, facts, biases, fid, goal, d_by_layer=d_by_layer)
     outcome.verifies = len(tried)
     return outcome
 
@@ -1286,7 +1300,7 @@ def _enforce(goal, fid, evidence, what: str) -> None:
                          f"(on {evidence.describe()}); nothing written")
 
 
-def _outcome(planner: Planner, settings, entries, facts, biases, fid, goal, lossless=False, notes=None,
+def finish(planner: Planner, settings, entries, facts, biases, fid, goal, lossless=False, notes=None,
              d_by_layer=None) -> Outcome:
     planner.commit(entries, biases)
     rows = planner.rows(settings, entries, facts, d_by_layer)

@@ -61,6 +61,24 @@ class TrainConfig:
 
 
 @dataclass
+class Grid:
+    """A weight held on a linear grid while it trains: forward passes use its codes
+    clip(rint(w / steps), ±levels) · steps (0 where not `keep`), and the gradient at those
+    codes moves a float shadow of w (the straight-through estimator)."""
+    steps: np.ndarray  # float32, the weight's shape (per-row steps broadcast)
+    levels: int
+    keep: np.ndarray  # bool, the weight's shape
+
+    def codes(self, shadow: np.ndarray) -> np.ndarray:
+        n = np.clip(np.rint(shadow / self.steps), -self.levels, self.levels)
+        n[~self.keep] = 0
+        return n
+
+    def weights(self, shadow: np.ndarray) -> np.ndarray:
+        return (self.codes(shadow) * self.steps).astype(np.float32)
+
+
+@dataclass
 class Clusters:
     """A shared tensor's trainable form: dense cluster ids (-1: not stored) and centroids."""
     ids: np.ndarray  # int, the tensor's shape
@@ -102,12 +120,17 @@ def accuracy(network: Network, feeds: dict, labels: np.ndarray) -> float:
 class Trainer:
     """Trains one Network on one data set, under per-tensor masks or cluster maps."""
 
-    def __init__(self, network: Network, config: TrainConfig, progress=None, teacher: np.ndarray | None = None):
+    def __init__(self, network: Network, config: TrainConfig, progress=None, teacher: np.ndarray | None = None,
+                 samples: np.ndarray | None = None):
+        """`samples`: train on these samples of the file only (others judge the result)."""
         self.network = network
         self.config = config
         self.progress = progress
         self.feeds, self.labels = load_data(config.data, network, "--train", config.max_data_bytes)
         self.layout = sample_layout(network.specs, self.feeds)
+        if samples is not None:
+            self.feeds = pick(self.feeds, self.layout, samples)
+            self.labels = None if self.labels is None else self.labels[samples]
         self.samples = sample_count(self.feeds, self.layout)
         fixed = network.fixed_batch(self.layout)
         self.batch = fixed or min(config.batch_size, self.samples)
@@ -129,15 +152,20 @@ class Trainer:
         return accuracy(self.network, *self.val) if self.val is not None else None
 
     def fit(self, masks: dict[str, np.ndarray] | None = None, clusters: dict[str, Clusters] | None = None,
-            frozen=(), epochs: float | None = None, desc: str = "retrain") -> dict:
+            frozen=(), epochs: float | None = None, desc: str = "retrain",
+            grids: dict[str, Grid] | None = None) -> dict:
         """Train in place (parameters in `frozen` excepted); returns {"loss": mean loss over the
-        last epoch, "steps": n}."""
+        last epoch, "steps": n}.  Parameters in `grids` end on their grid; their float shadows
+        are left in `self.shadows`."""
         net, cfg = self.network, self.config
-        masks, clusters = masks or {}, clusters or {}
+        masks, clusters, grids = masks or {}, clusters or {}, grids or {}
         for name, mask in masks.items():
             net.params[name] *= mask  # pruned positions are exactly 0 from the start
         for name, c in clusters.items():
             net.params[name] = c.weights()
+        shadows = {name: net.params[name].astype(np.float32) for name in grids}
+        for name, grid in grids.items():
+            net.params[name] = grid.weights(shadows[name])
         velocity = {name: np.zeros_like(p, dtype=np.float32) for name, p in net.params.items() if name not in clusters}
         n, batch = self.samples, self.batch
         epochs = cfg.epochs if epochs is None else epochs
@@ -176,11 +204,18 @@ class Trainer:
                     continue
                 if name in masks:
                     g = g * masks[name]
+                if name in grids:  # straight through the rounding, onto the shadow
+                    g = g * grids[name].keep
                 v = velocity[name]
                 v *= cfg.momentum
                 v -= cfg.lr * g
-                net.params[name] += v
+                if name in grids:
+                    shadows[name] += v
+                    net.params[name] = grids[name].weights(shadows[name])
+                else:
+                    net.params[name] += v
         if not all(np.isfinite(p).all() for p in net.params.values()):
             raise DczError("retraining diverged (weights are not finite): lower --lr")
         tail = losses[-max(1, min(steps, int(np.ceil(n / batch)))):]  # about the last epoch
+        self.shadows = shadows
         return {"loss": round(float(np.mean(tail)), 6), "steps": steps}

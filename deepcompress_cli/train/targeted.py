@@ -1,0 +1,150 @@
+"""Retraining towards a quality target: `compress --train DATA --min-agreement 95` (or
+--min-cosine, --max-accuracy-drop).
+
+Without retraining (planning.py) a plan must meet the target as rounded; with it, a plan can go
+further and let training win back what the rounding lost.  The steps:
+
+1. **Plan.** planning.Planner on the training data: statistics, sensitivities, candidates.  The
+   samples it holds out from fitting the rounding are held out from training too, and every
+   figure is measured on them, so the file is judged on data it was neither fitted nor trained to.
+2. **Push.** The planner's allocation at a budget PUSH times the one its own search starts at:
+   each layer loses most where its sensitivity says that costs least.
+3. **Fine-tune on the grid.** Every planned weight keeps its plan's mask and per-row step;
+   training moves float shadows that each forward pass rounds onto the grid (straight-through),
+   starting from the plan's GPTQ codes; biases train freely.  The loss is distillation to the
+   original model's outputs (cross-entropy when the data has labels).
+4. **Verify and move.** A plan that meets the target makes the next budget STEP times larger,
+   one that misses it STEP times smaller (once bracketed: the geometric mean), for ROUNDS
+   fine-tunes; the smallest met file is written.
+   When none meets it, the planner's own search without retraining decides (so a target rounding
+   alone can meet is still met), and its GateFailed says when not even that can.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from ..errors import DczError
+from .. import planning
+from .network import Network
+from .retrain import Grid, Trainer, TrainConfig
+
+PUSH = 4.0  # the first budget, times the planner's initial one
+STEP = 4.0  # how far the budget moves after a met / missed fine-tune
+ROUNDS = 4  # fine-tunes tried
+
+
+def training_samples(evidence: planning.Evidence, judged: np.ndarray | None) -> np.ndarray:
+    """Indices into the data file of every sample the planner does not judge on."""
+    total = evidence.total or evidence.count
+    in_file = planning.spaced(total, planning.VERIFY_SAMPLES) if evidence.total else np.arange(total)
+    if judged is None:
+        return np.arange(total)
+    return np.setdiff1d(np.arange(total), in_file[judged])
+
+
+class Targeted:
+    """One retraining search: a Planner, a Network and a Trainer over the same package."""
+
+    def __init__(self, planner: planning.Planner, train: TrainConfig, progress=None, log=None):
+        self.planner, self.train, self.log = planner, train, log or (lambda message: None)
+        self.network = Network(planner.package, train.logits)
+        self.samples = training_samples(planner.evidence, planner.judged)
+        if not len(self.samples):
+            raise DczError("--train: no samples are left to train on once the judged ones are held out")
+        self.trainer = Trainer(self.network, train, progress, samples=self.samples)
+        self.original = {name: p.copy() for name, p in self.network.params.items()}
+        self.values = {}  # table name -> graph value of each parameter
+        for value in self.network.params:
+            self.values.setdefault(self.network.table_name[value], value)
+        self.layers = {layer.name: layer for layer in planner.layers}
+
+    def attempt(self, settings: dict) -> tuple:
+        """(entries, decoded, facts, free, fidelity, bytes, history) of `settings` fine-tuned."""
+        planner, net = self.planner, self.network
+        entries, decoded, facts, biases = planner.realize(settings)
+        net.params.update({name: p.copy() for name, p in self.original.items()})
+        grids, planned = {}, {}
+        for name, weight in decoded.items():
+            value, grid = self.values.get(name), planning.linear_grid(self.layers[name], settings[name])
+            if value is None or grid is None:
+                continue  # not on the loss's path, or not on a linear grid: kept as realized
+            steps, levels = grid
+            keep = np.ones(weight.shape, bool) if settings[name].density >= 1 else weight != 0
+            full = planning.steps_full(self.layers[name], steps).astype(np.float32)
+            grids[value], planned[value] = Grid(full, levels, keep), (name, steps)
+            net.params[value] = weight.astype(np.float32)
+        free = [v for v in net.params if v not in grids and self.network.table_name[v] not in decoded]
+        for value in free:
+            table = self.network.table_name[value]
+            if table in biases:
+                net.params[value] = biases[table].astype(np.float32).reshape(net.params[value].shape)
+        frozen = {v for v in free if self.network.table_name[v] in self.layers}  # compressible, unplanned
+        history = self.trainer.fit(grids=grids, frozen=frozen, desc="fine-tune")
+        for value, (name, steps) in planned.items():
+            layer, grid = self.layers[name], grids[value]
+            codes = grid.codes(self.trainer.shadows[value]).astype(np.int64)
+            sparse_ok = settings[name].density < 1 and planner.scale_codec
+            entries[name], decoded[name], facts[name] = planning.encode_codes(layer, codes, grid.keep, steps,
+                                                                               sparse_ok)
+        trained = {self.network.table_name[v]: net.params[v] for v in free if v not in frozen}
+        fid = planner.verify(decoded, trained)
+        return entries, decoded, facts, trained, fid, planner.size(entries, trained), history
+
+
+def run(package, goal: list, evidence: planning.Evidence, train: TrainConfig, progress=None, jobs: int = 1,
+        log=None, model_sha256: str | None = None) -> planning.Outcome:
+    """Compress `package` in place: the smallest fine-tuned plan meeting `goal` (see the module)."""
+    log = log or (lambda message: None)
+    planner = planning.Planner(package, "compress", evidence, progress or planning.no_progress, jobs, log,
+                               model_sha256)
+    planner.prepare()
+    search = Targeted(planner, train, progress, log)
+    budget = planning.initial_budget(goal) * PUSH
+    best, tried, seen = None, [], []
+    lo = hi = None  # the largest budget met, the smallest missed
+    for round_ in range(ROUNDS):
+        choice = planning.allocate(planner.layers, budget)
+        if choice in seen:
+            break
+        seen.append(choice)
+        settings = planner.settings_for(choice)
+        start = time.perf_counter()
+        entries, decoded, facts, trained, fid, nbytes, history = search.attempt(settings)
+        passed = all(t.met(fid) for t in goal)
+        log(f"fine-tune {round_ + 1} (budget {budget:.3g}, {time.perf_counter() - start:.0f} s): {nbytes:,} bytes, "
+            f"cosine {fid['cosine']:.5f}, "
+            f"agreement {100 * fid['top1_agreement']:.1f} %"
+            + (f", accuracy drop {fid['accuracy_drop']:.2f}" if "accuracy_drop" in fid else "")
+            + (" -> met" if passed else " -> not met"))
+        tried.append({"budget": round(budget, 6), "bytes": nbytes, "met": passed, **planning.rounded(fid),
+                      "loss": history["loss"], "steps": history["steps"]})
+        if passed and (best is None or nbytes < best[0]):
+            best = (nbytes, settings, entries, facts, trained, fid)
+        if passed:
+            lo = budget if lo is None else max(lo, budget)
+        else:
+            hi = budget if hi is None else min(hi, budget)
+        budget = math.sqrt(lo * hi) if lo and hi else budget * STEP if passed else budget / STEP
+    note = f"fine-tuned on the {len(search.samples)} samples not judged on ({train.epochs:g} epochs a plan)"
+    if best is None:  # rounding alone, as without --train (GateFailed when even that cannot)
+        search.network.params.update(search.original)
+        best_plain, fid, searched = planner.search(goal)
+        if best_plain is None:
+            outcome = planning.finish(planner, {}, {}, {}, {}, fid, goal, lossless=True)
+            outcome.notes.append("no fine-tuned plan met the target; it is met only losslessly")
+        else:
+            settings, (entries, _, facts, biases), _, fid = best_plain
+            outcome = planning.finish(planner, settings, entries, facts, biases, fid, goal)
+            outcome.notes.append("no fine-tuned plan met the target: the plan without retraining is written")
+        outcome.verifies = len(searched) + len(tried)
+    else:
+        _, settings, entries, facts, trained, fid = best
+        outcome = planning.finish(planner, settings, entries, facts, trained, fid, goal)
+        outcome.notes.append(note)
+        outcome.verifies = len(tried)
+    outcome.training = tried
+    return outcome
