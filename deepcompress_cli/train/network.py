@@ -30,8 +30,11 @@ NON_DIFFERENTIABLE = {"Shape", "Size", "ArgMax", "ArgMin", "Equal", "Greater", "
                       "Range", "Sign", "Round", "Floor", "Ceil"}
 # Ops a trailing Softmax may hide behind (Softmax -> Flatten -> output is still probabilities).
 PASS_THROUGH = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Dropout"}
-# Which constants are parameters: the weights of linear layers and the biases added to them.
+# Which constants are parameters: the weights of linear layers and the biases added to them,
+# embedding tables (Gather's data) and the affine part of layer / instance / group norms.
 LINEAR_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+TABLE_INPUTS = {"Gather": (0,), "LayerNormalization": (1, 2), "InstanceNormalization": (1, 2),
+                "GroupNormalization": (1, 2)}
 
 
 class Network:
@@ -77,13 +80,16 @@ class Network:
         return name
 
     def _trainable(self) -> dict[str, np.ndarray]:
-        """Float32 table tensors that are linear-layer weights, or biases added to a linear layer's
-        output (Conv/Gemm input 2, or an Add right after one).  Pre-processing constants (a Sub of
-        a mean, a Div by a std) and BatchNormalization statistics stay fixed."""
+        """Float32 table tensors that are linear-layer weights, biases added to a linear layer's
+        output (Conv/Gemm input 2, or an Add right after one), embedding tables and norms' scales
+        and biases (TABLE_INPUTS).  Pre-processing constants (a Sub of a mean, a Div by a std)
+        and BatchNormalization statistics stay fixed."""
         params = {}
         for node in self.nodes:
             candidates = []
-            if node.op_type in LINEAR_OPS:
+            if node.op_type in TABLE_INPUTS:
+                candidates = [node.input[i] for i in TABLE_INPUTS[node.op_type] if i < len(node.input)]
+            elif node.op_type in LINEAR_OPS:
                 candidates = list(node.input[1:]) if node.op_type != "MatMul" else list(node.input)
                 if node.op_type == "Gemm":
                     candidates = list(node.input)
