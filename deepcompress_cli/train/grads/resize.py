@@ -17,6 +17,8 @@ Cubic and antialiased filters blend more than two neighbours and have no rule he
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ...errors import DczError
@@ -50,25 +52,53 @@ grad("Upsample")(_resample_rule("Upsample"))
 
 
 def _linear_adjoint(op_name, inputs, attrs, g, opset):
-    x = inputs[0]
-    attrs = {**attrs, "extrapolation_value": np.nan}  # marks the samples outside a crop box
     dx = g.astype(np.float32)
-    for axis, n_in in enumerate(x.shape):
-        n_out = g.shape[axis]
-        ramp = np.arange(n_in, dtype=np.float64).reshape([-1 if a == axis else 1 for a in range(x.ndim)])
-        resized = KERNELS[op_name]([np.broadcast_to(ramp, x.shape), *inputs[1:]], attrs, OpContext(opset))[0]
+    frozen = tuple(_frozen(v) for v in inputs[1:])
+    for axis, blend in enumerate(_axis_blends(op_name, opset, inputs[0].shape, _frozen(attrs), frozen)):
+        if blend is not None:  # its transpose spreads the gradient back along the axis
+            dx = np.moveaxis(np.tensordot(blend.T, dx, axes=([1], [axis])), 0, axis)
+    return np.ascontiguousarray(dx, dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _axis_blends(op_name, opset, shape, attrs, inputs):
+    """Each axis's [n_out, n_in] interpolation matrix (None where the kernel leaves the axis
+    alone), from one kernel run per axis.  They depend only on the node and the input shape, so
+    they are cached: training steps after the first pay only the products."""
+    attrs = {**dict(attrs), "extrapolation_value": np.nan}  # marks the samples outside a crop box
+    inputs = [_thawed(v) for v in inputs]
+    blends = []
+    for axis, n_in in enumerate(shape):
+        ramp = np.arange(n_in, dtype=np.float64).reshape([-1 if a == axis else 1 for a in range(len(shape))])
+        resized = KERNELS[op_name]([np.broadcast_to(ramp, shape), *inputs], attrs, OpContext(opset))[0]
+        n_out = resized.shape[axis]
         rows = np.moveaxis(resized, axis, 0).reshape(n_out, -1)
         # A sample outside the crop box on another axis is NaN too; a row is outside only if all are.
         c = np.fmax.reduce(rows, axis=1) if rows.shape[1] else np.zeros(n_out)
         inside = ~np.isnan(c)
         if n_out == n_in and inside.all() and np.array_equal(c, np.arange(n_in)):
-            continue  # the kernel leaves this axis alone
+            blends.append(None)
+            continue
         c = np.where(inside, c, 0)
         i0 = np.floor(c).astype(np.int64)
         w = (c - i0) * inside
-        spread = np.moveaxis(dx, axis, 0).reshape(n_out, -1)
-        back = np.zeros((n_in, spread.shape[1]), np.float32)
-        np.add.at(back, i0, spread * ((1 - w) * inside)[:, None].astype(np.float32))
-        np.add.at(back, np.minimum(i0 + 1, n_in - 1), spread * w[:, None].astype(np.float32))
-        dx = np.moveaxis(back.reshape((n_in,) + tuple(np.delete(dx.shape, axis))), 0, axis)
-    return np.ascontiguousarray(dx)
+        blend = np.zeros((n_out, n_in), np.float32)  # dense: faster than np.add.at on the gradient
+        np.add.at(blend, (np.arange(n_out), i0), (1 - w) * inside)
+        np.add.at(blend, (np.arange(n_out), np.minimum(i0 + 1, n_in - 1)), w)
+        blends.append(blend)
+    return blends
+
+
+def _frozen(value):
+    """A hashable form of an attribute dict, attribute value or input, for the cache key."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, np.ndarray):
+        return ("array", value.dtype.str, value.shape, value.tobytes())
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _thawed(value):
+    if isinstance(value, tuple) and value and value[0] == "array":
+        return np.frombuffer(value[3], dtype=value[1]).reshape(value[2])
+    return value
