@@ -240,3 +240,53 @@ def test_resize_unsupported(attrs, opset, message):
     y = KERNELS["Resize"](inputs, attrs, OpContext(opset))[0]
     with pytest.raises(DczError, match=message):
         GRADS["Resize"](inputs, y, attrs, rand(*y.shape), [True, False, False], opset)
+
+
+# ------------------------------------------------------------------------------ in a network
+
+
+def test_network_through_movement_ops():
+    """Conv -> Pad -> Split (one part unused) -> Resize / Slice -> Concat -> Gather -> Gemm, with the
+    rules chained by Network.backward, against finite differences of the whole loss."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from deepcompress_cli.onnx_io import from_onnx
+    from deepcompress_cli.train.network import Network, cross_entropy
+
+    rng = np.random.default_rng(3)
+    inits = {"cw": rand(6, 2, 3, 3) * 0.5, "pads": i64(0, 0, 1, 2, 0, 0, 1, 0), "split": i64(2, 3, 1),
+             "scales": f32(1, 1, 2, 1), "starts": i64(-1, 5), "ends": i64(-100, 0), "axes": i64(2, 3),
+             "steps": i64(-2, -2), "columns": np.r_[np.arange(-118, 118, 7), 3, 3], "fw": rand(36, 3) * 0.3, "fb": rand(3)}
+    nodes = [helper.make_node("Conv", ["x", "cw"], ["c"]),
+             helper.make_node("Pad", ["c", "pads"], ["p"], mode="reflect"),
+             helper.make_node("Split", ["p", "split"], ["s0", "s1", "unused"], axis=1),
+             helper.make_node("Resize", ["s0", "", "scales"], ["r"], mode="linear"),
+             helper.make_node("Slice", ["s1", "starts", "ends", "axes", "steps"], ["sl"]),
+             helper.make_node("Flatten", ["r"], ["fr"]),
+             helper.make_node("Flatten", ["sl"], ["fs"]),
+             helper.make_node("Concat", ["fr", "fs"], ["cat"], axis=1),
+             helper.make_node("Gather", ["cat", "columns"], ["picked"], axis=1),
+             helper.make_node("Flatten", ["picked"], ["f"]),
+             helper.make_node("Gemm", ["f", "fw", "fb"], ["logits"])]
+    graph = helper.make_graph(nodes, "moves", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 5, 5])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+                              initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
+    network = Network(from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), None))
+    assert set(network.params) == {"cw", "fw", "fb"}
+    x = rng.standard_normal((4, 2, 5, 5)).astype(np.float32)
+    labels = rng.integers(0, 3, 4)
+
+    def loss():
+        return cross_entropy(network.forward({"x": x})[0].astype(np.float64), labels)[0]
+
+    logits, values = network.forward({"x": x})
+    grads = network.backward(values, cross_entropy(logits, labels)[1])
+    p = network.params["cw"]
+    for j in rng.choice(p.size, size=12, replace=False):
+        old = p.flat[j]
+        p.flat[j] = old + 1e-2
+        up = loss()
+        p.flat[j] = old - 1e-2
+        down = loss()
+        p.flat[j] = old
+        assert grads["cw"].flat[j] == pytest.approx((up - down) / 2e-2, rel=3e-2, abs=1e-4), j
