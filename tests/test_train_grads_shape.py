@@ -169,6 +169,14 @@ def test_block_rearrangements(op, mode, shape):
     check(op, rand(*shape), attrs={"blocksize": 2, "mode": mode})
 
 
+def test_center_crop_pad_reverse_sequence_compress():
+    check("CenterCropPad", rand(2, 5, 4), i64(3, 7), attrs={"axes": [1, 2]})  # crop one axis, pad the other
+    check("ReverseSequence", rand(4, 3, 2), i64(4, 1, 3), attrs={"time_axis": 0, "batch_axis": 1})
+    check("ReverseSequence", rand(3, 5, 2), i64(2, 5, 0), attrs={"time_axis": 1, "batch_axis": 0})
+    check("Compress", rand(3, 4), np.array([True, False, True, True]), attrs={"axis": 1})
+    check("Compress", rand(3, 4), np.array([0, 1, 1, 0, 1], bool))  # no axis: the flattened input
+
+
 # ------------------------------------------------------------------------------ Resize, Upsample
 
 NO_ROI = np.zeros(0, np.float32)

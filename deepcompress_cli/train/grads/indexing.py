@@ -1,5 +1,5 @@
-"""Backward rules of ops that move or select values: slicing, splitting, padding, gathering,
-broadcasting, tiling and block rearrangements.
+"""Backward rules of ops that move or select values: slicing, splitting, padding and cropping,
+gathering, compressing, reversing, broadcasting, tiling and block rearrangements.
 
 Most of them are found by running the forward kernel itself on the input's element numbers
 (`source_indices`): each output element then names the input element it was copied from, and the
@@ -46,7 +46,8 @@ def _copies(op_name):
     return rule
 
 
-for _name in ("Slice", "GatherElements", "GatherND", "DepthToSpace", "SpaceToDepth"):
+for _name in ("Slice", "GatherElements", "GatherND", "DepthToSpace", "SpaceToDepth", "CenterCropPad",
+              "ReverseSequence", "Compress"):
     grad(_name)(_copies(_name))
 
 
