@@ -224,6 +224,7 @@ def test_resize_opset_13_to_18_forms():
     x = rand(2, 3, 4, 4)
     check("Resize", x, None, f32(1, 1, 2, 2), attrs={"mode": "nearest"}, opset=13)  # roi omitted
     check("Resize", x, None, f32(1.5, 0.5), attrs={"mode": "linear", "axes": [1, 3]}, opset=18)
+    check("Resize", x, None, None, i64(2, 3, 0, 3), attrs={"mode": "linear"}, opset=13)  # an empty output
     for policy in ("not_larger", "not_smaller"):
         check("Resize", x, None, None, i64(7, 5), attrs={"mode": "linear", "axes": [2, 3],
                                                        "keep_aspect_ratio_policy": policy}, opset=18)

@@ -52,6 +52,8 @@ grad("Upsample")(_resample_rule("Upsample"))
 
 
 def _linear_adjoint(op_name, inputs, attrs, g, opset):
+    if g.size == 0:
+        return np.zeros(inputs[0].shape, np.float32)
     dx = g.astype(np.float32)
     frozen = tuple(_frozen(v) for v in inputs[1:])
     for axis, blend in enumerate(_axis_blends(op_name, opset, inputs[0].shape, _frozen(attrs), frozen)):
