@@ -82,7 +82,8 @@ def prune(model, output, *, sparsity=None, layer_sparsity=None, index_bits=None,
           plan_out=None, include=(), exclude=(), metadata=None, format=None, max_data_bytes=None, jobs=None,
           progress=None) -> dict:
     """Magnitude pruning; `sparsity` is one fraction or {"conv": .., "fc": ..}, `layer_sparsity`
-    {glob: fraction}; with `train="train.npz"` prune -> retrain in `steps` steps.
+    {glob: fraction}; with `train="train.npz"` prune -> retrain in `steps` steps (`val=` early stop,
+    `augment=True` flips and crops image inputs: train/retrain.py, train/augment.py).
     With `calibrate="calib.npz"` SparseGPT masks and updates (data-aware); with a target
     (`min_cosine`, `min_agreement`, `max_accuracy_drop`) the kept fraction of every layer is searched."""
     from .stages.prune import DEFAULT_TRAIN_STEPS

@@ -325,7 +325,7 @@ def format_training(history: list[dict]) -> str:
 
     def lr(h):
         halved = h.get("lr_halved_at") or ()
-        return f"{h['lr']:g} (halved at step {', '.join(map(str, halved))})" if halved else ""
+        return f"{h['lr']:g} (halved {len(halved)}x)" if halved else ""
 
     rows = [[h["phase"], h.get("steps", ""), h.get("loss", ""), h.get("samples_per_s") or "",
              percent(h.get(f"{key}_before")), percent(h.get(key)),

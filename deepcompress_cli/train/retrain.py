@@ -212,7 +212,8 @@ class Trainer:
 
 
 class _Run:
-    """One fit's state: the step, momentum, checkpoints (last good, best on --val), timings."""
+    """One fit's state: the step, momentum, checkpoints (the start and the last two good ones,
+    the best on --val), timings."""
 
     def __init__(self, trainer: Trainer, masks: dict, clusters: dict, trained: list[str]):
         self.trainer, self.masks, self.clusters, self.trained = trainer, masks, clusters, trained
@@ -223,9 +224,10 @@ class _Run:
         self.samples, self.seconds = 0, 0.0
         self.reference = self.smoothed = None
         self.order = np.empty(0, dtype=np.int64)
-        self.good = (0, self.snapshot(), 0)  # (step, state, len(losses))
+        self.good = [(0, self.snapshot(), 0)]  # (step, state, len(losses)): the start, then the last two
+        self.retrying = False  # restored a checkpoint and not past the next one yet
         self.val_before = trainer.validate()
-        self.best = (self.val_before, 0, self.good[1])  # (score, step, state)
+        self.best = (self.val_before, 0, self.good[0][1])  # (score, step, state)
 
     def snapshot(self):
         net = self.trainer.network
@@ -244,7 +246,7 @@ class _Run:
         while self.step < steps:
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # divergence is handled
                 self.train_step()
-                if self.step and (self.step % every == 0 or self.step == steps) and self.step > self.good[0]:
+                if self.step and (self.step % every == 0 or self.step == steps) and self.step > self.good[-1][0]:
                     self.checkpoint()
             yield self.step
         if self.trainer.val is not None and self.best[1] != self.step:
@@ -305,14 +307,16 @@ class _Run:
         if not all(np.isfinite(p).all() for p in net.params.values()):
             return self.diverged()
         state = self.snapshot()
-        self.good = (self.step, state, len(self.losses))
+        self.good = [self.good[0], *self.good[1:][-1:], (self.step, state, len(self.losses))]
+        self.retrying = False
         if self.trainer.val is not None:
             score = self.trainer.validate()
             if score > self.best[0]:
                 self.best = (score, self.step, state)
 
     def diverged(self) -> None:
-        """Back to the last good checkpoint with half the learning rate (momentum reset)."""
+        """Back to the last good checkpoint with half the learning rate (momentum reset); when
+        that checkpoint diverged again before the next one, it was not good: the one before."""
         trainer = self.trainer
         if trainer.halvings == MAX_HALVINGS:
             raise DczError(f"retraining diverged at --lr {trainer.config.lr:g} and after {MAX_HALVINGS} "
@@ -320,7 +324,10 @@ class _Run:
         self.halved_at.append(self.step + 1)
         trainer.lr /= 2
         trainer.halvings += 1
-        self.step, state, kept = self.good
+        if self.retrying and len(self.good) > 1:
+            self.good.pop()
+        self.retrying = True
+        self.step, state, kept = self.good[-1]
         self.restore(state)
         del self.losses[kept:]
         self.smoothed = self.reference
