@@ -240,7 +240,8 @@ def share_options(f):
 
 def train_options(with_seed: bool, with_steps: bool):
     """Retraining (`--train`) options shared by prune, share and compress."""
-    from_class = {"epochs": 2.0, "lr": 0.01, "batch_size": 64, "clip_norm": 5.0}  # TrainConfig's defaults (not imported: start-up)
+    # TrainConfig's defaults (not imported: start-up time)
+    from_class = {"epochs": 2.0, "lr": 0.01, "batch_size": 64, "clip_norm": 5.0}
 
     def decorate(f):
         if with_steps:
@@ -254,9 +255,9 @@ def train_options(with_seed: bool, with_steps: bool):
         f = click.option("--batch-size", type=int, metavar="N",
                          help=f"Minibatch size for --train [default: {from_class['batch_size']}].")(f)
         f = click.option("--lr", type=float, metavar="LR",
-                         help=f"SGD learning rate (momentum 0.9, gradient norm clipped to {from_class['clip_norm']:g}); a centroid moves by "
-                              f"lr x its weights' summed gradients; halved when the loss diverges "
-                              f"[default: {from_class['lr']}].")(f)
+                         help=f"SGD learning rate (momentum 0.9, gradient norm clipped to "
+                              f"{from_class['clip_norm']:g}); a centroid moves by lr x its weights' summed "
+                              f"gradients; halved when the loss diverges [default: {from_class['lr']}].")(f)
         f = click.option("--epochs", type=float, metavar="E",
                          help=f"Epochs of retraining per step (and for the centroids) [default: {from_class['epochs']:g}].")(f)
         f = click.option("--augment", is_flag=True,

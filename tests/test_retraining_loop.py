@@ -213,3 +213,8 @@ def test_throughput_is_in_the_history(cli, tmp_path):
     history = json.loads(result.stdout)["training"]
     assert [h["phase"] for h in history] == ["original", "prune 1/1", "share"]
     assert all(h["samples_per_s"] > 0 and h["lr_halved_at"] == [] for h in history[1:])
+
+
+def test_help_states_the_clip_norm_of_the_class(cli):
+    text = " ".join(cli("prune", "--help").stdout.split())
+    assert f"gradient norm clipped to {retrain.CLIP_NORM:g}" in text and TrainConfig("d.npz").clip_norm == retrain.CLIP_NORM
