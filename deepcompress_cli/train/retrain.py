@@ -88,6 +88,24 @@ class TrainConfig:
 
 
 @dataclass
+class Grid:
+    """A weight held on a linear grid while it trains: forward passes use its codes
+    clip(rint(w / steps), ±levels) · steps (0 where not `keep`), and the gradient at those
+    codes moves a float shadow of w (the straight-through estimator)."""
+    steps: np.ndarray  # float32, the weight's shape (per-row steps broadcast)
+    levels: int
+    keep: np.ndarray  # bool, the weight's shape
+
+    def codes(self, shadow: np.ndarray) -> np.ndarray:
+        n = np.clip(np.rint(shadow / self.steps), -self.levels, self.levels)
+        n[~self.keep] = 0
+        return n
+
+    def weights(self, shadow: np.ndarray) -> np.ndarray:
+        return (self.codes(shadow) * self.steps).astype(np.float32)
+
+
+@dataclass
 class Clusters:
     """A shared tensor's trainable form: dense cluster ids (-1: not stored) and centroids."""
     ids: np.ndarray  # int, the tensor's shape
@@ -145,12 +163,17 @@ class Trainer:
     when the data has no labels, and the reference of an unlabeled --val; by default a frozen
     copy of `network` as it is when the Trainer is made."""
 
-    def __init__(self, network: Network, config: TrainConfig, progress=None, teacher: Network | None = None):
+    def __init__(self, network: Network, config: TrainConfig, progress=None, teacher: Network | None = None,
+                 samples: np.ndarray | None = None):
+        """`samples`: train on these samples of the file only (others judge the result)."""
         self.network = network
         self.config = config
         self.progress = progress
         self.feeds, self.labels = load_data(config.data, network, "--train", config.max_data_bytes)
         self.layout = sample_layout(network.specs, self.feeds)
+        if samples is not None:
+            self.feeds = pick(self.feeds, self.layout, samples)
+            self.labels = None if self.labels is None else self.labels[samples]
         self.samples = sample_count(self.feeds, self.layout)
         self.augment = image_layouts(network.specs, self.feeds, self.layout) if config.augment else None
         fixed = network.fixed_batch(self.layout)
@@ -184,25 +207,31 @@ class Trainer:
                                                                 else self.val_reference)).mean())
 
     def fit(self, masks: dict[str, np.ndarray] | None = None, clusters: dict[str, Clusters] | None = None,
-            frozen=(), epochs: float | None = None, desc: str = "retrain") -> dict:
+            frozen=(), epochs: float | None = None, desc: str = "retrain",
+            grids: dict[str, Grid] | None = None) -> dict:
         """Train in place (parameters in `frozen` excepted); returns {"loss": mean loss over the
         last epoch, "steps": n, "samples_per_s", "lr" (at the end), "lr_halved_at": [step, ...],
-        and the --val score before and after (`val_key`, None without --val), "epoch_kept"}."""
+        and the --val score before and after (`val_key`, None without --val), "epoch_kept"}.
+        Parameters in `grids` end on their grid; their float shadows are left in `self.shadows`."""
         net, cfg = self.network, self.config
-        masks, clusters = masks or {}, clusters or {}
+        masks, clusters, grids = masks or {}, clusters or {}, grids or {}
         for name, mask in masks.items():
             net.params[name] *= mask  # pruned positions are exactly 0 from the start
         for name, c in clusters.items():
             net.params[name] = c.weights()
+        shadows = {name: net.params[name].astype(np.float32) for name in grids}
+        for name, grid in grids.items():
+            net.params[name] = grid.weights(shadows[name])
         n, batch = self.samples, self.batch
         epochs = cfg.epochs if epochs is None else epochs
         steps = max(1, int(round(epochs * n / batch)))
         per_epoch = -(-n // batch)
         every = min(steps, per_epoch if per_epoch < LONG_EPOCH else -(-per_epoch // 2))
-        run = _Run(self, masks, clusters, [p for p in net.params if p not in frozen])
+        run = _Run(self, masks, clusters, grids, shadows, [p for p in net.params if p not in frozen])
         ticks = run.steps(steps, every)
         for _ in ticks if self.progress is None else self.progress(ticks, desc=desc, total=steps, unit="step"):
             pass
+        self.shadows = shadows
         tail = run.losses[-max(1, min(steps, per_epoch)):]  # about the last epoch
         return {"loss": round(float(np.mean(tail)), 6), "steps": steps,
                 "samples_per_s": round(run.samples / run.seconds, 1) if run.seconds > 0 else None,
@@ -215,8 +244,9 @@ class _Run:
     """One fit's state: the step, momentum, checkpoints (the start and the last two good ones,
     the best on --val), timings."""
 
-    def __init__(self, trainer: Trainer, masks: dict, clusters: dict, trained: list[str]):
+    def __init__(self, trainer: Trainer, masks: dict, clusters: dict, grids: dict, shadows: dict, trained: list[str]):
         self.trainer, self.masks, self.clusters, self.trained = trainer, masks, clusters, trained
+        self.grids, self.shadows = grids, shadows  # shadows: updated in place
         net = trainer.network
         self.velocity = {name: np.zeros_like(net.params[name], dtype=np.float32) for name in trained
                          if name not in clusters}
@@ -231,15 +261,18 @@ class _Run:
 
     def snapshot(self):
         net = self.trainer.network
-        return ({k: v.copy() for k, v in net.params.items()}, {k: c.centroids.copy() for k, c in self.clusters.items()})
+        return ({k: v.copy() for k, v in net.params.items()}, {k: c.centroids.copy() for k, c in self.clusters.items()},
+                {k: v.copy() for k, v in self.shadows.items()})
 
     def restore(self, state) -> None:
-        params, centroids = state
+        params, centroids, shadows = state
         net = self.trainer.network
         for name, value in params.items():
             net.params[name] = value.copy()
         for name, c in self.clusters.items():
             c.centroids = centroids[name].copy()
+        for name, value in shadows.items():
+            self.shadows[name][...] = value
 
     def steps(self, steps: int, every: int):
         """Train until `steps` steps are done, yielding after each (a rewind redoes steps)."""
@@ -282,6 +315,9 @@ class _Run:
         del values
         grads = {name: grads[name] * self.masks[name] if name in self.masks else grads[name]
                  for name in self.trained if name in grads}
+        for name, grid in self.grids.items():  # straight through the rounding, onto the shadow
+            if name in grads:
+                grads[name] = grads[name] * grid.keep
         norm = np.sqrt(sum(float(np.dot(g.ravel(), g.ravel())) for g in grads.values()))
         scale = min(1.0, trainer.config.clip_norm / norm) if norm > 0 else 1.0
         lr = trainer.lr * scale
@@ -297,7 +333,11 @@ class _Run:
             v = self.velocity[name]
             v *= trainer.config.momentum
             v -= lr * g
-            net.params[name] += v
+            if name in self.grids:
+                self.shadows[name] += v
+                net.params[name] = self.grids[name].weights(self.shadows[name])
+            else:
+                net.params[name] += v
         self.step += 1
         self.samples += batch
         self.seconds += time.perf_counter() - start
