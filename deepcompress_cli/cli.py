@@ -240,7 +240,8 @@ def share_options(f):
 
 def train_options(with_seed: bool, with_steps: bool):
     """Retraining (`--train`) options shared by prune, share and compress."""
-    from_class = {"epochs": 2.0, "lr": 0.01, "batch_size": 64}  # TrainConfig's defaults (not imported: start-up)
+    # TrainConfig's defaults (not imported: start-up time)
+    from_class = {"epochs": 2.0, "lr": 0.01, "batch_size": 64, "clip_norm": 5.0}
 
     def decorate(f):
         if with_steps:
@@ -254,11 +255,17 @@ def train_options(with_seed: bool, with_steps: bool):
         f = click.option("--batch-size", type=int, metavar="N",
                          help=f"Minibatch size for --train [default: {from_class['batch_size']}].")(f)
         f = click.option("--lr", type=float, metavar="LR",
-                         help=f"SGD learning rate (momentum 0.9); a centroid moves by lr x its weights' summed "
-                              f"gradients [default: {from_class['lr']}].")(f)
+                         help=f"SGD learning rate (momentum 0.9, gradient norm clipped to "
+                              f"{from_class['clip_norm']:g}); a centroid moves by lr x its weights' summed "
+                              f"gradients; halved when the loss diverges [default: {from_class['lr']}].")(f)
         f = click.option("--epochs", type=float, metavar="E",
                          help=f"Epochs of retraining per step (and for the centroids) [default: {from_class['epochs']:g}].")(f)
-        f = click.option("--val", metavar="DATA.npz", help="Report top-1 on this data after each step (needs labels).")(f)
+        f = click.option("--augment", is_flag=True,
+                         help="Random horizontal flips and crops (reflection padding, 1/8 of the side) of image "
+                              "inputs, per sample; with distillation the original model runs on the same batch.")(f)
+        f = click.option("--val", metavar="DATA.npz",
+                         help="Early stop: keep the parameters (checked each epoch, each half epoch for long ones) "
+                              "with the best top-1 on this data (agreement with the original without labels).")(f)
         f = data_bytes_option(f)
         return click.option("--train", "train", metavar="DATA.npz",
                             help="Retrain on this data (inputs by graph input name, optional `labels`; "
@@ -308,12 +315,25 @@ def settings(ctx) -> dict:
 
 
 def format_training(history: list[dict]) -> str:
+    """The per-step history: loss, speed, --val score before and after (early stop: the epoch
+    kept), and the learning rate where divergence halved it."""
     from .report import format_table
 
-    rows = [[h["phase"], h.get("steps", ""), h.get("loss", ""),
-             "" if h.get("val_accuracy_before") is None else f"{100 * h['val_accuracy_before']:.2f}%",
-             "" if h.get("val_accuracy") is None else f"{100 * h['val_accuracy']:.2f}%"] for h in history]
-    return format_table(["phase", "sgd steps", "loss", "val top-1 before", "val top-1 after"], rows, right={1, 2, 3, 4})
+    key = "val_agreement" if any("val_agreement" in h for h in history) else "val_accuracy"
+
+    def percent(value):
+        return "" if value is None else f"{100 * value:.2f}%"
+
+    def lr(h):
+        halved = h.get("lr_halved_at") or ()
+        return f"{h['lr']:g} (halved {len(halved)}x)" if halved else ""
+
+    rows = [[h["phase"], h.get("steps", ""), h.get("loss", ""), h.get("samples_per_s") or "",
+             percent(h.get(f"{key}_before")), percent(h.get(key)),
+             "" if h.get("epoch_kept") is None else f"{h['epoch_kept']:g}", lr(h)] for h in history]
+    what = "val agreement" if key == "val_agreement" else "val top-1"
+    return format_table(["phase", "sgd steps", "loss", "samples/s", f"{what} before", f"{what} after",
+                         "epoch kept", "lr"], rows, right={1, 2, 3, 4, 5, 6})
 
 
 def emit_stage(ctx, data: dict, formatter) -> None:
@@ -443,7 +463,7 @@ def info(ctx, model):
 @json_option
 @click.pass_context
 def prune(ctx, model, output, fmt, metadata, sparsity, layer_sparsity, index_bits, layer_index_bits, threshold_std,
-          train, val, epochs, lr, batch_size, logits, seed, steps, calibrate, min_cosine, min_agreement,
+          train, val, augment, epochs, lr, batch_size, logits, seed, steps, calibrate, min_cosine, min_agreement,
           max_accuracy_drop, plan_out, plan, include, exclude):
     """Magnitude-prune each weight layer; store survivors with relative indices.
 
@@ -467,7 +487,7 @@ def prune(ctx, model, output, fmt, metadata, sparsity, layer_sparsity, index_bit
 
     data = api.prune(model, output, sparsity=sparsity, layer_sparsity=layer_sparsity, index_bits=index_bits,
                      layer_index_bits=layer_index_bits, threshold_std=threshold_std, train=train, val=val,
-                     epochs=epochs, lr=lr, batch_size=batch_size, logits=logits, seed=seed, steps=steps,
+                     augment=augment, epochs=epochs, lr=lr, batch_size=batch_size, logits=logits, seed=seed, steps=steps,
                      include=include, exclude=exclude, metadata=metadata, format=fmt, max_data_bytes=max_data_bytes(ctx),
                      **target_kwargs(calibrate, min_cosine, min_agreement, max_accuracy_drop, plan_out, plan),
                      **settings(ctx))
@@ -483,7 +503,7 @@ def prune(ctx, model, output, fmt, metadata, sparsity, layer_sparsity, index_bit
 @selection_options
 @json_option
 @click.pass_context
-def share(ctx, model, output, fmt, metadata, bits, layer_bits, init, max_iter, tol, seed, per_channel, train, val, epochs,
+def share(ctx, model, output, fmt, metadata, bits, layer_bits, init, max_iter, tol, seed, per_channel, train, val, augment, epochs,
           lr, batch_size, logits, calibrate, min_cosine, min_agreement, max_accuracy_drop, plan_out, plan, include, exclude):
     """Weight sharing: k-means per layer, weights replaced by 2^bits centroid indices.
 
@@ -505,7 +525,7 @@ def share(ctx, model, output, fmt, metadata, bits, layer_bits, init, max_iter, t
     from .report import format_share
 
     data = api.share(model, output, bits=bits, layer_bits=layer_bits, init=init, max_iter=max_iter, tol=tol,
-                     seed=seed, per_channel=per_channel, train=train, val=val, epochs=epochs, lr=lr, batch_size=batch_size, logits=logits,
+                     seed=seed, per_channel=per_channel, train=train, val=val, augment=augment, epochs=epochs, lr=lr, batch_size=batch_size, logits=logits,
                      include=include, exclude=exclude, metadata=metadata, format=fmt, max_data_bytes=max_data_bytes(ctx),
                      **target_kwargs(calibrate, min_cosine, min_agreement, max_accuracy_drop, plan_out, plan),
                      **settings(ctx))
@@ -616,7 +636,7 @@ def huffman(ctx, model, output, fmt, metadata):
 @json_option
 @click.pass_context
 def compress(ctx, model, output, fmt, metadata, sparsity, layer_sparsity, index_bits, layer_index_bits,
-             threshold_std, bits, layer_bits, init, max_iter, tol, seed, per_channel, train, val, epochs, lr, batch_size,
+             threshold_std, bits, layer_bits, init, max_iter, tol, seed, per_channel, train, val, augment, epochs, lr, batch_size,
              logits, steps, report, calibrate, min_cosine, min_agreement, max_accuracy_drop, plan_out, plan, include, exclude):
     """The smallest file that meets a quality target; or the paper's recipe (prune -> share -> huffman).
 
@@ -649,7 +669,7 @@ def compress(ctx, model, output, fmt, metadata, sparsity, layer_sparsity, index_
                         layer_index_bits=layer_index_bits, threshold_std=threshold_std, bits=bits,
                         layer_bits=layer_bits, init=init, max_iter=max_iter, tol=tol, seed=seed,
                         per_channel=per_channel, train=train,
-                        val=val, epochs=epochs, lr=lr, batch_size=batch_size, logits=logits, steps=steps,
+                        val=val, augment=augment, epochs=epochs, lr=lr, batch_size=batch_size, logits=logits, steps=steps,
                         report=report, include=include, exclude=exclude, metadata=metadata, format=fmt,
                         max_data_bytes=max_data_bytes(ctx),
                         **target_kwargs(calibrate, min_cosine, min_agreement, max_accuracy_drop, plan_out, plan),

@@ -53,10 +53,10 @@ def compress_retrain(package: Package, prune_config: PruneConfig, share_config: 
                      steps: int = 1, progress=no_progress) -> tuple[list[dict], list[dict]]:
     """The recipe with retraining between stages: (rows as `compress` gives them, history)."""
     from .entropy import huffman
-    from .retraining import prune_retrain, share_retrain, teacher_logits
+    from .retraining import prune_retrain, share_retrain, teacher_model
 
     originals = {t.name: t for t in package.tensors if compressible(t)}
-    teacher = teacher_logits(package, train)
+    teacher = teacher_model(package, train)
     p_rows, history = prune_retrain(package, prune_config, train, steps, progress, teacher)
     bytes_p = {t.name: t.stored_bytes for t in package.tensors}
     q_rows, q_history = share_retrain(package, share_config, train, progress, teacher)

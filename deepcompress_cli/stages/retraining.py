@@ -15,7 +15,7 @@ from ..errors import DczError
 from ..codecs import sparse
 from ..tensors import Package, Slot, Tensor
 from ..train.network import Network
-from ..train.retrain import Clusters, Trainer, TrainConfig, load_data, logits_of
+from ..train.retrain import Clusters, Trainer, TrainConfig
 from . import compressible, no_progress
 from .prune import PruneConfig, magnitude_mask, prune_tensor, store_pruned
 from .share import ShareConfig, share
@@ -34,12 +34,10 @@ def _store_free_params(package: Package, network: Network, names) -> None:
         package.tensors[i] = Tensor.raw(old.name, network.params[value].astype(old.decode().dtype), old.kind, old.op)
 
 
-def teacher_logits(package: Package, train: TrainConfig) -> np.ndarray | None:
-    """The uncompressed model's logits on unlabeled training data (None when it has labels):
-    every phase distills towards the original, not towards the previous phase's result."""
-    network = Network(package, train.logits)
-    feeds, labels = load_data(train.data, network, "--train", train.max_data_bytes)
-    return logits_of(network, feeds) if labels is None else None
+def teacher_model(package: Package, train: TrainConfig) -> Network:
+    """The uncompressed model, never trained: every phase distills towards the original (and an
+    unlabeled --val is scored against it), not towards the previous phase's result."""
+    return Network(package, train.logits)
 
 
 def prune_schedule(sparsity: float, step: int, steps: int) -> float:
@@ -50,7 +48,8 @@ def prune_schedule(sparsity: float, step: int, steps: int) -> float:
 def prune_retrain(package: Package, config: PruneConfig, train: TrainConfig, steps: int = 1,
                   progress=no_progress, teacher=None) -> tuple[list[dict], list[dict]]:
     """(per-layer rows as `prune` reports them, per-step history).  `teacher`: the original
-    model's logits on the training data, for distillation when it has no labels."""
+    model (teacher_model), for distillation when the data has no labels; by default the model
+    as `package` has it."""
     config = config.resolved(train=True)  # None: the --train defaults
     network = Network(package, train.logits)
     trainer = Trainer(network, train, progress, teacher)
@@ -59,7 +58,7 @@ def prune_retrain(package: Package, config: PruneConfig, train: TrainConfig, ste
                if compressible(package.tensors[index[network.table_name[v]]])}
     # the paper's rule measures each layer's spread once, on the weights before any pruning
     stds = {v: float(network.params[v].std(dtype=np.float64)) for v in weights}
-    history = [{"phase": "original", "val_accuracy": trainer.validate()}]
+    history = [{"phase": "original", trainer.val_key: trainer.validate()}]
     masks = {}
     for step in range(1, steps + 1):
         for value, tensor in weights.items():
@@ -70,9 +69,7 @@ def prune_retrain(package: Package, config: PruneConfig, train: TrainConfig, ste
                 keep, _ = magnitude_mask(w, prune_schedule(config.sparsity.value(tensor), step, steps))
             masks[value] = keep
             w *= keep  # pruned now: "before" below is the pruned, not yet retrained, model
-        history.append({"phase": f"prune {step}/{steps}", "val_accuracy_before": trainer.validate()})
-        history[-1].update(trainer.fit(masks=masks, desc=f"retrain {step}/{steps}"))
-        history[-1]["val_accuracy"] = trainer.validate()
+        history.append({"phase": f"prune {step}/{steps}", **trainer.fit(masks=masks, desc=f"retrain {step}/{steps}")})
     rows = []
     trained = set()
     for value, tensor in weights.items():
@@ -115,7 +112,7 @@ def share_retrain(package: Package, config: ShareConfig, train: TrainConfig,
     if config.per_channel:  # the trainer ties each weight to one centroid, with no channel factor
         raise DczError("--per-channel sharing cannot be combined with --train (trained centroids are per layer)")
     if teacher is None:  # distill towards the model as it was before sharing
-        teacher = teacher_logits(package, train)
+        teacher = teacher_model(package, train)
     rows = share(package, config, progress)
     network = Network(package, train.logits)
     trainer = Trainer(network, train, progress, teacher)
@@ -129,9 +126,7 @@ def share_retrain(package: Package, config: ShareConfig, train: TrainConfig,
                 clusters[value] = c
             else:
                 frozen.add(value)  # stored flat (a tiny layer): keep its shared values as they are
-    history = [{"phase": "share", "val_accuracy_before": trainer.validate()}]
-    history[-1].update(trainer.fit(clusters=clusters, frozen=frozen, desc="train centroids"))
-    history[-1]["val_accuracy"] = trainer.validate()
+    history = [{"phase": "share", **trainer.fit(clusters=clusters, frozen=frozen, desc="train centroids")}]
     by_name = {r["name"]: r for r in rows}
     for value, c in clusters.items():
         i = index[network.table_name[value]]

@@ -9,19 +9,40 @@ Both run minibatch SGD on the model's parameters; what differs is the constraint
   positions outside any cluster (pruned) and the reserved 0.0 centroid stay fixed.
 
 Data follows `bench --data`: arrays keyed by graph input name, optional `labels` (class ids).
-Without labels the loss is distillation to the original model's logits.
+Without labels the loss is distillation to the original model's logits (a frozen copy of it runs
+on each batch when `--augment` flips and crops the images).
+
+Guards against a small data set and a too-high learning rate:
+- the global gradient norm is clipped to `clip_norm` (5: about twice the largest norm measured on
+  mnist_cnn just after pruning to the `--train` defaults, 2.6; a trained model's is 0.1-0.5), so
+  one step moves the weights by at most lr x 5 (x 10 with momentum);
+- divergence (a loss that is not finite, or a running mean of the loss above 1.5 x the loss at
+  the start + 0.1 nats): the last checkpoint's parameters come back and the learning rate halves,
+  at most MAX_HALVINGS times, then a one-line error; the history lists the steps (`lr_halved_at`);
+- with `--val`, early stopping: the parameters at the checkpoint (every epoch, every half epoch
+  when an epoch has LONG_EPOCH steps or more, the start and the end included) that score best
+  on it are kept.  The score is top-1 accuracy when --val has labels, else top-1 agreement with
+  the original model (what unlabeled data can tell; the loss itself is only a proxy for it).
 """
 
 from __future__ import annotations
 
+import copy
 import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..data import check_classes, pick, sample_count, sample_layout, take
 from ..errors import DczError
+from .augment import augment, image_layouts
 from .network import Network, cross_entropy, distillation
+
+CLIP_NORM = 5.0  # default global gradient norm clip (see the module docstring)
+MAX_HALVINGS = 20  # lr down by 10^6 at most, then the run is an error
+LONG_EPOCH = 100  # steps: an epoch this long is checkpointed (and validated) every half epoch
+DIVERGED_FACTOR, DIVERGED_MARGIN = 1.5, 0.1  # running loss above factor x start + margin (nats)
 
 
 @dataclass
@@ -35,6 +56,8 @@ class TrainConfig:
     momentum: float = 0.9
     val: str | None = None
     logits: str | None = None  # the value the loss is on (default: the first float output)
+    augment: bool = False  # random flips and crops of image inputs (augment.py)
+    clip_norm: float = CLIP_NORM  # the global gradient norm is clipped to this (inf: no clipping)
     max_data_bytes: int | None = None  # cap on the decoded arrays of each file (data.MAX_DATA_BYTES)
 
     def __post_init__(self):
@@ -52,6 +75,10 @@ class TrainConfig:
         for option, value, high in (("--epochs", self.epochs, 10000), ("--lr", self.lr, 1e6)):
             if not (number(value, 0, high) and value > 0):  # also rejects nan
                 raise DczError(f"{option} must be a number in (0, {high:g}], got {value!r}")
+        if not (number(self.clip_norm, 0, float("inf")) and self.clip_norm > 0):
+            raise DczError(f"clip_norm must be a positive number, got {self.clip_norm!r}")
+        if not isinstance(self.augment, bool):
+            raise DczError(f"--augment is a flag (True or False), got {self.augment!r}")
         if not number(self.batch_size, 1, 1 << 20, integral=True):
             raise DczError(f"--batch-size must be an integer 1..{1 << 20}, got {self.batch_size!r}")
         if not number(self.momentum, 0, 1) or self.momentum == 1:
@@ -117,10 +144,26 @@ def accuracy(network: Network, feeds: dict, labels: np.ndarray) -> float:
     return float((logits.reshape(len(logits), -1).argmax(1) == labels).mean())
 
 
-class Trainer:
-    """Trains one Network on one data set, under per-tensor masks or cluster maps."""
+def top1(logits: np.ndarray) -> np.ndarray:
+    return logits.reshape(len(logits), -1).argmax(1)
 
-    def __init__(self, network: Network, config: TrainConfig, progress=None, teacher: np.ndarray | None = None,
+
+def frozen_copy(network: Network) -> Network:
+    """The network as it is now, for distillation targets: its own copy of the parameters (the
+    constants are shared; training never writes them)."""
+    teacher = copy.copy(network)
+    teacher.params = {name: p.copy() for name, p in network.params.items()}
+    return teacher
+
+
+class Trainer:
+    """Trains one Network on one data set, under per-tensor masks or cluster maps.
+
+    `teacher`: the original model (a Network that is never trained) the loss distills towards
+    when the data has no labels, and the reference of an unlabeled --val; by default a frozen
+    copy of `network` as it is when the Trainer is made."""
+
+    def __init__(self, network: Network, config: TrainConfig, progress=None, teacher: Network | None = None,
                  samples: np.ndarray | None = None):
         """`samples`: train on these samples of the file only (others judge the result)."""
         self.network = network
@@ -132,31 +175,44 @@ class Trainer:
             self.feeds = pick(self.feeds, self.layout, samples)
             self.labels = None if self.labels is None else self.labels[samples]
         self.samples = sample_count(self.feeds, self.layout)
+        self.augment = image_layouts(network.specs, self.feeds, self.layout) if config.augment else None
         fixed = network.fixed_batch(self.layout)
         self.batch = fixed or min(config.batch_size, self.samples)
         if fixed and self.samples < fixed:
             raise DczError(f"the model takes batches of exactly {fixed}; --train has {self.samples} samples")
         first = network.forward(take(self.feeds, self.layout, 0, self.batch))[0]
         check_classes(first, self.labels, "--train")
-        self.teacher = None
-        if self.labels is None:  # distillation targets: the model as it was before compression
-            self.teacher = teacher if teacher is not None else logits_of(network, self.feeds)
         self.val = load_data(config.val, network, "--val", config.max_data_bytes) if config.val else None
-        if self.val is not None:
-            if self.val[1] is None:
-                raise DczError(f"--val {config.val}: needs `labels`")
+        if self.val is not None and self.val[1] is not None:
             check_classes(first, self.val[1], "--val")
+        unlabeled_val = self.val is not None and self.val[1] is None
+        self.teacher = None
+        if self.labels is None or unlabeled_val:
+            self.teacher = teacher if teacher is not None else frozen_copy(network)
+        self.teacher_logits = None  # on the un-augmented training data, computed once
+        if self.labels is None and self.augment is None:
+            self.teacher_logits = logits_of(self.teacher, self.feeds)
+        self.val_reference = top1(logits_of(self.teacher, self.val[0])) if unlabeled_val else None
+        self.val_key = "val_agreement" if unlabeled_val else "val_accuracy"
         self.rng = np.random.default_rng(config.seed)
+        self.lr = config.lr  # halved on divergence, for this and later fits
+        self.halvings = 0
 
     def validate(self) -> float | None:
-        return accuracy(self.network, *self.val) if self.val is not None else None
+        """Top-1 accuracy on --val (with labels), else top-1 agreement with the original model."""
+        if self.val is None:
+            return None
+        feeds, labels = self.val
+        return float((top1(logits_of(self.network, feeds)) == (labels if labels is not None
+                                                                else self.val_reference)).mean())
 
     def fit(self, masks: dict[str, np.ndarray] | None = None, clusters: dict[str, Clusters] | None = None,
             frozen=(), epochs: float | None = None, desc: str = "retrain",
             grids: dict[str, Grid] | None = None) -> dict:
         """Train in place (parameters in `frozen` excepted); returns {"loss": mean loss over the
-        last epoch, "steps": n}.  Parameters in `grids` end on their grid; their float shadows
-        are left in `self.shadows`."""
+        last epoch, "steps": n, "samples_per_s", "lr" (at the end), "lr_halved_at": [step, ...],
+        and the --val score before and after (`val_key`, None without --val), "epoch_kept"}.
+        Parameters in `grids` end on their grid; their float shadows are left in `self.shadows`."""
         net, cfg = self.network, self.config
         masks, clusters, grids = masks or {}, clusters or {}, grids or {}
         for name, mask in masks.items():
@@ -166,56 +222,154 @@ class Trainer:
         shadows = {name: net.params[name].astype(np.float32) for name in grids}
         for name, grid in grids.items():
             net.params[name] = grid.weights(shadows[name])
-        velocity = {name: np.zeros_like(p, dtype=np.float32) for name, p in net.params.items() if name not in clusters}
         n, batch = self.samples, self.batch
         epochs = cfg.epochs if epochs is None else epochs
         steps = max(1, int(round(epochs * n / batch)))
-        losses = []
-        batches = range(steps)
-        if self.progress is not None:
-            batches = self.progress(batches, desc=desc, total=steps, unit="step")
-        order = np.empty(0, dtype=np.int64)
-        for step in batches:
-            while len(order) < batch:  # a fresh shuffle of the data each epoch
-                order = np.concatenate([order, self.rng.permutation(n)])
-            index, order = np.sort(order[:batch]), order[batch:]
-            feeds = pick(self.feeds, self.layout, index)
-            logits, values = net.forward(feeds)
-            if self.labels is not None:
-                loss, grad_logits = cross_entropy(logits, self.labels[index])
-            else:
-                loss, grad_logits = distillation(logits, self.teacher[index])
-            if not np.isfinite(loss):
-                raise DczError(f"retraining diverged at step {step + 1} (loss is not finite): lower --lr")
-            losses.append(loss)
-            grads = net.backward(values, grad_logits)
-            del values
-            for name, g in grads.items():
-                if name in frozen:
-                    continue
-                if name in clusters:
-                    c = clusters[name]
-                    valid = c.ids >= 0
-                    summed = np.bincount(c.ids[valid], weights=g[valid].astype(np.float64),
-                                         minlength=len(c.centroids))
-                    summed[c.fixed] = 0
-                    c.centroids -= cfg.lr * summed  # the paper's update: lr x the summed gradients
-                    net.params[name] = c.weights()
-                    continue
-                if name in masks:
-                    g = g * masks[name]
-                if name in grids:  # straight through the rounding, onto the shadow
-                    g = g * grids[name].keep
-                v = velocity[name]
-                v *= cfg.momentum
-                v -= cfg.lr * g
-                if name in grids:
-                    shadows[name] += v
-                    net.params[name] = grids[name].weights(shadows[name])
-                else:
-                    net.params[name] += v
-        if not all(np.isfinite(p).all() for p in net.params.values()):
-            raise DczError("retraining diverged (weights are not finite): lower --lr")
-        tail = losses[-max(1, min(steps, int(np.ceil(n / batch)))):]  # about the last epoch
+        per_epoch = -(-n // batch)
+        every = min(steps, per_epoch if per_epoch < LONG_EPOCH else -(-per_epoch // 2))
+        run = _Run(self, masks, clusters, grids, shadows, [p for p in net.params if p not in frozen])
+        ticks = run.steps(steps, every)
+        for _ in ticks if self.progress is None else self.progress(ticks, desc=desc, total=steps, unit="step"):
+            pass
         self.shadows = shadows
-        return {"loss": round(float(np.mean(tail)), 6), "steps": steps}
+        tail = run.losses[-max(1, min(steps, per_epoch)):]  # about the last epoch
+        return {"loss": round(float(np.mean(tail)), 6), "steps": steps,
+                "samples_per_s": round(run.samples / run.seconds, 1) if run.seconds > 0 else None,
+                "lr": self.lr, "lr_halved_at": run.halved_at,
+                f"{self.val_key}_before": run.val_before, self.val_key: run.best[0],
+                "epoch_kept": None if self.val is None else round(run.best[1] / per_epoch, 2)}
+
+
+class _Run:
+    """One fit's state: the step, momentum, checkpoints (the start and the last two good ones,
+    the best on --val), timings."""
+
+    def __init__(self, trainer: Trainer, masks: dict, clusters: dict, grids: dict, shadows: dict, trained: list[str]):
+        self.trainer, self.masks, self.clusters, self.trained = trainer, masks, clusters, trained
+        self.grids, self.shadows = grids, shadows  # shadows: updated in place
+        net = trainer.network
+        self.velocity = {name: np.zeros_like(net.params[name], dtype=np.float32) for name in trained
+                         if name not in clusters}
+        self.step, self.losses, self.halved_at = 0, [], []
+        self.samples, self.seconds = 0, 0.0
+        self.reference = self.smoothed = None
+        self.order = np.empty(0, dtype=np.int64)
+        self.good = [(0, self.snapshot(), 0)]  # (step, state, len(losses)): the start, then the last two
+        self.retrying = False  # restored a checkpoint and not past the next one yet
+        self.val_before = trainer.validate()
+        self.best = (self.val_before, 0, self.good[0][1])  # (score, step, state)
+
+    def snapshot(self):
+        net = self.trainer.network
+        return ({k: v.copy() for k, v in net.params.items()}, {k: c.centroids.copy() for k, c in self.clusters.items()},
+                {k: v.copy() for k, v in self.shadows.items()})
+
+    def restore(self, state) -> None:
+        params, centroids, shadows = state
+        net = self.trainer.network
+        for name, value in params.items():
+            net.params[name] = value.copy()
+        for name, c in self.clusters.items():
+            c.centroids = centroids[name].copy()
+        for name, value in shadows.items():
+            self.shadows[name][...] = value
+
+    def steps(self, steps: int, every: int):
+        """Train until `steps` steps are done, yielding after each (a rewind redoes steps)."""
+        while self.step < steps:
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # divergence is handled
+                self.train_step()
+                if self.step and (self.step % every == 0 or self.step == steps) and self.step > self.good[-1][0]:
+                    self.checkpoint()
+            yield self.step
+        if self.trainer.val is not None and self.best[1] != self.step:
+            self.restore(self.best[2])  # early stop: the parameters that scored best on --val
+
+    def train_step(self) -> None:
+        trainer = self.trainer
+        net, batch = trainer.network, trainer.batch
+        start = time.perf_counter()
+        while len(self.order) < batch:  # a fresh shuffle of the data each epoch
+            self.order = np.concatenate([self.order, trainer.rng.permutation(trainer.samples)])
+        index, self.order = np.sort(self.order[:batch]), self.order[batch:]
+        feeds = pick(trainer.feeds, trainer.layout, index)
+        if trainer.augment is not None:
+            feeds = augment(feeds, trainer.augment, trainer.rng)
+        logits, values = net.forward(feeds)
+        if trainer.labels is not None:
+            loss, grad_logits = cross_entropy(logits, trainer.labels[index])
+        else:
+            target = trainer.teacher_logits[index] if trainer.augment is None else trainer.teacher.forward(feeds)[0]
+            loss, grad_logits = distillation(logits, target)
+        if self.reference is None:
+            if not np.isfinite(loss):
+                raise DczError("retraining: the loss is not finite before any update (the model's outputs "
+                               "on --train are NaN or infinite)")
+            self.reference = self.smoothed = loss
+        self.smoothed = 0.75 * self.smoothed + 0.25 * loss  # about the last 4 steps
+        if not np.isfinite(loss) or self.smoothed > DIVERGED_FACTOR * self.reference + DIVERGED_MARGIN:
+            self.seconds += time.perf_counter() - start
+            return self.diverged()
+        self.losses.append(loss)
+        grads = net.backward(values, grad_logits)
+        del values
+        grads = {name: grads[name] * self.masks[name] if name in self.masks else grads[name]
+                 for name in self.trained if name in grads}
+        for name, grid in self.grids.items():  # straight through the rounding, onto the shadow
+            if name in grads:
+                grads[name] = grads[name] * grid.keep
+        norm = np.sqrt(sum(float(np.dot(g.ravel(), g.ravel())) for g in grads.values()))
+        scale = min(1.0, trainer.config.clip_norm / norm) if norm > 0 else 1.0
+        lr = trainer.lr * scale
+        for name, g in grads.items():
+            if name in self.clusters:
+                c = self.clusters[name]
+                valid = c.ids >= 0
+                summed = np.bincount(c.ids[valid], weights=g[valid].astype(np.float64), minlength=len(c.centroids))
+                summed[c.fixed] = 0
+                c.centroids -= lr * summed  # the paper's update: lr x the summed gradients
+                net.params[name] = c.weights()
+                continue
+            v = self.velocity[name]
+            v *= trainer.config.momentum
+            v -= lr * g
+            if name in self.grids:
+                self.shadows[name] += v
+                net.params[name] = self.grids[name].weights(self.shadows[name])
+            else:
+                net.params[name] += v
+        self.step += 1
+        self.samples += batch
+        self.seconds += time.perf_counter() - start
+
+    def checkpoint(self) -> None:
+        net = self.trainer.network
+        if not all(np.isfinite(p).all() for p in net.params.values()):
+            return self.diverged()
+        state = self.snapshot()
+        self.good = [self.good[0], *self.good[1:][-1:], (self.step, state, len(self.losses))]
+        self.retrying = False
+        if self.trainer.val is not None:
+            score = self.trainer.validate()
+            if score > self.best[0]:
+                self.best = (score, self.step, state)
+
+    def diverged(self) -> None:
+        """Back to the last good checkpoint with half the learning rate (momentum reset); when
+        that checkpoint diverged again before the next one, it was not good: the one before."""
+        trainer = self.trainer
+        if trainer.halvings == MAX_HALVINGS:
+            raise DczError(f"retraining diverged at --lr {trainer.config.lr:g} and after {MAX_HALVINGS} "
+                           f"halvings of it ({trainer.lr:g}): lower --lr")
+        self.halved_at.append(self.step + 1)
+        trainer.lr /= 2
+        trainer.halvings += 1
+        if self.retrying and len(self.good) > 1:
+            self.good.pop()
+        self.retrying = True
+        self.step, state, kept = self.good[-1]
+        self.restore(state)
+        del self.losses[kept:]
+        self.smoothed = self.reference
+        for v in self.velocity.values():
+            v[...] = 0
