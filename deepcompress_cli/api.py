@@ -77,7 +77,7 @@ def export(model, output, *, qdq=False, metadata=None, format=None, max_decoded_
 
 
 def prune(model, output, *, sparsity=None, layer_sparsity=None, index_bits=None, layer_index_bits=None,
-          threshold_std=None, train=None, val=None, epochs=None, lr=None, batch_size=None, logits=None, augment=False, seed=0,
+          threshold_std=None, train=None, val=None, epochs=None, lr=None, batch_size=None, logits=None, augment=False, optimizer=None, seed=0,
           steps=None, calibrate=None, min_cosine=None, min_agreement=None, max_accuracy_drop=None, plan=None,
           plan_out=None, include=(), exclude=(), metadata=None, format=None, max_data_bytes=None, jobs=None,
           progress=None) -> dict:
@@ -104,7 +104,7 @@ def prune(model, output, *, sparsity=None, layer_sparsity=None, index_bits=None,
 
         return _planned("prune", model, output, planned, given if config.sparsity.given or not planned["goal"]
                         else None, [config], include, exclude, metadata, format, max_data_bytes, jobs, progress)
-    training = _train_config(train, val, epochs, lr, batch_size, seed, logits, max_data_bytes, augment)
+    training = _train_config(train, val, epochs, lr, batch_size, seed, logits, max_data_bytes, augment, optimizer)
     steps = _steps(steps, training, DEFAULT_TRAIN_STEPS)
 
     def apply(package, bar):
@@ -117,7 +117,7 @@ def prune(model, output, *, sparsity=None, layer_sparsity=None, index_bits=None,
 
 
 def share(model, output, *, bits=None, layer_bits=None, init="linear", max_iter=100, tol=1e-6, seed=0,
-          per_channel=False, train=None, val=None, epochs=None, lr=None, batch_size=None, logits=None, augment=False, calibrate=None, min_cosine=None,
+          per_channel=False, train=None, val=None, epochs=None, lr=None, batch_size=None, logits=None, augment=False, optimizer=None, calibrate=None, min_cosine=None,
           min_agreement=None, max_accuracy_drop=None, plan=None, plan_out=None, include=(), exclude=(),
           metadata=None, format=None, max_data_bytes=None, jobs=None, progress=None) -> dict:
     """k-means weight sharing: `bits` one integer or {"conv": .., "fc": ..}, `layer_bits` {glob: bits};
@@ -137,7 +137,7 @@ def share(model, output, *, bits=None, layer_bits=None, init="linear", max_iter=
 
         return _planned("share", model, output, planned, given if config.bits.given or not planned["goal"] else None,
                         [config], include, exclude, metadata, format, max_data_bytes, jobs, progress)
-    training = _train_config(train, val, epochs, lr, batch_size, seed, logits, max_data_bytes, augment)
+    training = _train_config(train, val, epochs, lr, batch_size, seed, logits, max_data_bytes, augment, optimizer)
     _no_trained_per_channel(config, training)
 
     def apply(package, bar):
@@ -209,7 +209,7 @@ def svd(model, output, *, rank=None, energy=None, ratio=None, layer_rank=None, i
 
 def compress(model, output, *, sparsity=None, layer_sparsity=None, index_bits=None, layer_index_bits=None,
              threshold_std=None, bits=None, layer_bits=None, init="linear", max_iter=100, tol=1e-6, seed=0,
-             per_channel=False, train=None, val=None, epochs=None, lr=None, batch_size=None, logits=None, augment=False, steps=None, report=False,
+             per_channel=False, train=None, val=None, epochs=None, lr=None, batch_size=None, logits=None, augment=False, optimizer=None, steps=None, report=False,
              calibrate=None, min_cosine=None, min_agreement=None, max_accuracy_drop=None, plan=None, plan_out=None,
              include=(), exclude=(), metadata=None, format=None, max_data_bytes=None, jobs=None, progress=None) -> dict:
     """The smallest file meeting a quality target, or the paper's recipe.
@@ -241,7 +241,7 @@ def compress(model, output, *, sparsity=None, layer_sparsity=None, index_bits=No
     if searching is not None and explicit and (searching["goal"] or plan is not None):
         raise DczError("--sparsity/--bits/--index-bits/--threshold-std/--per-channel set the paper's fixed recipe; a target or "
                        "--plan searches the settings: give one or the other")
-    training = _train_config(train, val, epochs, lr, batch_size, seed, logits, max_data_bytes, augment)
+    training = _train_config(train, val, epochs, lr, batch_size, seed, logits, max_data_bytes, augment, optimizer)
     if searching is not None and not explicit:
         searching["train"] = training  # with a target: fine-tuned plans (train/targeted.py)
         return _planned("compress", model, output, searching, None, [p_config, s_config], include, exclude,
@@ -616,14 +616,16 @@ def _no_trained_per_channel(config, training) -> None:
         raise DczError("--per-channel sharing cannot be combined with --train (trained centroids are per layer)")
 
 
-def _train_config(train, val, epochs, lr, batch_size, seed, logits, max_data_bytes=None, augment=False):
+def _train_config(train, val, epochs, lr, batch_size, seed, logits, max_data_bytes=None, augment=False,
+                  optimizer=None):
     from .train.retrain import TrainConfig
 
-    options = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "max_data_bytes": max_data_bytes}
+    options = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "max_data_bytes": max_data_bytes,
+               "optimizer": optimizer}
     if train is None:
         for option, value in (("--val", val), ("--epochs", epochs), ("--lr", lr), ("--batch-size", batch_size),
                               ("--logits", logits), ("--max-data-bytes", max_data_bytes),
-                              ("--augment", augment or None)):
+                              ("--augment", augment or None), ("--optimizer", optimizer)):
             if value is not None:
                 raise DczError(f"{option} needs --train")
         return None

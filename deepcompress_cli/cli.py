@@ -258,6 +258,9 @@ def train_options(with_seed: bool, with_steps: bool):
                          help=f"SGD learning rate (momentum 0.9, gradient norm clipped to "
                               f"{from_class['clip_norm']:g}); a centroid moves by lr x its weights' summed "
                               f"gradients; halved when the loss diverges [default: {from_class['lr']}].")(f)
+        f = click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default=None,
+                         help="sgd: momentum SGD (the paper's); adam: per-weight steps from the gradients' moments, "
+                              "for fine-tuning from a few hundred inputs (try --lr 1e-4) [default: sgd].")(f)
         f = click.option("--epochs", type=float, metavar="E",
                          help=f"Epochs of retraining per step (and for the centroids) [default: {from_class['epochs']:g}].")(f)
         f = click.option("--augment", is_flag=True,
@@ -463,7 +466,7 @@ def info(ctx, model):
 @json_option
 @click.pass_context
 def prune(ctx, model, output, fmt, metadata, sparsity, layer_sparsity, index_bits, layer_index_bits, threshold_std,
-          train, val, augment, epochs, lr, batch_size, logits, seed, steps, calibrate, min_cosine, min_agreement,
+          train, val, augment, optimizer, epochs, lr, batch_size, logits, seed, steps, calibrate, min_cosine, min_agreement,
           max_accuracy_drop, plan_out, plan, include, exclude):
     """Magnitude-prune each weight layer; store survivors with relative indices.
 
@@ -487,7 +490,7 @@ def prune(ctx, model, output, fmt, metadata, sparsity, layer_sparsity, index_bit
 
     data = api.prune(model, output, sparsity=sparsity, layer_sparsity=layer_sparsity, index_bits=index_bits,
                      layer_index_bits=layer_index_bits, threshold_std=threshold_std, train=train, val=val,
-                     augment=augment, epochs=epochs, lr=lr, batch_size=batch_size, logits=logits, seed=seed, steps=steps,
+                     augment=augment, optimizer=optimizer, epochs=epochs, lr=lr, batch_size=batch_size, logits=logits, seed=seed, steps=steps,
                      include=include, exclude=exclude, metadata=metadata, format=fmt, max_data_bytes=max_data_bytes(ctx),
                      **target_kwargs(calibrate, min_cosine, min_agreement, max_accuracy_drop, plan_out, plan),
                      **settings(ctx))
@@ -503,7 +506,7 @@ def prune(ctx, model, output, fmt, metadata, sparsity, layer_sparsity, index_bit
 @selection_options
 @json_option
 @click.pass_context
-def share(ctx, model, output, fmt, metadata, bits, layer_bits, init, max_iter, tol, seed, per_channel, train, val, augment, epochs,
+def share(ctx, model, output, fmt, metadata, bits, layer_bits, init, max_iter, tol, seed, per_channel, train, val, augment, optimizer, epochs,
           lr, batch_size, logits, calibrate, min_cosine, min_agreement, max_accuracy_drop, plan_out, plan, include, exclude):
     """Weight sharing: k-means per layer, weights replaced by 2^bits centroid indices.
 
@@ -525,7 +528,7 @@ def share(ctx, model, output, fmt, metadata, bits, layer_bits, init, max_iter, t
     from .report import format_share
 
     data = api.share(model, output, bits=bits, layer_bits=layer_bits, init=init, max_iter=max_iter, tol=tol,
-                     seed=seed, per_channel=per_channel, train=train, val=val, augment=augment, epochs=epochs, lr=lr, batch_size=batch_size, logits=logits,
+                     seed=seed, per_channel=per_channel, train=train, val=val, augment=augment, optimizer=optimizer, epochs=epochs, lr=lr, batch_size=batch_size, logits=logits,
                      include=include, exclude=exclude, metadata=metadata, format=fmt, max_data_bytes=max_data_bytes(ctx),
                      **target_kwargs(calibrate, min_cosine, min_agreement, max_accuracy_drop, plan_out, plan),
                      **settings(ctx))
@@ -636,7 +639,7 @@ def huffman(ctx, model, output, fmt, metadata):
 @json_option
 @click.pass_context
 def compress(ctx, model, output, fmt, metadata, sparsity, layer_sparsity, index_bits, layer_index_bits,
-             threshold_std, bits, layer_bits, init, max_iter, tol, seed, per_channel, train, val, augment, epochs, lr, batch_size,
+             threshold_std, bits, layer_bits, init, max_iter, tol, seed, per_channel, train, val, augment, optimizer, epochs, lr, batch_size,
              logits, steps, report, calibrate, min_cosine, min_agreement, max_accuracy_drop, plan_out, plan, include, exclude):
     """The smallest file that meets a quality target; or the paper's recipe (prune -> share -> huffman).
 
@@ -669,7 +672,7 @@ def compress(ctx, model, output, fmt, metadata, sparsity, layer_sparsity, index_
                         layer_index_bits=layer_index_bits, threshold_std=threshold_std, bits=bits,
                         layer_bits=layer_bits, init=init, max_iter=max_iter, tol=tol, seed=seed,
                         per_channel=per_channel, train=train,
-                        val=val, augment=augment, epochs=epochs, lr=lr, batch_size=batch_size, logits=logits, steps=steps,
+                        val=val, augment=augment, optimizer=optimizer, epochs=epochs, lr=lr, batch_size=batch_size, logits=logits, steps=steps,
                         report=report, include=include, exclude=exclude, metadata=metadata, format=fmt,
                         max_data_bytes=max_data_bytes(ctx),
                         **target_kwargs(calibrate, min_cosine, min_agreement, max_accuracy_drop, plan_out, plan),

@@ -218,3 +218,20 @@ def test_throughput_is_in_the_history(cli, tmp_path):
 def test_help_states_the_clip_norm_of_the_class(cli):
     text = " ".join(cli("prune", "--help").stdout.split())
     assert f"gradient norm clipped to {retrain.CLIP_NORM:g}" in text and TrainConfig("d.npz").clip_norm == retrain.CLIP_NORM
+
+
+def test_adam_trains_and_is_deterministic(cli, tmp_path):
+    """--optimizer adam: per-weight steps; a bad name is a one-line error."""
+    train = SAMPLES / "digits_train.npz"
+    outs = []
+    for k in range(2):
+        out = tmp_path / f"a{k}.dcz"
+        result = cli("--json", "prune", SAMPLES / "lenet300.onnx", "-o", out, "--sparsity", 0.8, "--train", train,
+                     "--optimizer", "adam", "--lr", 1e-3, "--epochs", 1, "--steps", 1, "--val", SAMPLES / "digits_test.npz")
+        assert result.exit_code == 0, result.stderr
+        outs.append(out.read_bytes())
+        history = json.loads(result.stdout)["training"]
+    assert outs[0] == outs[1]
+    assert history[-1]["val_accuracy"] > history[-1]["val_accuracy_before"]  # it learned something
+    assert_one_line_error(cli("prune", SAMPLES / "lenet300.onnx", "-o", tmp_path / "b.dcz", "--train", train,
+                              "--optimizer", "nesterov"))

@@ -38,6 +38,7 @@ from ..data import check_classes, pick, sample_count, sample_layout, take
 from ..errors import DczError
 from .augment import augment, image_layouts
 from .network import Network, cross_entropy, distillation
+from .optim import OPTIMIZERS, Optimizer
 
 CLIP_NORM = 5.0  # default global gradient norm clip (see the module docstring)
 MAX_HALVINGS = 20  # lr down by 10^6 at most, then the run is an error
@@ -54,6 +55,7 @@ class TrainConfig:
     batch_size: int = 64
     seed: int = 0
     momentum: float = 0.9
+    optimizer: str = "sgd"  # or "adam" (optim.py)
     val: str | None = None
     logits: str | None = None  # the value the loss is on (default: the first float output)
     augment: bool = False  # random flips and crops of image inputs (augment.py)
@@ -81,6 +83,8 @@ class TrainConfig:
             raise DczError(f"--augment is a flag (True or False), got {self.augment!r}")
         if not number(self.batch_size, 1, 1 << 20, integral=True):
             raise DczError(f"--batch-size must be an integer 1..{1 << 20}, got {self.batch_size!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise DczError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if not number(self.momentum, 0, 1) or self.momentum == 1:
             raise DczError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if not number(self.seed, -(1 << 63), (1 << 64) - 1, integral=True):
@@ -247,9 +251,7 @@ class _Run:
     def __init__(self, trainer: Trainer, masks: dict, clusters: dict, grids: dict, shadows: dict, trained: list[str]):
         self.trainer, self.masks, self.clusters, self.trained = trainer, masks, clusters, trained
         self.grids, self.shadows = grids, shadows  # shadows: updated in place
-        net = trainer.network
-        self.velocity = {name: np.zeros_like(net.params[name], dtype=np.float32) for name in trained
-                         if name not in clusters}
+        self.optimizer = Optimizer(trainer.config.optimizer, trainer.config.momentum)
         self.step, self.losses, self.halved_at = 0, [], []
         self.samples, self.seconds = 0, 0.0
         self.reference = self.smoothed = None
@@ -320,19 +322,16 @@ class _Run:
                 grads[name] = grads[name] * grid.keep
         norm = np.sqrt(sum(float(np.dot(g.ravel(), g.ravel())) for g in grads.values()))
         scale = min(1.0, trainer.config.clip_norm / norm) if norm > 0 else 1.0
-        lr = trainer.lr * scale
         for name, g in grads.items():
             if name in self.clusters:
                 c = self.clusters[name]
                 valid = c.ids >= 0
                 summed = np.bincount(c.ids[valid], weights=g[valid].astype(np.float64), minlength=len(c.centroids))
                 summed[c.fixed] = 0
-                c.centroids -= lr * summed  # the paper's update: lr x the summed gradients
+                c.centroids -= trainer.lr * scale * summed  # the paper's update: lr x the summed gradients
                 net.params[name] = c.weights()
                 continue
-            v = self.velocity[name]
-            v *= trainer.config.momentum
-            v -= lr * g
+            v = self.optimizer.step(name, g * scale, trainer.lr)
             if name in self.grids:
                 self.shadows[name] += v
                 net.params[name] = self.grids[name].weights(self.shadows[name])
@@ -371,5 +370,4 @@ class _Run:
         self.restore(state)
         del self.losses[kept:]
         self.smoothed = self.reference
-        for v in self.velocity.values():
-            v[...] = 0
+        self.optimizer.reset()
