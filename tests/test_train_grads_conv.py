@@ -17,6 +17,7 @@ from tests.test_train_grads import check_gradient, rand
     ({"strides": [2, 1], "pads": [2, 0, 1, 2]}, (1, 3, 8, 7), (3, 1, 5, 5)),
     ({"dilations": [2, 2], "pads": [2, 2, 2, 2]}, (1, 2, 6, 6), (2, 1, 3, 3)),
     ({"strides": [2, 2], "dilations": [2, 1]}, (1, 2, 9, 8), (2, 1, 3, 2)),
+    ({"pads": [2, 0, 0, 2]}, (1, 2, 5, 5), (2, 1, 2, 2)),  # stride 1, padded beyond the kernel
     ({}, (2, 3, 5, 5), (6, 1, 3, 3)),  # channel multiplier 2
     ({"strides": [2, 2], "pads": [1, 0, 0, 1]}, (1, 2, 6, 6), (6, 1, 3, 3)),  # multiplier 3
     ({"auto_pad": "SAME_UPPER", "strides": [2, 2]}, (1, 3, 6, 6), (3, 1, 3, 3)),

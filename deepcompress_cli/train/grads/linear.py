@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from ...interp.ops.conv import conv_attrs, conv_transpose_geometry, im2col, pad_spatial, patch_view
+from ...interp.ops.conv import conv, conv_attrs, conv_transpose_geometry, im2col, pad_spatial, patch_view
 from . import grad, unbroadcast
 
 
@@ -85,17 +85,18 @@ def _padded_shape(x_shape, pads) -> tuple:
 
 
 def _depthwise_conv_grads(x, w, g, geometry, group, need_x, need_w):
-    """group == channels: per kernel offset, one broadcast multiply-add over every channel and
-    pixel (dx) and one product-sum over images and output positions (dw), as the forward does;
+    """group == channels: per kernel offset, one product-sum over images and output positions
+    (dw) and one broadcast multiply-add over every channel and pixel (dx), as the forward does;
     no im2col and no loop over channels."""
     kernel_shape, strides, pads, dilations = geometry
     n, c = x.shape[:2]
     out_spatial = g.shape[2:]
+    n_sp = len(out_spatial)
     mult = w.shape[0] // c  # output channel c * mult + j reads input channel c
     g5 = g.reshape(n, c, mult, *out_spatial)
     wk = w.reshape(c, mult, -1)
     windows = _windows(kernel_shape, strides, dilations, out_spatial)
-    sp = "hwd"[:len(out_spatial)]  # einsum letters of the spatial axes
+    sp = "hwd"[:n_sp]  # einsum letters of the spatial axes
     dx = dw = None
     if need_w:
         xp = pad_spatial(x, pads)
@@ -104,10 +105,18 @@ def _depthwise_conv_grads(x, w, g, geometry, group, need_x, need_w):
             tap = xp[(..., *window)]  # [N, C, *out], a strided view
             dw[:, :, index] = np.einsum(f"ncm{sp},nc{sp}->cm", g5, tap)
         dw = dw.reshape(w.shape)
-    if need_x:
+    full = [(k - 1) * d for k, d in zip(kernel_shape, dilations)]
+    flipped_pads = [f - p for f, p in zip(full * 2, pads)]
+    if need_x and set(strides) == {1} and min(flipped_pads) >= 0:
+        # stride 1: dx is g correlated with the flipped kernel, itself a grouped Conv the forward
+        # kernel runs fast (contiguous runs instead of strided windows)
+        flipped = wk.reshape(c, mult, *kernel_shape)[(..., *[slice(None, None, -1)] * n_sp)]
+        dx = conv(g, np.ascontiguousarray(flipped), None,
+                  {"group": c, "pads": flipped_pads, "dilations": list(dilations)})
+    elif need_x:
         dxp = np.zeros(_padded_shape(x.shape, pads), dtype=np.float32)
         tmp = np.empty((n, c, *out_spatial), dtype=np.float32)
-        spread = (1,) * len(out_spatial)
+        spread = (1,) * n_sp
         for index, window in enumerate(windows):
             if mult == 1:
                 np.multiply(g, wk[:, 0, index].reshape(c, *spread), out=tmp)
