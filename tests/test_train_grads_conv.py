@@ -25,6 +25,8 @@ from tests.test_train_grads import check_gradient, rand
     ({"auto_pad": "SAME_UPPER"}, (1, 2, 5, 5), (4, 1, 2, 2)),
     ({"auto_pad": "VALID", "strides": [3, 3]}, (1, 3, 8, 8), (3, 1, 3, 3)),
     ({"pads": [1, 2], "strides": [2]}, (2, 3, 9), (3, 1, 3)),  # 1-D
+    ({"pads": [1, 3], "dilations": [2]}, (1, 2, 9), (4, 1, 3)),  # 1-D, stride 1
+    ({"pads": [1, 1, 1, 1, 1, 1]}, (1, 2, 3, 4, 3), (2, 1, 3, 3, 2)),  # 3-D, stride 1
     ({"pads": [1, 0, 1, 0, 1, 1], "strides": [1, 2, 1]}, (1, 2, 4, 5, 4), (4, 1, 3, 2, 2)),  # 3-D
 ])
 def test_depthwise_conv(attrs, x_shape, w_shape):
