@@ -49,6 +49,21 @@ def test_grouped_and_dense_conv(attrs, x_shape, w_shape):
     check_gradient("Conv", [rand(*x_shape), rand(*w_shape), rand(w_shape[0])], attrs)
 
 
+@pytest.mark.parametrize("attrs,w_shape", [({"group": 2, "pads": [1, 0, 0, 1]}, (4, 2, 3, 2)), ({}, (3, 4, 1, 1))])
+def test_dense_conv_in_chunks_of_images(monkeypatch, attrs, w_shape):
+    """A chunk per image (as for large inputs) gives the gradients of one chunk for all."""
+    x = rand(3, 4, 5, 5)
+    inputs = [x, rand(*w_shape)]
+    y = KERNELS["Conv"](inputs, attrs, OpContext(13))[0]
+    g = rand(*y.shape)
+    whole = GRADS["Conv"](inputs, y, attrs, g, [True, True], 13)
+    monkeypatch.setattr("deepcompress_cli.train.grads.linear._CHUNK_BYTES", 1)
+    chunked = GRADS["Conv"](inputs, y, attrs, g, [True, True], 13)
+    for a, b in zip(whole, chunked):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    check_gradient("Conv", inputs, attrs)
+
+
 def test_conv_without_input_gradient():
     """Only the weights train (the first layer): no dx computed, dw still right."""
     x, w = rand(2, 3, 5, 5), rand(3, 1, 3, 3)

@@ -49,7 +49,7 @@ def _matmul(inputs, y, attrs, g, needs, opset):
     return grads
 
 
-# Patch bytes per chunk of images in the dense Conv backward: bounds the im2col buffer's memory.
+# Bytes per chunk of images in the dense Conv backward: bounds the im2col buffer's memory.
 _CHUNK_BYTES = 64 << 20
 
 
@@ -139,7 +139,8 @@ def _dense_conv_grads(x, w, g, geometry, group, need_x, need_w):
     w3 = w.reshape(group, m // group, rows)
     dx = np.empty(x.shape, dtype=np.float32) if need_x else None
     dw = np.zeros(w3.shape, dtype=np.float32) if need_w else None
-    per = max(1, _CHUNK_BYTES // max(1, group * rows * length * 4))
+    # images per chunk: their im2col, and their per-image dW before the sum, within _CHUNK_BYTES
+    per = max(1, _CHUNK_BYTES // (4 * max(group * rows * length, w.size)))
     for n0 in range(0, n, per):
         n1 = min(n, n0 + per)
         gy = g[n0:n1].reshape(n1 - n0, group, m // group, length)
