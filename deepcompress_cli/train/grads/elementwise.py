@@ -56,11 +56,23 @@ def _identity(inputs, y, attrs, g, needs, opset):
     return [g] + [None] * (len(inputs) - 1)
 
 
+def _softmax_frame(t: np.ndarray, attrs: dict, opset: int) -> tuple[np.ndarray, int]:
+    """(array, axis) the forward kernel normalizes over: before opset 13 the input flattened to
+    2-D at `axis` (default 1), from 13 one axis (default -1)."""
+    if opset >= 13:
+        return t, attrs.get("axis", -1)
+    axis = attrs.get("axis", 1)
+    return t.reshape(int(np.prod(t.shape[:axis])), -1), 1
+
+
 @grad("Softmax")
 def _softmax(inputs, y, attrs, g, needs, opset):
-    axis = attrs.get("axis", -1 if opset >= 13 else 1)
-    if opset >= 13:
-        return [y * (g - (g * y).sum(axis=axis, keepdims=True))]
-    # before opset 13 Softmax works on the input flattened to 2-D at `axis`
-    y2, g2 = y.reshape(int(np.prod(y.shape[:axis])), -1), g.reshape(int(np.prod(y.shape[:axis])), -1)
-    return [(y2 * (g2 - (g2 * y2).sum(axis=1, keepdims=True))).reshape(y.shape)]
+    (y2, axis), (g2, _) = _softmax_frame(y, attrs, opset), _softmax_frame(g, attrs, opset)
+    return [(y2 * (g2 - (g2 * y2).sum(axis=axis, keepdims=True))).reshape(y.shape)]
+
+
+@grad("LogSoftmax")
+def _log_softmax(inputs, y, attrs, g, needs, opset):
+    """y = x - logsumexp(x): dx = g - softmax(x) · Σ g, softmax being exp(y)."""
+    (y2, axis), (g2, _) = _softmax_frame(y, attrs, opset), _softmax_frame(g, attrs, opset)
+    return [(g2 - np.exp(y2) * g2.sum(axis=axis, keepdims=True)).reshape(y.shape)]
