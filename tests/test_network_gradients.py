@@ -17,8 +17,11 @@ from deepcompress_cli.onnx_io import from_onnx
 from deepcompress_cli.train.network import Network
 
 
-def directional_check(network: Network, feeds: dict, names: list[str], seed: int = 0, eps: float = 1e-4,
-                      rtol: float = 2e-3) -> None:
+def directional_check(network: Network, feeds: dict, names: list[str], seed: int = 0, eps: float = 1e-7,
+                      rtol: float = 1e-3) -> None:
+    """eps is tiny because the loss is evaluated in float64: larger steps cross the kinks of
+    ReLU6 (Clip) of the many activations near 0 or 6, and a 3x3 stem conv's check was 5 % off at
+    1e-5, 0.001 % at 1e-7."""
     rng = np.random.default_rng(seed)
     logits, values = network.forward(feeds)
     r = rng.standard_normal(logits.shape).astype(np.float32)
@@ -74,7 +77,8 @@ def small_encoder():
     node = helper.make_node
     nodes = [
         node("Gather", ["emb", "ids"], ["e"]),
-        node("LayerNormalization", ["e", "ln_s", "ln_b"], ["h"], axis=-1),
+        # stash_type double: its statistics would otherwise be float32 even in the float64 runs
+        node("LayerNormalization", ["e", "ln_s", "ln_b"], ["h"], axis=-1, stash_type=TensorProto.DOUBLE),
         *[node("MatMul", ["h", f"w{k}"], [f"{k}0"]) for k in "qkv"],
         *[node("Reshape", [f"{k}0", "qkv_shape"], [f"{k}1"]) for k in "qkv"],
         node("Transpose", ["q1"], ["q"], perm=[0, 2, 1, 3]), node("Transpose", ["k1"], ["k"], perm=[0, 2, 3, 1]),
