@@ -294,15 +294,14 @@ def range_(inputs, attrs, ctx):
 # ------------------------------------------------------------------------------ padding
 
 
-@op("Pad")
-def pad(inputs, attrs, ctx):
+def pad_amounts(inputs, attrs, opset: int) -> tuple[list[int], list[int]]:
+    """(begin, end) pads of every axis of a Pad node's input (negative: a crop)."""
     x = inputs[0]
-    mode = str_attr(attrs, "mode", "constant")
-    if ctx.opset < 11:
-        pads, value, axes = ints(attrs["pads"]), attrs.get("value", 0.0), None
+    if opset < 11:
+        pads, axes = ints(attrs["pads"]), None
     else:
-        pads, value = ints(inputs[1]), input_at(inputs, 2)
-        axes = input_at(inputs, 3) if ctx.opset >= 18 else None
+        pads = ints(inputs[1])
+        axes = input_at(inputs, 3) if opset >= 18 else None
     axes = norm_axes(ints(axes), x.ndim, "Pad") if axes is not None else list(range(x.ndim))
     if len(pads) != 2 * len(axes):
         raise DczError(f"Pad: {len(pads)} pads for {len(axes)} axes (expected twice as many).")
@@ -311,6 +310,15 @@ def pad(inputs, attrs, ctx):
         begin[axis], end[axis] = pads[i], pads[i + len(axes)]
     if any(d + b + e < 0 for d, b, e in zip(x.shape, begin, end)):
         raise DczError(f"Pad: pads {pads} crop more than the input shape {list(x.shape)} holds.")
+    return begin, end
+
+
+@op("Pad")
+def pad(inputs, attrs, ctx):
+    x = inputs[0]
+    mode = str_attr(attrs, "mode", "constant")
+    value = attrs.get("value", 0.0) if ctx.opset < 11 else input_at(inputs, 2)
+    begin, end = pad_amounts(inputs, attrs, ctx.opset)
     # Negative pads crop; np.pad then adds the positive ones.
     x = x[tuple(slice(max(-b, 0), d - max(-e, 0)) for b, e, d in zip(begin, end, x.shape))]
     widths = [(max(b, 0), max(e, 0)) for b, e in zip(begin, end)]

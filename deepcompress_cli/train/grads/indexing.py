@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from ...interp.ops import KERNELS, OpContext
-from ...interp.ops.shape import ints, norm_axis, str_attr
+from ...interp.ops.shape import ints, norm_axis, pad_amounts, str_attr
 from . import grad, unbroadcast
 
 
@@ -53,11 +53,18 @@ for _name in ("Slice", "GatherElements", "GatherND", "DepthToSpace", "SpaceToDep
 
 @grad("Pad")
 def _pad(inputs, y, attrs, g, needs, opset):
-    """Padded cells copy no input element; the pad value (a constant) gets no gradient."""
-    if str_attr(attrs, "mode", "constant") == "constant":  # fill with 0, which means "no source"
-        attrs = {k: v for k, v in attrs.items() if k != "value"}
-        inputs = [x if i != 2 else None for i, x in enumerate(inputs)]
-    return _by_sources(inputs, attrs, g, opset, "Pad")
+    """Constant padding copies each kept input element once: its gradient is g's window over
+    them (the pad value, a constant, gets none).  Reflect, edge and wrap copy some elements
+    several times: g summed by source (see the module docstring)."""
+    if str_attr(attrs, "mode", "constant") != "constant":
+        return _by_sources(inputs, attrs, g, opset, "Pad")
+    x = inputs[0]
+    begin, end = pad_amounts(inputs, attrs, opset)
+    kept = [d - max(-b, 0) - max(-e, 0) for d, b, e in zip(x.shape, begin, end)]  # after negative pads crop
+    window = g[tuple(slice(max(b, 0), max(b, 0) + k) for b, k in zip(begin, kept))]
+    dx = np.zeros(x.shape, np.float32)
+    dx[tuple(slice(max(-b, 0), max(-b, 0) + k) for b, k in zip(begin, kept))] = window
+    return [dx] + [None] * (len(inputs) - 1)
 
 
 @grad("Split", outputs="all")
