@@ -336,3 +336,17 @@ def test_train_sparsity_defaults_by_size_for_kinds_not_given():
     assert config.sparsity.value(conv) == pytest.approx(1 - 12 / np.sqrt(16 * 8 * 9))
     config = PruneConfig().resolved(train=True)
     assert config.sparsity.value(big) == pytest.approx(1 - 12 / np.sqrt(400_000))
+
+
+def test_distillation_of_non_class_outputs_is_relative_squared_error():
+    rng = np.random.default_rng(0)
+    t = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    y = t + 0.1 * rng.standard_normal(t.shape).astype(np.float32)
+    loss, grad = distillation(y, t)
+    expected = np.mean([np.sum((y[i] - t[i]) ** 2) / np.sum(t[i] ** 2) for i in range(3)])
+    assert loss == pytest.approx(expected, rel=1e-6)
+    eps = 1e-3
+    bumped = y.copy()
+    bumped[1, 2, 3] += eps
+    assert grad[1, 2, 3] == pytest.approx((distillation(bumped, t)[0] - loss) / eps, rel=1e-2)
+    assert distillation(t, t)[0] == 0

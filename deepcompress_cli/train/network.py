@@ -178,8 +178,14 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.nda
 
 
 def distillation(logits: np.ndarray, teacher: np.ndarray) -> tuple[float, np.ndarray]:
-    """(mean KL divergence from the original model's softmax to ours, its gradient): no labels
-    needed, and the gradient is bounded like cross-entropy's (MSE on raw logits is not)."""
+    """(loss, its gradient) towards the original model's outputs, no labels needed.
+
+    Class scores ([N, classes]): the mean KL divergence from the original's softmax to ours,
+    whose gradient is bounded like cross-entropy's (MSE on raw logits is not).  Any other output
+    (an encoder's hidden states, a detector's boxes, a map): the mean relative squared error
+    ‖y − t‖² / ‖t‖² per sample, since a softmax over thousands of features says nothing."""
+    if logits.ndim != 2:
+        return relative_squared_error(logits, teacher)
     def log_softmax(z):
         z = z.reshape(len(z), -1).astype(np.float64)
         z = z - z.max(axis=1, keepdims=True)
@@ -190,3 +196,14 @@ def distillation(logits: np.ndarray, teacher: np.ndarray) -> tuple[float, np.nda
     n = len(log_p)
     loss = float((q * (log_q - log_p)).sum() / n)
     return loss, ((np.exp(log_p) - q) / n).reshape(logits.shape)
+
+
+def relative_squared_error(out: np.ndarray, teacher: np.ndarray) -> tuple[float, np.ndarray]:
+    """(mean over samples of ‖y − t‖² / ‖t‖², its gradient); an all-zero target counts as 1."""
+    n = len(out)
+    y, t = out.reshape(n, -1).astype(np.float64), teacher.reshape(n, -1).astype(np.float64)
+    energy = np.maximum((t * t).sum(axis=1, keepdims=True), 1e-30)
+    energy[energy <= 1e-30] = 1.0
+    diff = y - t
+    loss = float(((diff * diff) / energy).sum() / n)
+    return loss, (2 * diff / energy / n).reshape(out.shape)
