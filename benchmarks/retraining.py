@@ -243,7 +243,8 @@ def efficientnet(args) -> bool:
     if "report" in trained:
         for t in trained["report"].get("training") or []:
             print(f"  fine-tune: budget {t['budget']}, {t['bytes']:,} B, held-out agreement "
-                  f"{100 * t['top1_agreement']:.1f} %, cosine {t['cosine']:.4f}, {'met' if t['met'] else 'missed'}")
+                  f"{100 * t['top1_agreement']:.1f} %, cosine {t['cosine']:.4f}, {'met' if t['met'] else 'missed'}; "
+                  f"{t['steps']} steps, {t['samples_per_s']} images/s, {t['seconds']:.0f} s")
     ratio, agreement, seconds = EFFNET_BAR
     passed = "error" not in trained and trained["ratio"] >= ratio and trained["agreement"] >= agreement \
         and trained["seconds"] <= seconds

@@ -121,7 +121,8 @@ def run(package, goal: list, evidence: planning.Evidence, train: TrainConfig, pr
             + (f", accuracy drop {fid['accuracy_drop']:.2f}" if "accuracy_drop" in fid else "")
             + (" -> met" if passed else " -> not met"))
         tried.append({"budget": round(budget, 6), "bytes": nbytes, "met": passed, **planning.rounded(fid),
-                      "loss": history["loss"], "steps": history["steps"]})
+                      "loss": history["loss"], "steps": history["steps"],
+                      "samples_per_s": history.get("samples_per_s"), "seconds": round(time.perf_counter() - start, 1)})
         if passed and (best is None or nbytes < best[0]):
             best = (nbytes, settings, entries, facts, trained, fid)
         if passed:
