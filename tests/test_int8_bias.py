@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from deepcompress_cli.files import read_model
@@ -12,11 +13,11 @@ from deepcompress_cli.interp.graph import Interpreter
 from deepcompress_cli.interp.quant import Int8Interpreter
 
 
-def pooled_conv(tmp_path, w: np.ndarray, pads=(0, 0, 0, 0)):
+def pooled_conv(tmp_path, w: np.ndarray, pads=(0, 0, 0, 0), strides=(1, 1)):
     """Conv (weight w, no bias) -> GlobalAveragePool, as a loaded package."""
     m, c, kh, kw = w.shape
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"], pads=list(pads)),
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=list(pads), strides=list(strides)),
          helper.make_node("GlobalAveragePool", ["y"], ["p"])], "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, 12, 12])],
         [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", m, 1, 1])],
@@ -33,7 +34,8 @@ def pooled_error(package, x: np.ndarray) -> float:
     return float(np.abs(got - ref).max() / np.abs(ref).max())
 
 
-def test_inputs_clustered_under_one_step_keep_their_mean(tmp_path):
+@pytest.mark.parametrize("strides", [(1, 1), (2, 2)])  # a 1x1 Conv's output mean; the weight sums
+def test_inputs_clustered_under_one_step_keep_their_mean(tmp_path, strides):
     # Channel 0 spans 0..30 and sets the per-image grid (step 0.12); channels 1-7 sit near 0.04,
     # which all rounds to code 0: without the correction the pooled output loses them (-60 %).
     rng = np.random.default_rng(0)
@@ -42,7 +44,7 @@ def test_inputs_clustered_under_one_step_keep_their_mean(tmp_path):
     x[:, 1:] = 0.04 + rng.uniform(-0.01, 0.01, (2, 7, 12, 12))
     w = np.ones((4, 8, 1, 1), np.float32)
     w[:, 0] = 0.01
-    assert pooled_error(pooled_conv(tmp_path, w), x) < 0.01
+    assert pooled_error(pooled_conv(tmp_path, w, strides=strides), x) < 0.01
 
 
 def test_weights_under_half_a_step_keep_their_sum(tmp_path):
