@@ -241,6 +241,10 @@ def compress(model, output, *, sparsity=None, layer_sparsity=None, index_bits=No
     if searching is not None and explicit and (searching["goal"] or plan is not None):
         raise DczError("--sparsity/--bits/--index-bits/--threshold-std/--per-channel set the paper's fixed recipe; a target or "
                        "--plan searches the settings: give one or the other")
+    if searching is not None and not explicit and train is not None and optimizer is None and lr is None:
+        from .train.targeted import FINE_TUNE_LR, FINE_TUNE_OPTIMIZER
+
+        optimizer, lr = FINE_TUNE_OPTIMIZER, FINE_TUNE_LR
     training = _train_config(train, val, epochs, lr, batch_size, seed, logits, max_data_bytes, augment, optimizer)
     if searching is not None and not explicit:
         searching["train"] = training  # with a target: fine-tuned plans (train/targeted.py)

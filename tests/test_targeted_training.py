@@ -38,14 +38,14 @@ def test_fine_tuned_plan_meets_the_target_in_fewer_bytes_than_rounding_alone(cli
     plain = json.loads(cli("--json", "compress", SAMPLES / "lenet300.onnx", "-o", tmp_path / "p.dcz",
                            "--calibrate", TRAIN, "--max-accuracy-drop", 0.5).stdout)
     result = cli("--json", "compress", SAMPLES / "lenet300.onnx", "-o", tmp_path / "t.dcz", "--train", TRAIN,
-                 "--max-accuracy-drop", 0.5, "--epochs", 3, "--lr", 0.05)
+                 "--max-accuracy-drop", 0.5, "--epochs", 3)
     assert result.exit_code == 0, result.stderr
     tuned = json.loads(result.stdout)
     assert tuned["target_met"] and tuned["fidelity"]["held_out"] and tuned["fidelity"]["accuracy_drop"] <= 0.5
     assert tuned["bytes"] < 0.95 * plain["bytes"], (tuned["bytes"], plain["bytes"])
     assert any(t["met"] for t in tuned["training"]) and any(n.startswith("fine-tuned") for n in tuned["notes"])
     again = cli("--json", "compress", SAMPLES / "lenet300.onnx", "-o", tmp_path / "t2.dcz", "--train", TRAIN,
-                "--max-accuracy-drop", 0.5, "--epochs", 3, "--lr", 0.05)
+                "--max-accuracy-drop", 0.5, "--epochs", 3)
     assert (tmp_path / "t.dcz").read_bytes() == (tmp_path / "t2.dcz").read_bytes()  # deterministic
     assert json.loads(again.stdout)["bytes"] == tuned["bytes"]
 

@@ -95,7 +95,9 @@ class TrainConfig:
 class Grid:
     """A weight held on a linear grid while it trains: forward passes use its codes
     clip(rint(w / steps), ±levels) · steps (0 where not `keep`), and the gradient at those
-    codes moves a float shadow of w (the straight-through estimator)."""
+    codes moves a float shadow of w (the straight-through estimator).  The shadow trains in
+    units of its step (u = w / step): the optimizer sees g · step and its update is scaled back
+    by the step, so one learning rate is the same fraction of a step in every layer."""
     steps: np.ndarray  # float32, the weight's shape (per-row steps broadcast)
     levels: int
     keep: np.ndarray  # bool, the weight's shape
@@ -331,12 +333,12 @@ class _Run:
                 c.centroids -= trainer.lr * scale * summed  # the paper's update: lr x the summed gradients
                 net.params[name] = c.weights()
                 continue
-            v = self.optimizer.step(name, g * scale, trainer.lr)
-            if name in self.grids:
-                self.shadows[name] += v
+            if name in self.grids:  # trained in units of its grid step: u = w / step
+                steps = self.grids[name].steps
+                self.shadows[name] += steps * self.optimizer.step(name, g * scale * steps, trainer.lr)
                 net.params[name] = self.grids[name].weights(self.shadows[name])
             else:
-                net.params[name] += v
+                net.params[name] += self.optimizer.step(name, g * scale, trainer.lr)
         self.step += 1
         self.samples += batch
         self.seconds += time.perf_counter() - start
