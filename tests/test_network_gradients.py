@@ -14,7 +14,29 @@ from onnx import TensorProto, helper, numpy_helper
 from conftest import shared_path
 from deepcompress_cli.files import read_model
 from deepcompress_cli.onnx_io import from_onnx
-from deepcompress_cli.train.network import Network
+from deepcompress_cli.train.network import Network, cross_entropy
+
+
+def entrywise_check(network: Network, feeds: dict, labels: np.ndarray, rng: np.random.Generator, names=None,
+                    points: int = 6, atol: float = 1e-3) -> None:
+    """Cross-entropy gradients of `names` (default: every parameter that gets one) against
+    central differences at `points` entries each drawn from `rng`, in the network's own float32."""
+
+    def loss():
+        return cross_entropy(network.forward(feeds)[0].astype(np.float64), labels)[0]
+
+    logits, values = network.forward(feeds)
+    grads = network.backward(values, cross_entropy(logits, labels)[1])
+    for name in names or list(grads):
+        g, p = grads[name], network.params[name]
+        for j in rng.choice(p.size, size=min(points, p.size), replace=False):
+            old = p.flat[j]
+            p.flat[j] = old + 1e-2
+            up = loss()
+            p.flat[j] = old - 1e-2
+            down = loss()
+            p.flat[j] = old
+            assert g.flat[j] == pytest.approx((up - down) / 2e-2, rel=3e-2, abs=atol), (name, j)
 
 
 def directional_check(network: Network, feeds: dict, names: list[str], seed: int = 0, eps: float = 1e-7,

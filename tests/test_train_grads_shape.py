@@ -10,6 +10,7 @@ import pytest
 from deepcompress_cli.errors import DczError
 from deepcompress_cli.interp.ops import KERNELS, OpContext
 from deepcompress_cli.train.grads import ALL_OUTPUTS, GRADS
+from tests.test_network_gradients import entrywise_check
 from tests.test_train_grads import check_gradient
 
 R = np.random.default_rng(2)
@@ -260,7 +261,7 @@ def test_network_through_movement_ops():
     from onnx import TensorProto, helper, numpy_helper
 
     from deepcompress_cli.onnx_io import from_onnx
-    from deepcompress_cli.train.network import Network, cross_entropy
+    from deepcompress_cli.train.network import Network
 
     rng = np.random.default_rng(3)
     inits = {"cw": rand(6, 2, 3, 3) * 0.5, "pads": i64(0, 0, 1, 2, 0, 0, 1, 0), "split": i64(2, 3, 1),
@@ -284,18 +285,4 @@ def test_network_through_movement_ops():
     assert set(network.params) == {"cw", "fw", "fb"}
     x = rng.standard_normal((4, 2, 5, 5)).astype(np.float32)
     labels = rng.integers(0, 3, 4)
-
-    def loss():
-        return cross_entropy(network.forward({"x": x})[0].astype(np.float64), labels)[0]
-
-    logits, values = network.forward({"x": x})
-    grads = network.backward(values, cross_entropy(logits, labels)[1])
-    p = network.params["cw"]
-    for j in rng.choice(p.size, size=12, replace=False):
-        old = p.flat[j]
-        p.flat[j] = old + 1e-2
-        up = loss()
-        p.flat[j] = old - 1e-2
-        down = loss()
-        p.flat[j] = old
-        assert grads["cw"].flat[j] == pytest.approx((up - down) / 2e-2, rel=3e-2, abs=1e-4), j
+    entrywise_check(network, {"x": x}, labels, rng, names=["cw"], points=12, atol=1e-4)
