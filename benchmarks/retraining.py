@@ -275,7 +275,7 @@ def encoder(args) -> bool:
             (f"compress --calibrate tokens --min-cosine {cosine} (before)", ["--calibrate", train, "--min-cosine", cosine]),
             (f"compress --train tokens --min-cosine {cosine} (after)", ["--train", train, "--min-cosine", cosine,
                                                                        "--epochs", args.epochs])], evaluation, work)
-    print(f"{spec.description}: 256 token sequences to compress with, 128 others to judge, in onnxruntime")
+    print(f"{spec.task}: 256 token sequences to compress with, 128 others to judge, in onnxruntime")
     print_rows(rows)
     return all("error" not in r for r in rows)
 

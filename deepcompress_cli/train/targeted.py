@@ -11,14 +11,14 @@ further and let training win back what the rounding lost.  The steps:
    each layer loses most where its sensitivity says that costs least.
 3. **Fine-tune on the grid.** Every planned weight keeps its plan's mask and per-row step;
    training moves float shadows that each forward pass rounds onto the grid (straight-through),
-   starting from the plan's GPTQ codes; biases keep the planner's correction.  The loss is distillation to the
-   original model's outputs (cross-entropy when the data has labels).
-4. **Verify and move.** The plan is judged as rounded and as fine-tuned (training can also make
-   it worse: then the rounded codes count).  A plan that meets the target makes the next budget STEP times larger,
-   one that misses it STEP times smaller (once bracketed: the geometric mean), for ROUNDS
-   fine-tunes; the smallest met file is written.
-   When none meets it, the planner's own search without retraining decides (so a target rounding
-   alone can meet is still met), and its GateFailed says when not even that can.
+   starting from the plan's GPTQ codes; biases keep the planner's correction.  The loss is
+   distillation to the original model's outputs (cross-entropy when the data has labels).
+4. **Verify and move.** The plan is judged as rounded and as fine-tuned: the smaller of the two
+   that meets the target counts (training can make a plan worse, or its codes dearer to store).
+   A plan that meets the target makes the next budget STEP times larger, one that misses it STEP
+   times smaller (once bracketed: the geometric mean), for ROUNDS fine-tunes; the smallest met
+   file is written.  When none meets it, the planner's own search without retraining decides (so
+   a target rounding alone can meet is still met), and its GateFailed says when not even that can.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def run(package, goal: list, evidence: planning.Evidence, train: TrainConfig, pr
         start = time.perf_counter()
         rounded, tuned, history = search.attempt(settings)
         # the fine-tuned codes, or the rounded ones when training made them worse
-        met = [r for r in (tuned, rounded) if all(t.met(r[4]) for t in goal)]
+        met = sorted((r for r in (tuned, rounded) if all(t.met(r[4]) for t in goal)), key=lambda r: r[5])
         entries, decoded, facts, biases, fid, nbytes = met[0] if met else tuned
         passed = bool(met)
         log(f"fine-tune {round_ + 1} (budget {budget:.3g}, {time.perf_counter() - start:.0f} s): {nbytes:,} bytes, "
@@ -131,7 +131,7 @@ def run(package, goal: list, evidence: planning.Evidence, train: TrainConfig, pr
             f"agreement {100 * fid['top1_agreement']:.1f} %"
             + (f", accuracy drop {fid['accuracy_drop']:.2f}" if "accuracy_drop" in fid else "")
             + (" -> met" if passed else " -> not met")
-            + (" (by the rounded codes: the fine-tuned ones miss)" if met and met[0] is rounded else "")
+            + (" (by the rounded codes, the smaller met)" if met and met[0] is rounded else "")
             + f"; as rounded: cosine {rounded[4]['cosine']:.5f}, agreement {100 * rounded[4]['top1_agreement']:.1f} %")
         tried.append({"budget": round(budget, 6), "bytes": nbytes, "met": passed, "fine_tuned": not met or met[0] is tuned,
                       **planning.rounded(fid), "rounded": planning.rounded(rounded[4]), "loss": history["loss"],
