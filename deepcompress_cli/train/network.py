@@ -19,8 +19,6 @@ from ..interp.ops import KERNELS, OpContext, kernel_name, load_all
 from ..tensors import Package
 from .grads import ALL_OUTPUTS, GRADS
 
-FROZEN_INPUTS = {"BatchNormalization": {1, 2, 3, 4}}  # inference statistics: not trained
-
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 # Ops whose outputs are integers, booleans or shapes: no gradient flows through them (the path

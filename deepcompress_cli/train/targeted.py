@@ -56,8 +56,8 @@ def training_samples(evidence: planning.Evidence, judged: np.ndarray | None) -> 
 class Targeted:
     """One retraining search: a Planner, a Network and a Trainer over the same package."""
 
-    def __init__(self, planner: planning.Planner, train: TrainConfig, progress=None, log=None):
-        self.planner, self.train, self.log = planner, train, log or (lambda message: None)
+    def __init__(self, planner: planning.Planner, train: TrainConfig, progress=None):
+        self.planner, self.train = planner, train
         self.network = Network(planner.package, train.logits)
         self.samples = training_samples(planner.evidence, planner.judged)
         if not len(self.samples):
@@ -110,7 +110,7 @@ def run(package, goal: list, evidence: planning.Evidence, train: TrainConfig, pr
     planner = planning.Planner(package, "compress", evidence, progress or planning.no_progress, jobs, log,
                                model_sha256)
     planner.prepare()
-    search = Targeted(planner, train, progress, log)
+    search = Targeted(planner, train, progress)
     budget = planning.initial_budget(goal) * PUSH
     best, tried, seen = None, [], []
     lo = hi = None  # the largest budget met, the smallest missed
@@ -146,7 +146,6 @@ def run(package, goal: list, evidence: planning.Evidence, train: TrainConfig, pr
         budget = math.sqrt(lo * hi) if lo and hi else budget * STEP if passed else budget / STEP
     note = f"fine-tuned on the {len(search.samples)} samples not judged on ({train.epochs:g} epochs a plan)"
     if best is None:  # rounding alone, as without --train (GateFailed when even that cannot)
-        search.network.params.update(search.original)
         best_plain, fid, searched = planner.search(goal)
         if best_plain is None:
             outcome = planning.finish(planner, {}, {}, {}, {}, fid, goal, lossless=True)
