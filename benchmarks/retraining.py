@@ -242,9 +242,12 @@ def efficientnet(args) -> bool:
     trained = rows[0]
     if "report" in trained:
         for t in trained["report"].get("training") or []:
-            print(f"  fine-tune: budget {t['budget']}, {t['bytes']:,} B, held-out agreement "
-                  f"{100 * t['top1_agreement']:.1f} %, cosine {t['cosine']:.4f}, {'met' if t['met'] else 'missed'}; "
-                  f"{t['steps']} steps, {t['samples_per_s']} images/s, {t['seconds']:.0f} s")
+            tuned, plain = t["as_fine_tuned"], t["as_rounded"]
+            print(f"  fine-tune: budget {t['budget']}: held-out agreement / cosine as rounded "
+                  f"{100 * plain['top1_agreement']:.1f} % / {plain['cosine']:.4f} ({plain['bytes']:,} B), fine-tuned "
+                  f"{100 * tuned['top1_agreement']:.1f} % / {tuned['cosine']:.4f} ({tuned['bytes']:,} B): "
+                  f"{'met' if t['met'] else 'missed'}; {t['steps']} steps, {t['samples_per_s']} images/s, "
+                  f"{t['seconds']:.0f} s")
     ratio, agreement, seconds = EFFNET_BAR
     passed = "error" not in trained and trained["ratio"] >= ratio and trained["agreement"] >= agreement \
         and trained["seconds"] <= seconds

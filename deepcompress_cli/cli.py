@@ -260,7 +260,7 @@ def train_options(with_seed: bool, with_steps: bool):
                               f"gradients; halved when the loss diverges [default: {from_class['lr']}].")(f)
         f = click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default=None,
                          help="sgd: momentum SGD (the paper's); adam: per-weight steps from the gradients' moments "
-                              "[default: sgd; compress with a target: adam at --lr 0.05, in units of each weight's "
+                              "[default: sgd; compress with a target: adam, at a rate of 0.05 of each weight's "
                               "grid step].")(f)
         f = click.option("--epochs", type=float, metavar="E",
                          help=f"Epochs of retraining per step (and for the centroids) [default: {from_class['epochs']:g}].")(f)

@@ -134,7 +134,8 @@ def run(package, goal: list, evidence: planning.Evidence, train: TrainConfig, pr
             + (" (by the rounded codes, the smaller met)" if met and met[0] is rounded else "")
             + f"; as rounded: cosine {rounded[4]['cosine']:.5f}, agreement {100 * rounded[4]['top1_agreement']:.1f} %")
         tried.append({"budget": round(budget, 6), "bytes": nbytes, "met": passed, "fine_tuned": not met or met[0] is tuned,
-                      **planning.rounded(fid), "rounded": planning.rounded(rounded[4]), "loss": history["loss"],
+                      **planning.rounded(fid), "as_rounded": {**planning.rounded(rounded[4]), "bytes": rounded[5]},
+                      "as_fine_tuned": {**planning.rounded(tuned[4]), "bytes": tuned[5]}, "loss": history["loss"],
                       "steps": history["steps"], "samples_per_s": history.get("samples_per_s"),
                       "seconds": round(time.perf_counter() - start, 1)})
         if passed and (best is None or nbytes < best[0]):
