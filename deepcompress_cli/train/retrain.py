@@ -1,12 +1,16 @@
-"""The training loops: masked SGD after pruning, and centroid training after sharing.
+"""The training loops: masked SGD after pruning, centroid training after sharing, and
+fine-tuning on a plan's grids (targeted.py).
 
-Both run minibatch SGD on the model's parameters; what differs is the constraint:
+All run minibatch updates on the model's parameters (momentum SGD, or Adam: optim.py); what
+differs is the constraint:
 
 - a *mask* (pruned tensor): momentum SGD where the gradient of pruned positions is dropped, so
   they stay exactly 0 (biases train freely);
 - a *cluster map* (shared tensor): the gradients of all weights of a cluster are summed and the
   centroid moves by lr x that sum (the paper's trained quantization); indices never change,
-  positions outside any cluster (pruned) and the reserved 0.0 centroid stay fixed.
+  positions outside any cluster (pruned) and the reserved 0.0 centroid stay fixed;
+- a *grid* (a planned weight's per-row step and mask): forward passes use the shadow weights
+  rounded onto the grid, the gradient moves the shadows (straight-through), in step units.
 
 Data follows `bench --data`: arrays keyed by graph input name, optional `labels` (class ids).
 Without labels the loss is distillation to the original model's logits (a frozen copy of it runs
