@@ -77,10 +77,10 @@ def export(model, output, *, qdq=False, metadata=None, format=None, max_decoded_
 
 
 def prune(model, output, *, sparsity=None, layer_sparsity=None, index_bits=None, layer_index_bits=None,
-          threshold_std=None, train=None, val=None, epochs=None, lr=None, batch_size=None, logits=None, augment=False, optimizer=None, seed=0,
-          steps=None, calibrate=None, min_cosine=None, min_agreement=None, max_accuracy_drop=None, plan=None,
-          plan_out=None, include=(), exclude=(), metadata=None, format=None, max_data_bytes=None, jobs=None,
-          progress=None) -> dict:
+          threshold_std=None, train=None, val=None, epochs=None, lr=None, batch_size=None, logits=None, augment=False,
+          optimizer=None, seed=0, steps=None, calibrate=None, min_cosine=None, min_agreement=None,
+          max_accuracy_drop=None, plan=None, plan_out=None, include=(), exclude=(), metadata=None, format=None,
+          max_data_bytes=None, jobs=None, progress=None) -> dict:
     """Magnitude pruning; `sparsity` is one fraction or {"conv": .., "fc": ..}, `layer_sparsity`
     {glob: fraction}; with `train="train.npz"` prune -> retrain in `steps` steps (`val=` early stop,
     `augment=True` flips and crops image inputs: train/retrain.py, train/augment.py).
@@ -117,9 +117,10 @@ def prune(model, output, *, sparsity=None, layer_sparsity=None, index_bits=None,
 
 
 def share(model, output, *, bits=None, layer_bits=None, init="linear", max_iter=100, tol=1e-6, seed=0,
-          per_channel=False, train=None, val=None, epochs=None, lr=None, batch_size=None, logits=None, augment=False, optimizer=None, calibrate=None, min_cosine=None,
-          min_agreement=None, max_accuracy_drop=None, plan=None, plan_out=None, include=(), exclude=(),
-          metadata=None, format=None, max_data_bytes=None, jobs=None, progress=None) -> dict:
+          per_channel=False, train=None, val=None, epochs=None, lr=None, batch_size=None, logits=None, augment=False,
+          optimizer=None, calibrate=None, min_cosine=None, min_agreement=None, max_accuracy_drop=None, plan=None,
+          plan_out=None, include=(), exclude=(), metadata=None, format=None, max_data_bytes=None, jobs=None,
+          progress=None) -> dict:
     """k-means weight sharing: `bits` one integer or {"conv": .., "fc": ..}, `layer_bits` {glob: bits};
     `per_channel` channel-scaled codebooks; with `train=` the centroids are then trained. With `calibrate=` the weights are assigned to
     per-channel scaled centroids by GPTQ; with a target each layer's bits are searched."""
@@ -209,9 +210,10 @@ def svd(model, output, *, rank=None, energy=None, ratio=None, layer_rank=None, i
 
 def compress(model, output, *, sparsity=None, layer_sparsity=None, index_bits=None, layer_index_bits=None,
              threshold_std=None, bits=None, layer_bits=None, init="linear", max_iter=100, tol=1e-6, seed=0,
-             per_channel=False, train=None, val=None, epochs=None, lr=None, batch_size=None, logits=None, augment=False, optimizer=None, steps=None, report=False,
-             calibrate=None, min_cosine=None, min_agreement=None, max_accuracy_drop=None, plan=None, plan_out=None,
-             include=(), exclude=(), metadata=None, format=None, max_data_bytes=None, jobs=None, progress=None) -> dict:
+             per_channel=False, train=None, val=None, epochs=None, lr=None, batch_size=None, logits=None,
+             augment=False, optimizer=None, steps=None, report=False, calibrate=None, min_cosine=None,
+             min_agreement=None, max_accuracy_drop=None, plan=None, plan_out=None, include=(), exclude=(),
+             metadata=None, format=None, max_data_bytes=None, jobs=None, progress=None) -> dict:
     """The smallest file meeting a quality target, or the paper's recipe.
 
     - a target (`min_cosine`, `min_agreement` in %, `max_accuracy_drop` in points) with
