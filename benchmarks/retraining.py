@@ -123,7 +123,7 @@ def mnist(args) -> bool:
         run("prune", model, "-o", out["p_no"], *layers, "--index-bits", "conv=5,fc=8")
         run("share", out["p_no"], "-o", out["pq_no"], "--bits", "4")
         run("huffman", out["pq_no"], "-o", out["pqh_no"])
-        run("compress", model, "-o", out["paper"])
+        run("compress", model, "-o", out["paper"], "--sparsity", "conv=0.6,fc=0.9", "--bits", "conv=8,fc=5")
 
         run("export", out["all"], "-o", os.path.join(work, "all.onnx"))
         exported_top1 = ort_accuracy(os.path.join(work, "all.onnx"), test)
