@@ -85,20 +85,28 @@ class Targeted:
             steps, levels = grid
             keep = np.ones(weight.shape, bool) if settings[name].density >= 1 else weight != 0
             full = planning.steps_full(self.layers[name], steps).astype(np.float32)
-            grids[value], planned[value] = Grid(full, levels, keep), (name, steps)
+            grids[value] = Grid(full, levels, keep)
             net.params[value] = weight.astype(np.float32)
+            planned[value] = (name, steps, grids[value].codes(net.params[value]))
         for value in net.params:  # biases as the planner corrected them, then kept: only the codes train
             table = self.network.table_name[value]
             if value not in grids and table in biases:
                 net.params[value] = biases[table].astype(np.float32).reshape(net.params[value].shape)
         self.trainer.lr, self.trainer.halvings = self.train.lr, 0  # each plan from the given rate
         history = self.trainer.fit(grids=grids, frozen=set(net.params) - set(grids), desc="fine-tune")
-        for value, (name, steps) in planned.items():
+        moved = False
+        for value, (name, steps, start) in planned.items():
             layer, grid = self.layers[name], grids[value]
-            codes = grid.codes(self.trainer.shadows[value]).astype(np.int64)
+            codes = grid.codes(self.trainer.shadows[value])
+            if np.array_equal(codes, start):
+                continue  # no code crossed a rounding boundary: the rounded entry stands
+            codes = codes.astype(np.int64)
+            moved = True
             sparse_ok = settings[name].density < 1 and planner.scale_codec
             entries[name], decoded[name], facts[name] = planning.encode_codes(layer, codes, grid.keep, steps,
                                                                                sparse_ok)
+        if not moved:  # the same file: no second verify
+            return rounded, rounded, history
         tuned = (entries, decoded, facts, biases, planner.verify(decoded, biases), planner.size(entries, biases))
         return rounded, tuned, history
 
