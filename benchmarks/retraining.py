@@ -41,6 +41,8 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # post_training, real_models (issue 15's sections)
+
 NNCODEC = (66.9, 0.9850)
 BAR_RATIO, BAR_TOP1 = 70, 0.9827
 BAR_FILE = 100  # issue 11: the whole .dcz file, header and graph included
@@ -220,7 +222,6 @@ def print_rows(rows: list[dict], quoted=()) -> None:
 
 
 def efficientnet(args) -> bool:
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import post_training as pt
 
     model = os.path.join(args.shared, "models", "efficientnet_lite0.onnx")
@@ -261,7 +262,6 @@ NNCODEC_EFFNET = [("NNCodec qp -38", 4.7, 95.0, 0.994), ("NNCodec qp -34", 5.5, 
 
 
 def encoder(args) -> bool:
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import real_models as rm
 
     spec = rm.BY_NAME["minilm_l3"]

@@ -8,7 +8,7 @@ import pytest
 
 from deepcompress_cli.interp.ops import KERNELS, OpContext
 from deepcompress_cli.train.grads import GRADS
-from tests.test_train_grads import check_gradient, rand
+from test_train_grads import check_gradient, rand
 
 
 @pytest.mark.parametrize("attrs,x_shape,w_shape", [

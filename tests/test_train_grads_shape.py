@@ -10,8 +10,8 @@ import pytest
 from deepcompress_cli.errors import DczError
 from deepcompress_cli.interp.ops import KERNELS, OpContext
 from deepcompress_cli.train.grads import ALL_OUTPUTS, GRADS
-from tests.test_network_gradients import entrywise_check
-from tests.test_train_grads import check_gradient
+from test_network_gradients import entrywise_check
+from test_train_grads import check_gradient
 
 R = np.random.default_rng(2)
 I64_MAX = 2**63 - 1

@@ -20,9 +20,9 @@
   Zero padding makes it approximate at the borders.
 - The requantization of TensorFlow's scheme happens at the next int8 layer's input, with the
   range the producing Conv measured on its fresh output (the QuantizeDownAndShrinkRange range),
-  carried through Relu, MaxPool and pure data movement, which commute with the code <-> value map.  Ops without a sound 8-bit form (Softmax, LayerNorm,
-  residual sums, attention products) run in float on float inputs, so no Quantize/Dequantize
-  pair is left around them.
+  carried through Relu, MaxPool and pure data movement, which commute with the code <-> value map.
+- Ops without a sound 8-bit form (Softmax, LayerNorm, residual sums, attention products) run in
+  float on float inputs, so no Quantize/Dequantize pair is left around them.
 
 The integer GEMM runs through float BLAS on integer-valued float32 (codes minus zero point):
 products and sums are exact while every partial sum stays below 2^24.  The bound is taken per
@@ -49,8 +49,7 @@ from .ops.conv import FUSED_CLAMP, clamp, conv
 from .ops.gemm import FUSED_BIAS
 
 EXACT_FLOAT32 = 1 << 24
-GEMM_GROUP = 64
-CORRECT = True  # rows of a Gemm weight summed together for the exactness bound
+GEMM_GROUP = 64  # rows of a Gemm weight summed together for the exactness bound
 
 
 def quantization_grid(low: np.ndarray, high: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:

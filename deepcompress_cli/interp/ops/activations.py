@@ -16,8 +16,8 @@ from .elementwise import sigmoid
 from .shape import norm_axis
 
 # Selu's defaults (opset 6+): the constants of Klambauer et al. 2017, as float32 values.
-_SELU_ALPHA = 1.67326319217681884765625
-_SELU_GAMMA = 1.05070102214813232421875
+SELU_ALPHA = 1.67326319217681884765625
+SELU_GAMMA = 1.05070102214813232421875
 
 
 def _const(value, x: np.ndarray):
@@ -31,8 +31,8 @@ def _softplus(x):
 @op("Selu")
 def selu(inputs, attrs, ctx):
     x = inputs[0]
-    alpha = _const(attrs.get("alpha", _SELU_ALPHA), x)
-    gamma = _const(attrs.get("gamma", _SELU_GAMMA), x)
+    alpha = _const(attrs.get("alpha", SELU_ALPHA), x)
+    gamma = _const(attrs.get("gamma", SELU_GAMMA), x)
     return [np.where(x > 0, gamma * x, gamma * alpha * np.expm1(np.minimum(x, _const(0, x))))]
 
 

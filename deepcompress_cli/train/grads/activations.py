@@ -12,14 +12,11 @@ import math
 import numpy as np
 
 from ...interp.ops import OpContext
+from ...interp.ops.activations import SELU_ALPHA, SELU_GAMMA
 from ...interp.ops.elementwise import sigmoid
 from ...interp.ops.shape import attr_or_input, str_attr
 from . import grad, unbroadcast
 from .arithmetic import erf
-
-# Selu's defaults, as the forward kernel has them (opset 6+).
-SELU_ALPHA = 1.67326319217681884765625
-SELU_GAMMA = 1.05070102214813232421875
 
 
 def _chain(g, derivative) -> np.ndarray:
