@@ -26,9 +26,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from deepcompress_cli import blas  # noqa: E402
+from deepcompress_cli import allocator, blas  # noqa: E402
 
 blas.tune()  # as the command line does, before numpy is imported
+allocator.keep_freed_memory()  # and as its commands do
 
 import numpy as np  # noqa: E402
 

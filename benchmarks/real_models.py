@@ -35,9 +35,10 @@ from typing import Callable
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from deepcompress_cli import blas  # noqa: E402
+from deepcompress_cli import allocator, blas  # noqa: E402
 
 blas.tune()  # as the command line does, before numpy is imported
+allocator.keep_freed_memory()  # and as its commands do
 
 import numpy as np  # noqa: E402
 

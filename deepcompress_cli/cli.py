@@ -386,6 +386,8 @@ def main(ctx, json_, quiet, debug):
     own format (.dcz; ONNX for export), and --format dcz|onnx overrides.
     Exit status: 0 ok, 1 a quality gate failed, 2 bad usage or bad input.
     """
+    from . import allocator
+    allocator.keep_freed_memory()  # every command's arrays: reuse freed memory (see allocator.py)
     obj = ctx.ensure_object(dict)
     obj.update(quiet=quiet or obj.get("quiet", False), debug=debug)
     obj["json"] = json_ or obj.get("json", False)
