@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -123,6 +124,23 @@ def test_conv_tiled(case, monkeypatch):
     for tile_bytes in (1, 4 * 1024, 64 * 1024):
         monkeypatch.setattr(conv, "_TILE_BYTES", tile_bytes)
         check("Conv", inputs, attrs)
+
+
+@pytest.mark.parametrize("bounds", [None, (0.0, math.inf), (0.0, 6.0), (-0.5, 0.5)])
+@pytest.mark.parametrize("case", ["pad1", "stride2", "depthwise", "group2", "conv1d", "1x1_widening", "1x1"])
+@pytest.mark.parametrize("tile_bytes", [None, 2048])
+def test_conv_fused_bias_and_clamp(case, bounds, tile_bytes, monkeypatch):
+    """The bias in the matmul (a row of ones) and the clamp in the tile's copy give what a
+    plain Conv, then + bias, then clip gives: every path, whole and banded tiles."""
+    x_shape, w_shape, attrs = {**CONV_CASES, "1x1_widening": ((2, 2, 7, 7), (8, 2, 1, 1), {})}[case]
+    x, w, b = rand(*x_shape), rand(*w_shape), rand(w_shape[0])
+    if tile_bytes:
+        monkeypatch.setattr(conv, "_TILE_BYTES", tile_bytes)
+    attrs = dict(attrs, kernel_shape=list(w_shape[2:]))
+    expected = conv.conv(x, w, None, attrs) + b.reshape(-1, *(1,) * (x.ndim - 2))
+    if bounds is not None:
+        expected = np.clip(expected, *bounds)
+    np.testing.assert_allclose(conv.conv(x, w, b, attrs, bounds=bounds), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_conv_wide_path_with_big_padding():
@@ -364,7 +382,5 @@ def test_conv_speed_vs_onnxruntime(case):
     node_attrs, ctx = attrs_of(node), OpContext(opset=17)
     # Ours first: onnxruntime's worker threads spin after a run and would steal the BLAS cores.
     ours = _best_ms(lambda: KERNELS["Conv"]([x, w], node_attrs, ctx), repeat=30)
-    sess = session(model, threads=2)
-    theirs = _best_ms(lambda: sess.run(None, {"in0": x}), repeat=30)
-    del sess
+    theirs = _best_ms(lambda run=session(model, threads=2).run: run(None, {"in0": x}), repeat=30)
     print(f"\n{case}: numpy {ours:.3f} ms, onnxruntime {theirs:.3f} ms, ratio {ours / theirs:.2f}x")

@@ -201,24 +201,39 @@ def _tiles(n_images: int, out_rows: int, row_bytes: int):
             yield n, n + 1, r0, min(out_rows, r0 + rows)
 
 
-def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, attrs: dict, epilogue=None) -> np.ndarray:
-    """Float Conv on [N, C, *spatial] inputs, tile by tile (see `_tiles`).
+def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, attrs: dict, epilogue=None,
+         bounds=None) -> np.ndarray:
+    """Float Conv on [N, C, *spatial] inputs, tile by tile (see `_tiles`), plus the bias b, then
+    clamped to a fused activation's `bounds` (see `clamp`).
 
-    `epilogue(block, n0, n1)`, when given, replaces the bias add: it runs in place on each
-    finished block of output (images n0:n1, some or all rows) while that block is still in
-    cache, so a fused activation or the int8 rescaling costs no extra pass over memory.
+    The bias rides in the matmul when that reads less than a pass over the output would (a row
+    of ones under the patches, the bias as one more weight column), and the clamp is the copy
+    of each tile into the output: one pass over memory for all three.  `epilogue(block, n0, n1)`,
+    when given, replaces bias and clamp: it runs in place on each finished block of output
+    (images n0:n1, some or all rows) while that block is still in cache, as the int8 rescaling
+    does.
     """
-    if epilogue is None:
-        epilogue = lambda block, n0, n1: _add_bias(block, b)  # noqa: E731
     kernel_shape, strides, pads, dilations, group = conv_attrs(attrs, x.shape, w.shape)
     N, C = x.shape[:2]
     M = w.shape[0]
     n_sp = len(kernel_shape)
     out_spatial = conv_output_shape(x.shape[2:], kernel_shape, strides, pads, dilations)
     depthwise = group > 1 and group == C
+    if epilogue is not None:
+        b = bounds = None  # the epilogue's job
     if set(kernel_shape) == {1} and set(strides) == {1} and not any(pads) and not depthwise:
-        y = _grouped_matmul(w, x.reshape(N, C, -1), group).reshape(N, M, *out_spatial)  # 1x1: x is the patches
-        epilogue(y, 0, N)
+        patches = x.reshape(N, C, -1)  # 1x1: x is the patches
+        area = patches.shape[2]
+        if b is not None and group == 1 and C * area + M * C < M * area:  # cheaper than a bias pass
+            ones = np.empty((N, C + 1, area), dtype=x.dtype)
+            ones[:, :C] = patches
+            ones[:, C] = 1
+            w, patches, b = np.concatenate([w.reshape(M, C), b.reshape(M, 1).astype(w.dtype)], axis=1), ones, None
+        y = _grouped_matmul(w, patches, group).reshape(N, M, *out_spatial)
+        if epilogue is None:
+            clamp(_add_bias(y, b), bounds)
+        else:
+            epilogue(y, 0, N)
         return y
     padded_rest = [s + pads[i + 1] + pads[i + 1 + n_sp] for i, s in enumerate(x.shape[3:])]
     wide = (n_sp > 1 and set(strides) == {1}
@@ -234,6 +249,13 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, attrs: dict, epilog
     span = (kernel_shape[0] - 1) * dilations[0] + 1 + wide  # input rows under one output row
     y = np.empty((N, M, *out_spatial), dtype=np.result_type(x, w))
     keep = (..., *(slice(o) for o in out_spatial[1:]))  # drops a wide tile's junk columns
+    # The bias as a weight column costs a copy of the weights: worth it when they are smaller
+    # than the output the bias would otherwise take a pass over.
+    with_ones = b is not None and group == 1 and not depthwise and K < N * math.prod(out_spatial)
+    if with_ones:
+        w = np.concatenate([w.reshape(M, K), b.reshape(M, 1).astype(w.dtype)], axis=1)
+        b = None
+    cols = None  # the im2col buffer, reused by every tile (its last row the ones)
     # Depthwise reads its patches in place: tile by input size, not by an im2col's size.
     row_bytes = (C if depthwise else K) * row * x.itemsize
     for n0, n1, r0, r1 in _tiles(N, out_spatial[0], row_bytes):
@@ -246,10 +268,35 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, attrs: dict, epilog
         if depthwise:
             tile = _depthwise(patches, w).reshape(n1 - n0, M, -1)
         else:
-            tile = _grouped_matmul(w, patches.reshape(n1 - n0, K, -1), group)
-        y[n0:n1, :, r0:r1] = tile.reshape(n1 - n0, M, r1 - r0, *row_shape)[keep]
-        epilogue(y[n0:n1, :, r0:r1], n0, n1)
+            shape = (n1 - n0, K + with_ones, (r1 - r0) * row)
+            if cols is None or cols.shape != shape:
+                cols = np.empty(shape, dtype=x.dtype)
+                cols[:, K:] = 1
+            cols[:, :K].reshape(patches.shape)[...] = patches
+            tile = np.matmul(w, cols) if with_ones else _grouped_matmul(w, cols, group)
+        block = y[n0:n1, :, r0:r1]
+        tile = tile.reshape(n1 - n0, M, r1 - r0, *row_shape)[keep]
+        if epilogue is None:
+            _store(block, tile, b, bounds)
+        else:
+            block[...] = tile
+            epilogue(block, n0, n1)
     return y
+
+
+def _store(block: np.ndarray, tile: np.ndarray, b: np.ndarray | None, bounds) -> None:
+    """block = clamp(tile + b): the copy into the output is the bias add or the clamp."""
+    if b is not None:
+        np.add(tile, b.reshape(-1, *(1,) * (tile.ndim - 2)), out=block)
+        clamp(block, bounds)
+    elif bounds is None:
+        block[...] = tile
+    else:
+        low, high = bounds
+        if high == math.inf:
+            np.maximum(tile, np.asarray(low, block.dtype), out=block)
+        else:
+            np.clip(tile, np.asarray(low, block.dtype), np.asarray(high, block.dtype), out=block)
 
 
 def _add_bias(y: np.ndarray, b: np.ndarray | None) -> np.ndarray:
@@ -274,12 +321,7 @@ def clamp(y: np.ndarray, bounds) -> None:
 def conv_kernel(inputs, attrs, ctx):
     x, w = inputs[0], inputs[1]
     b = inputs[2] if len(inputs) > 2 else None
-    bounds = attrs.get(FUSED_CLAMP)  # the activation that followed, applied to each fresh block
-
-    def epilogue(block, n0, n1):
-        _add_bias(block, b)
-        clamp(block, bounds)
-    return [conv(x, w, b, attrs, epilogue)]
+    return [conv(x, w, b, attrs, bounds=attrs.get(FUSED_CLAMP))]  # the activation that followed, if fused
 
 
 def conv_transpose_geometry(attrs: dict, x_shape, w_shape):
