@@ -105,6 +105,37 @@ def test_conv_clip_and_matmul_bias_are_fused_and_match_onnxruntime(tmp_path, ops
     assert_matches_ort(model.SerializeToString(), package, {"x": x})
 
 
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_conv_residual_adds_are_fused_and_match_onnxruntime(tmp_path, kernel):
+    """Conv -> Add -> Relu (a shortcut made after the Conv, in either operand order, and as a
+    Sum), an Add of a broadcast constant, and a Conv whose output has a second reader."""
+    def weight(m, c):
+        return RNG.standard_normal((m, c, kernel, kernel)).astype(np.float32)
+    pads = [kernel // 2] * 4
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=pads),
+             helper.make_node("Conv", ["x", "w2"], ["shortcut"], pads=pads),  # after c1: the Add waits for it
+             helper.make_node("Add", ["shortcut", "c1"], ["s1"]), helper.make_node("Relu", ["s1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w3", "b3"], ["c3"], pads=pads),
+             helper.make_node("Sum", ["c3", "r1"], ["s3"]),
+             helper.make_node("Conv", ["s3", "w4"], ["c4"], pads=pads),
+             helper.make_node("Add", ["c4", "row"], ["s4"]),  # [4, 1, 1]: broadcasts
+             helper.make_node("Conv", ["s4", "w5"], ["c5"], pads=pads),
+             helper.make_node("Add", ["c5", "s4"], ["s5"]), helper.make_node("Neg", ["c5"], ["n5"]),  # two readers
+             helper.make_node("Add", ["s5", "n5"], ["y"])]
+    inits = [numpy_helper.from_array(a, n) for a, n in (
+        (weight(4, 3), "w1"), (RNG.standard_normal(4).astype(np.float32), "b1"), (weight(4, 3), "w2"),
+        (weight(4, 4), "w3"), (RNG.standard_normal(4).astype(np.float32), "b3"), (weight(4, 4), "w4"),
+        (RNG.standard_normal((4, 1, 1)).astype(np.float32), "row"), (weight(4, 4), "w5"))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    package = load(tmp_path, model)
+    assert [n.op_type for n in Interpreter(package).plan.nodes] == ["Conv", "Conv", "Conv", "Conv", "Conv", "Add",
+                                                                   "Neg", "Add"]
+    x = RNG.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    assert_matches_ort(model.SerializeToString(), package, {"x": x})
+
+
 def test_unsorted_graph_is_sorted_and_cycles_refused(tmp_path):
     nodes = [helper.make_node("Relu", ["a"], ["y"]), helper.make_node("Neg", ["x"], ["a"])]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],

@@ -18,7 +18,7 @@ from ..graphs import graph_constants, implicit_inputs, node_subgraphs, opset_ver
     stored_constant, to_array, topological_order
 from ..tensors import Package
 from .ops import KERNELS, MAX_VALUE_BYTES, OpContext, kernel_name, load_all
-from .ops.conv import FUSED_CLAMP
+from .ops.conv import FUSED_CLAMP, FUSED_RESIDUAL
 from .ops.gemm import FUSED_BIAS
 
 
@@ -48,7 +48,8 @@ def inline_constant(node: onnx.NodeProto) -> np.ndarray | None:
 class Plan:
     """One graph prepared to run: sorted nodes, their attributes, and when each value dies."""
 
-    def __init__(self, graph: onnx.GraphProto, constants: dict[str, np.ndarray], opset: int):
+    def __init__(self, graph: onnx.GraphProto, constants: dict[str, np.ndarray], opset: int,
+                 fuse_residuals: bool = True):
         self.graph = graph
         self.opset = opset
         self.inputs = [i.name for i in graph.input if i.name not in constants]
@@ -64,6 +65,8 @@ class Plan:
         nodes = [n for n in topological_order(graph)
                  if stored_constant(n) is None and not (n.op_type == "Constant" and n.output[0] in self.constants)]
         self.nodes = fold_batch_norms(nodes, self.constants, set(self.outputs))
+        if fuse_residuals:
+            self.nodes = fuse_conv_residual(self.nodes, set(self.outputs))
         self.nodes, clamps = fuse_conv_activation(self.nodes, self.constants, set(self.outputs), opset)
         self.nodes, biased = fuse_matmul_bias(self.nodes, self.constants, set(self.outputs))
         self.attrs = [attribute_values(n) for n in self.nodes]
@@ -172,6 +175,35 @@ def fuse_conv_activation(nodes: list, constants: dict, outputs: set, opset: int)
     return new_nodes, bounds
 
 
+def fuse_conv_residual(nodes: list, outputs: set) -> list:
+    """Conv -> Add (or a two-input Sum) of another value becomes one Conv that adds that value
+    to each fresh block of its output (a ResNet's shortcut), before any fused activation: one
+    pass over memory less.  The merged node takes the Add's place (the other value may be made
+    after the Conv), with the addend as its fourth input and the FUSED_RESIDUAL attribute (on
+    the node itself, so that the activation fusion's copy keeps it)."""
+    readers, producer = _single_reader_producers(nodes, outputs)
+    fused, removed = {}, set()
+    for node in nodes:
+        if node.op_type not in ("Add", "Sum") or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
+            continue
+        for mine, other in ((0, 1), (1, 0)):
+            conv = producer.get(node.input[mine])
+            if conv is None or conv.op_type != "Conv" or readers[node.input[mine]] != 1 or conv.output[0] in outputs \
+                    or id(conv) in removed or node.input[other] == node.input[mine] or not node.input[other]:
+                continue
+            merged = onnx.NodeProto()
+            merged.CopyFrom(conv)
+            while len(merged.input) < 3:
+                merged.input.append("")  # no bias
+            merged.input.append(node.input[other])
+            merged.output[0] = node.output[0]
+            merged.attribute.append(onnx.helper.make_attribute(FUSED_RESIDUAL, 1))
+            fused[id(node)] = merged
+            removed.add(id(conv))
+            break
+    return [fused.get(id(n), n) for n in nodes if id(n) not in removed]
+
+
 def fuse_matmul_bias(nodes: list, constants: dict, outputs: set) -> tuple[list, set]:
     """MatMul -> Add of a constant vector over the last axis (a transformer's bias) becomes one
     MatMul with the bias as a third input, added in place to its fresh product."""
@@ -202,6 +234,7 @@ class Interpreter:
     """Runs a model's main graph (and its subgraphs: If, Loop, Scan, SequenceMap) in numpy float32."""
 
     observe = None  # observe(value name, array) after every node, e.g. for calibration
+    fuse_residuals = True  # Conv -> Add becomes one Conv (see fuse_conv_residual)
 
     def __init__(self, package: Package, max_bytes: int = MAX_VALUE_BYTES):
         load_all()
@@ -222,7 +255,8 @@ class Interpreter:
         # A Loop/Scan body's own inputs shadow the enclosing constants of the same name.
         shadowed = {i.name for i in graph.input}
         inherited = {name: value for name, value in (outer or {}).items() if name not in shadowed}
-        plan = Plan(graph, {**inherited, **graph_constants(graph, self.weights.__getitem__)}, self.opset)
+        plan = Plan(graph, {**inherited, **graph_constants(graph, self.weights.__getitem__)}, self.opset,
+                    self.fuse_residuals)
         for attrs in plan.attrs:
             for value in attrs.values():
                 if isinstance(value, onnx.GraphProto):

@@ -256,6 +256,8 @@ INT8_LAYERS = {"Conv", "Gemm", "MatMul"}
 class Int8Interpreter(Interpreter):
     """The interpreter with 8-bit Conv/Gemm/MatMul (see the module docstring)."""
 
+    fuse_residuals = False  # the residual sum runs in float, after the 8-bit Conv's rescaling
+
     def __init__(self, package: Package, ranges: dict[str, tuple[float, float]] | None = None,
                  max_bytes: int = MAX_VALUE_BYTES):
         super().__init__(package, max_bytes)

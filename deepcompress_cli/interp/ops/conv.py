@@ -25,6 +25,8 @@ _TILE_BYTES = 8 << 20
 # (low, high) of the activation the plan fused into a Conv (Relu: (0, inf), Clip: its bounds);
 # set by the interpreter's plan, never by a model.
 FUSED_CLAMP = "_fused_clamp"
+# Set when the plan merged a following Add into the Conv: its fourth input is the addend.
+FUSED_RESIDUAL = "_fused_residual"
 
 
 def attr_str(attrs: dict, name: str, default: str) -> str:
@@ -202,13 +204,14 @@ def _tiles(n_images: int, out_rows: int, row_bytes: int):
 
 
 def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, attrs: dict, epilogue=None,
-         bounds=None) -> np.ndarray:
-    """Float Conv on [N, C, *spatial] inputs, tile by tile (see `_tiles`), plus the bias b, then
-    clamped to a fused activation's `bounds` (see `clamp`).
+         bounds=None, residual: np.ndarray | None = None) -> np.ndarray:
+    """Float Conv on [N, C, *spatial] inputs, tile by tile (see `_tiles`), plus the bias b and
+    an addend `residual` of the output's shape, then clamped to a fused activation's `bounds`
+    (see `clamp`).
 
     The bias rides in the matmul when that reads less than a pass over the output would (a row
     of ones under the patches, the bias as one more weight column), and the clamp is the copy
-    of each tile into the output: one pass over memory for all three.  `epilogue(block, n0, n1)`,
+    of each tile into the output: one pass over memory for all of them.  `epilogue(block, n0, n1)`,
     when given, replaces bias and clamp: it runs in place on each finished block of output
     (images n0:n1, some or all rows) while that block is still in cache, as the int8 rescaling
     does.
@@ -220,7 +223,7 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, attrs: dict, epilog
     out_spatial = conv_output_shape(x.shape[2:], kernel_shape, strides, pads, dilations)
     depthwise = group > 1 and group == C
     if epilogue is not None:
-        b = bounds = None  # the epilogue's job
+        b = bounds = residual = None  # the epilogue's job
     if set(kernel_shape) == {1} and set(strides) == {1} and not any(pads) and not depthwise:
         patches = x.reshape(N, C, -1)  # 1x1: x is the patches
         area = patches.shape[2]
@@ -231,6 +234,8 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, attrs: dict, epilog
             w, patches, b = np.concatenate([w.reshape(M, C), b.reshape(M, 1).astype(w.dtype)], axis=1), ones, None
         y = _grouped_matmul(w, patches, group).reshape(N, M, *out_spatial)
         if epilogue is None:
+            if residual is not None:
+                y += residual
             clamp(_add_bias(y, b), bounds)
         else:
             epilogue(y, 0, N)
@@ -277,17 +282,19 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, attrs: dict, epilog
         block = y[n0:n1, :, r0:r1]
         tile = tile.reshape(n1 - n0, M, r1 - r0, *row_shape)[keep]
         if epilogue is None:
-            _store(block, tile, b, bounds)
+            _store(block, tile, b, bounds, None if residual is None else residual[n0:n1, :, r0:r1])
         else:
             block[...] = tile
             epilogue(block, n0, n1)
     return y
 
 
-def _store(block: np.ndarray, tile: np.ndarray, b: np.ndarray | None, bounds) -> None:
-    """block = clamp(tile + b): the copy into the output is the bias add or the clamp."""
-    if b is not None:
-        np.add(tile, b.reshape(-1, *(1,) * (tile.ndim - 2)), out=block)
+def _store(block: np.ndarray, tile: np.ndarray, b: np.ndarray | None, bounds, addend: np.ndarray | None) -> None:
+    """block = clamp(tile + b + addend): the copy into the output is an add or the clamp."""
+    if b is not None or addend is not None:
+        np.add(tile, b.reshape(-1, *(1,) * (tile.ndim - 2)) if addend is None else addend, out=block)
+        if b is not None and addend is not None:
+            _add_bias(block, b)
         clamp(block, bounds)
     elif bounds is None:
         block[...] = tile
@@ -321,7 +328,21 @@ def clamp(y: np.ndarray, bounds) -> None:
 def conv_kernel(inputs, attrs, ctx):
     x, w = inputs[0], inputs[1]
     b = inputs[2] if len(inputs) > 2 else None
-    return [conv(x, w, b, attrs, bounds=attrs.get(FUSED_CLAMP))]  # the activation that followed, if fused
+    bounds = attrs.get(FUSED_CLAMP)  # the activation that followed, if fused
+    if not attrs.get(FUSED_RESIDUAL):
+        return [conv(x, w, b, attrs, bounds=bounds)]
+    addend = inputs[3]
+    y = conv(x, w, b, attrs, bounds=bounds, residual=addend) if addend.shape == _output_shape(x, w, attrs) \
+        and addend.dtype == np.result_type(x, w) else None
+    if y is None:  # an addend that broadcasts: the Add as its own pass, then the activation
+        y = conv(x, w, b, attrs) + addend
+        clamp(y, bounds)
+    return [y]
+
+
+def _output_shape(x: np.ndarray, w: np.ndarray, attrs: dict) -> tuple[int, ...]:
+    kernel_shape, strides, pads, dilations, _ = conv_attrs(attrs, x.shape, w.shape)
+    return (x.shape[0], w.shape[0], *conv_output_shape(x.shape[2:], kernel_shape, strides, pads, dilations))
 
 
 def conv_transpose_geometry(attrs: dict, x_shape, w_shape):
