@@ -136,6 +136,45 @@ def test_conv_residual_adds_are_fused_and_match_onnxruntime(tmp_path, kernel):
     assert_matches_ort(model.SerializeToString(), package, {"x": x})
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+def test_convs_write_into_their_concat_and_match_onnxruntime(tmp_path, batch):
+    """A fire module (1x1 and 3x3 Convs with Relu, concatenated on axis -3), a grouped Conv part,
+    and a Concat with a part that is not a Conv (copied as usual)."""
+    def weight(m, c, k):
+        return RNG.standard_normal((m, c, k, k)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["x", "w3"], ["c3"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c3"], ["r3"]),
+             helper.make_node("Conv", ["x", "wg"], ["cg"], group=3),
+             helper.make_node("Concat", ["r1", "r3", "cg"], ["cat"], axis=-3),
+             helper.make_node("Conv", ["cat", "w4"], ["c4"]), helper.make_node("Neg", ["cat"], ["n"]),
+             helper.make_node("Concat", ["c4", "n"], ["y"], axis=1)]
+    inits = [numpy_helper.from_array(a, n) for a, n in (
+        (weight(4, 3, 1), "w1"), (RNG.standard_normal(4).astype(np.float32), "b1"), (weight(5, 3, 3), "w3"),
+        (weight(6, 1, 1), "wg"), (weight(2, 15, 1), "w4"))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    package = load(tmp_path, model)
+    fused = [any(a.name == "_fused_parts" for a in n.attribute) for n in Interpreter(package).plan.nodes
+             if n.op_type == "Concat"]
+    assert fused == [True, False]
+    x = RNG.standard_normal((batch, 3, 6, 6)).astype(np.float32)
+    assert_matches_ort(model.SerializeToString(), package, {"x": x})
+
+
+def test_concat_of_slices_copies_unless_they_are_in_order():
+    from deepcompress_cli.interp.ops import KERNELS, OpContext
+    x = RNG.standard_normal((2, 6, 3)).astype(np.float32)
+    parts = [x[:, :2], x[:, 2:5], x[:, 5:]]
+    ctx = OpContext(opset=13)
+    same = KERNELS["Concat"](parts, {"axis": 1, "_fused_parts": 1}, ctx)[0]
+    assert same is x
+    swapped = KERNELS["Concat"]([parts[1], parts[0], parts[2]], {"axis": 1, "_fused_parts": 1}, ctx)[0]
+    np.testing.assert_array_equal(swapped, np.concatenate([parts[1], parts[0], parts[2]], axis=1))
+    gap = KERNELS["Concat"]([parts[0], parts[2]], {"axis": 1, "_fused_parts": 1}, ctx)[0]
+    np.testing.assert_array_equal(gap, np.concatenate([parts[0], parts[2]], axis=1))
+
+
 def test_unsorted_graph_is_sorted_and_cycles_refused(tmp_path):
     nodes = [helper.make_node("Relu", ["a"], ["y"]), helper.make_node("Neg", ["x"], ["a"])]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],

@@ -18,8 +18,9 @@ from ..graphs import graph_constants, implicit_inputs, node_subgraphs, opset_ver
     stored_constant, to_array, topological_order
 from ..tensors import Package
 from .ops import KERNELS, MAX_VALUE_BYTES, OpContext, kernel_name, load_all
-from .ops.conv import FUSED_CLAMP, FUSED_RESIDUAL
+from .ops.conv import FUSED_CLAMP, FUSED_INTO, FUSED_RESIDUAL, FUSED_SLICE
 from .ops.gemm import FUSED_BIAS
+from .ops.shape import FUSED_PARTS
 
 
 def attribute_values(node: onnx.NodeProto) -> dict:
@@ -68,6 +69,7 @@ class Plan:
         if fuse_residuals:
             self.nodes = fuse_conv_residual(self.nodes, set(self.outputs))
         self.nodes, clamps = fuse_conv_activation(self.nodes, self.constants, set(self.outputs), opset)
+        self.nodes = fuse_conv_concat(self.nodes, self.constants, set(self.outputs), clamps)
         self.nodes, biased = fuse_matmul_bias(self.nodes, self.constants, set(self.outputs))
         self.attrs = [attribute_values(n) for n in self.nodes]
         for node, attrs in zip(self.nodes, self.attrs):
@@ -202,6 +204,43 @@ def fuse_conv_residual(nodes: list, outputs: set) -> list:
             removed.add(id(conv))
             break
     return [fused.get(id(n), n) for n in nodes if id(n) not in removed]
+
+
+def fuse_conv_concat(nodes: list, constants: dict, outputs: set, clamps: dict) -> list:
+    """A Concat on the channel axis of Conv outputs (an Inception or fire module, a detector's
+    neck) lets those Convs write into the slices of one buffer, which the Concat then returns
+    without copying (ops/conv.py `_concat_part`; any part that does not fit falls back to the
+    copy).  Each Conv needs a constant weight (its channel count) and the Concat as its one
+    reader; the marks go on copies of the nodes, as attributes, and a copied Conv keeps its
+    entry in `clamps` (fuse_conv_activation's, by node id; updated here)."""
+    readers, producer = _single_reader_producers(nodes, outputs)
+    replaced = {}
+    for node in nodes:
+        if node.op_type != "Concat" or node.domain not in ("", "ai.onnx") or len(set(node.input)) != len(node.input):
+            continue
+        parts = [producer.get(name) for name in node.input]
+        weights = [constants.get(p.input[1]) if p is not None and p.op_type == "Conv" and len(p.input) > 1 else None
+                   for p in parts]
+        axis = next((a.i for a in node.attribute if a.name == "axis"), None)
+        if any(w is None or not name or readers[name] != 1 or name in outputs or id(p) in replaced
+               for w, p, name in zip(weights, parts, node.input)) or weights[0].ndim < 3 \
+                or len({w.ndim for w in weights}) != 1 or axis not in (1, 1 - weights[0].ndim):
+            continue
+        total, first = sum(w.shape[0] for w in weights), 0
+        for part, w in zip(parts, weights):
+            marked = onnx.NodeProto()
+            marked.CopyFrom(part)
+            marked.attribute.extend([onnx.helper.make_attribute(FUSED_INTO, node.output[0]),
+                                     onnx.helper.make_attribute(FUSED_SLICE, [first, total])])
+            replaced[id(part)] = marked
+            if id(part) in clamps:
+                clamps[id(marked)] = clamps.pop(id(part))
+            first += w.shape[0]
+        marked = onnx.NodeProto()
+        marked.CopyFrom(node)
+        marked.attribute.append(onnx.helper.make_attribute(FUSED_PARTS, 1))
+        replaced[id(node)] = marked
+    return [replaced.get(id(n), n) for n in nodes]
 
 
 def fuse_matmul_bias(nodes: list, constants: dict, outputs: set) -> tuple[list, set]:

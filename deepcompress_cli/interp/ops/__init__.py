@@ -19,7 +19,7 @@ Kernels register with `@op("Name")`.  An op missing from `KERNELS` is a DczError
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from ...errors import DczError
@@ -39,6 +39,9 @@ class OpContext:
     num_outputs: int = 1  # outputs the node declares (Split without sizes needs it)
     run_graph: Callable | None = None  # run_graph(graph_proto, {its input name: value}) -> its outputs (If, Loop...)
     max_bytes: int = MAX_VALUE_BYTES
+    # Buffers that nodes fused by the plan share during one run (the Convs that write their
+    # outputs into the slices of the Concat they feed), by the name of the value they become.
+    scratch: dict = field(default_factory=dict)
 
     def check_size(self, op_name: str, shape, itemsize: int) -> None:
         """Refuse, before allocating it, an output of `shape` that would pass `max_bytes`."""

@@ -27,6 +27,9 @@ _TILE_BYTES = 8 << 20
 FUSED_CLAMP = "_fused_clamp"
 # Set when the plan merged a following Add into the Conv: its fourth input is the addend.
 FUSED_RESIDUAL = "_fused_residual"
+# Set when the Conv's output is one part of a Concat on the channel axis: the Concat's output
+# name, and [first channel, channels in all] of the shared buffer the Conv writes its part into.
+FUSED_INTO, FUSED_SLICE = "_fused_into", "_fused_slice"
 
 
 def attr_str(attrs: dict, name: str, default: str) -> str:
@@ -204,10 +207,10 @@ def _tiles(n_images: int, out_rows: int, row_bytes: int):
 
 
 def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, attrs: dict, epilogue=None,
-         bounds=None, residual: np.ndarray | None = None) -> np.ndarray:
+         bounds=None, residual: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """Float Conv on [N, C, *spatial] inputs, tile by tile (see `_tiles`), plus the bias b and
     an addend `residual` of the output's shape, then clamped to a fused activation's `bounds`
-    (see `clamp`).
+    (see `clamp`); written into `out` when given (a view of the output's shape and dtype).
 
     The bias rides in the matmul when that reads less than a pass over the output would (a row
     of ones under the patches, the bias as one more weight column), and the clamp is the copy
@@ -232,7 +235,14 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, attrs: dict, epilog
             ones[:, :C] = patches
             ones[:, C] = 1
             w, patches, b = np.concatenate([w.reshape(M, C), b.reshape(M, 1).astype(w.dtype)], axis=1), ones, None
-        y = _grouped_matmul(w, patches, group).reshape(N, M, *out_spatial)
+        if out is not None and group == 1:
+            y = out
+            np.matmul(w.reshape(M, -1), patches, out=out.reshape(N, M, -1))
+        else:
+            y = _grouped_matmul(w, patches, group).reshape(N, M, *out_spatial)
+            if out is not None:
+                out[...] = y
+                y = out
         if epilogue is None:
             if residual is not None:
                 y += residual
@@ -252,7 +262,7 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, attrs: dict, epilog
     row = math.prod(row_shape)
     K = C * math.prod(kernel_shape)
     span = (kernel_shape[0] - 1) * dilations[0] + 1 + wide  # input rows under one output row
-    y = np.empty((N, M, *out_spatial), dtype=np.result_type(x, w))
+    y = np.empty((N, M, *out_spatial), dtype=np.result_type(x, w)) if out is None else out
     keep = (..., *(slice(o) for o in out_spatial[1:]))  # drops a wide tile's junk columns
     # The bias as a weight column costs a copy of the weights: worth it when they are smaller
     # than the output the bias would otherwise take a pass over.
@@ -329,20 +339,31 @@ def conv_kernel(inputs, attrs, ctx):
     x, w = inputs[0], inputs[1]
     b = inputs[2] if len(inputs) > 2 else None
     bounds = attrs.get(FUSED_CLAMP)  # the activation that followed, if fused
-    if not attrs.get(FUSED_RESIDUAL):
-        return [conv(x, w, b, attrs, bounds=bounds)]
-    addend = inputs[3]
-    y = conv(x, w, b, attrs, bounds=bounds, residual=addend) if addend.shape == _output_shape(x, w, attrs) \
-        and addend.dtype == np.result_type(x, w) else None
-    if y is None:  # an addend that broadcasts: the Add as its own pass, then the activation
-        y = conv(x, w, b, attrs) + addend
-        clamp(y, bounds)
-    return [y]
-
-
-def _output_shape(x: np.ndarray, w: np.ndarray, attrs: dict) -> tuple[int, ...]:
     kernel_shape, strides, pads, dilations, _ = conv_attrs(attrs, x.shape, w.shape)
-    return (x.shape[0], w.shape[0], *conv_output_shape(x.shape[2:], kernel_shape, strides, pads, dilations))
+    shape = (x.shape[0], w.shape[0], *conv_output_shape(x.shape[2:], kernel_shape, strides, pads, dilations))
+    dtype = np.result_type(x, w)
+    addend = inputs[3] if attrs.get(FUSED_RESIDUAL) else None
+    if addend is not None and (addend.shape != shape or addend.dtype != dtype):
+        y = conv(x, w, b, attrs) + addend  # an addend that broadcasts: the Add as its own pass
+        clamp(y, bounds)
+        return [y]
+    return [conv(x, w, b, attrs, bounds=bounds, residual=addend, out=_concat_part(attrs, shape, dtype, ctx))]
+
+
+def _concat_part(attrs: dict, shape: tuple, dtype, ctx) -> np.ndarray | None:
+    """This Conv's slice of the buffer its Concat's parts share (made by the first part to run),
+    or None when the Conv writes an array of its own (not fused, or the shapes do not fit)."""
+    if FUSED_INTO not in attrs:
+        return None
+    key = attrs[FUSED_INTO]
+    first, total = attrs[FUSED_SLICE]
+    whole = (shape[0], total, *shape[2:])
+    buffer = ctx.scratch.get(key)
+    if buffer is None:
+        buffer = ctx.scratch[key] = np.empty(whole, dtype)
+    if buffer.shape != whole or buffer.dtype != dtype or first + shape[1] > total:
+        return None
+    return buffer[:, first:first + shape[1]]
 
 
 def conv_transpose_geometry(attrs: dict, x_shape, w_shape):

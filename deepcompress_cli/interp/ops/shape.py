@@ -112,11 +112,37 @@ def unsqueeze(inputs, attrs, ctx):
     return [np.expand_dims(x, tuple(axes))]
 
 
+# Set by the plan on a Concat whose parts it had written into one buffer (ops/conv.py FUSED_INTO).
+FUSED_PARTS = "_fused_parts"
+
+
 @op("Concat")
 def concat(inputs, attrs, ctx):
     arrays = [a for a in inputs if a is not None]
     axis = norm_axis(attrs["axis"], arrays[0].ndim, "Concat")
+    if attrs.get(FUSED_PARTS):
+        whole = _adjacent_parts(arrays, axis)
+        if whole is not None:
+            return [whole]
     return [np.concatenate(arrays, axis=axis)]
+
+
+def _adjacent_parts(arrays: list, axis: int) -> np.ndarray | None:
+    """The array whose consecutive slices on `axis` the arrays are, in order and covering it
+    all (then it is their concatenation, with no copy), else None."""
+    base = arrays[0].base if isinstance(arrays[0], np.ndarray) else None
+    if not isinstance(base, np.ndarray) or base.ndim != arrays[0].ndim:
+        return None
+    address = base.__array_interface__["data"][0]
+    for a in arrays:
+        if not isinstance(a, np.ndarray) or a.base is not base or a.strides != base.strides or a.dtype != base.dtype \
+                or a.shape[:axis] + a.shape[axis + 1:] != base.shape[:axis] + base.shape[axis + 1:] \
+                or a.__array_interface__["data"][0] != address:
+            return None
+        address += a.shape[axis] * base.strides[axis]
+    if address != base.__array_interface__["data"][0] + base.shape[axis] * base.strides[axis]:
+        return None
+    return base
 
 
 @op("Split")
