@@ -89,16 +89,19 @@ def _planes_reduce(x, kernel_shape, strides, dilations, begins, fill, combine, o
              for a in range(lead + 1)]  # runs of a buffer reduced up to axis a end here
     phase_strides = strides[:lead] + [1]
 
+    made = []  # the phase buffers
+
     def phase(key):
         """x's cells of stride phase `key` (of the leading axes) on the padded grid."""
         buf = np.empty(size + spare[lead], dtype=x.dtype)
+        made.append(buf)
         cells = buf[:size].reshape(len(x), *grid)
         dst, src = [], []
         for axis, (p, s, b, g, n) in enumerate(zip((*key, 0), phase_strides, begins, grid, x.shape[1:])):
             lo = max(0, -((p - b) // s))  # first grid cell inside x
             hi = max(lo, min(g, (n - 1 + b - p) // s + 1))
             dst.append(slice(lo, hi))
-            src.append(slice(p + s * lo - b, p + s * (hi - 1) - b + 1, s))
+            src.append(slice(p + s * lo - b, p + s * hi - b, s))
             before = (slice(None),) * (1 + axis)
             if lo > 0:
                 cells[(*before, slice(0, lo))] = fill
@@ -127,7 +130,10 @@ def _planes_reduce(x, kernel_shape, strides, dilations, begins, fill, combine, o
         return _combine_runs(runs, combine)
 
     flat = reduced(())
-    y = _combine_runs([flat[i * d:i * d + size] for i in range(k)], combine)
+    # A phase buffer the leading axes are done with takes the last axis's result.
+    spent = [buf[:size] for buf in made if not np.may_share_memory(buf, flat)]
+    y = _combine_runs([flat[i * d:i * d + size] for i in range(k)], combine,
+                      out=spent[0] if spent and k > 1 else None)
     keep = (slice(None), *(slice(o) for o in out_spatial[:-1]), slice(0, (o - 1) * s + 1, s))
     out[...] = y.reshape(len(x), *grid)[keep]
 
@@ -144,7 +150,7 @@ def _combine_runs(runs, combine, out=None):
 
 
 def _lowest(dtype):
-    return -np.inf if np.issubdtype(dtype, np.floating) else np.iinfo(dtype).min
+    return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
 
 
 @op("MaxPool")
