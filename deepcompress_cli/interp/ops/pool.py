@@ -70,7 +70,7 @@ def _planes_reduce(x, kernel_shape, strides, dilations, begins, fill, combine, o
     """`_window_reduce` of planes x [P, *spatial] into out [P, *out_spatial].
 
     Both combines are separable, so the spatial axes are reduced one after another (2 + 2
-    combines for a 3x3 window instead of 9).  numpy's SIMD loops only run on flat contiguous
+    combines for a 3x3 window instead of 8).  numpy's SIMD loops only run on flat contiguous
     operands (strided ones, even of whole rows, are 2-3x slower), so every combine is one flat
     run of a buffer: x is first copied, padded, into one buffer per stride phase of its leading
     spatial axes (space-to-depth: whole-row copies), where a kernel offset along a leading axis
@@ -112,7 +112,8 @@ def _planes_reduce(x, kernel_shape, strides, dilations, begins, fill, combine, o
         return buf
 
     def reduced(key):
-        """The leading axes from len(key) on reduced, in the buffer of phases `key` before."""
+        """Flat buffer of the cells in stride phases `key` of the first len(key) leading axes,
+        with the other leading axes reduced."""
         a = len(key)
         if a == lead:
             return phase(key)
