@@ -217,7 +217,8 @@ def average_pool(inputs, attrs, ctx):
         count = count * inside.reshape(-1, *[1] * (n - 1 - a)).astype(y.dtype)
     # A window wholly in padding (pads >= kernel) averages to 0.  Dividing plane by plane keeps
     # numpy's inner loop a whole plane long.
-    y.reshape(-1, count.size)[...] /= np.maximum(count, 1).reshape(-1)
+    planes = y.reshape(-1, count.size)  # a view: y is fresh and contiguous
+    planes /= np.maximum(count, 1).reshape(-1)
     return [y]
 
 
