@@ -89,12 +89,9 @@ def _planes_reduce(x, kernel_shape, strides, dilations, begins, fill, combine, o
              for a in range(lead + 1)]  # runs of a buffer reduced up to axis a end here
     phase_strides = strides[:lead] + [1]
 
-    made = []  # the phase buffers
-
     def phase(key):
         """x's cells of stride phase `key` (of the leading axes) on the padded grid."""
         buf = np.empty(size + spare[lead], dtype=x.dtype)
-        made.append(buf)
         cells = buf[:size].reshape(len(x), *grid)
         dst, src = [], []
         for axis, (p, s, b, g, n) in enumerate(zip((*key, 0), phase_strides, begins, grid, x.shape[1:])):
@@ -111,28 +108,30 @@ def _planes_reduce(x, kernel_shape, strides, dilations, begins, fill, combine, o
         cells[(slice(None), *dst)] = x[(slice(None), *src)]
         return buf
 
-    def reduced(key):
-        """Flat buffer of the cells in stride phases `key` of the first len(key) leading axes,
-        with the other leading axes reduced."""
-        a = len(key)
-        if a == lead:
-            return phase(key)
-        taps = [i * dilations[a] for i in range(kernel_shape[a])]
-        phases = [t % strides[a] for t in taps]
-        buffers = {p: reduced((*key, p)) for p in set(phases)}
-        length = size + spare[a]
-        runs = [buffers[p][(t // strides[a]) * steps[a]:][:length] for t, p in zip(taps, phases)]
+    # The phases the taps read, then the leading axes reduced from the last one back: per phase
+    # of the axes before it, an axis's taps are runs of the buffers of its phases.
+    tap_phases = [sorted({i * d % s for i in range(k)})
+                  for k, d, s in zip(kernel_shape, dilations, strides)][:lead]
+    phases = {key: phase(key) for key in itertools.product(*tap_phases)}
+    buffers = phases
+    for a in reversed(range(lead)):
+        taps = [(i * dilations[a] // strides[a] * steps[a], i * dilations[a] % strides[a])
+                for i in range(kernel_shape[a])]  # (shift, phase)
         # The run of a buffer no other tap reads can take the result in place (less memory to
         # stream through the cache).
-        alone = [i for i, p in enumerate(phases) if phases.count(p) == 1]
-        if alone and len(runs) > 1:
-            runs.insert(0, runs.pop(alone[0]))
-            return _combine_runs(runs, combine, out=runs[0])
-        return _combine_runs(runs, combine)
-
-    flat = reduced(())
+        alone = [t for t in taps if [p for _, p in taps].count(t[1]) == 1]
+        if alone and len(taps) > 1:
+            taps.remove(alone[0])
+            taps.insert(0, alone[0])
+        length = size + spare[a]
+        reduced = {}
+        for key in itertools.product(*tap_phases[:a]):
+            runs = [buffers[(*key, p)][shift:shift + length] for shift, p in taps]
+            reduced[key] = _combine_runs(runs, combine, out=runs[0] if alone else None)
+        buffers = reduced
+    flat = buffers[()]
     # A phase buffer the leading axes are done with takes the last axis's result.
-    spent = [buf[:size] for buf in made if not np.may_share_memory(buf, flat)]
+    spent = [buf[:size] for buf in phases.values() if not np.may_share_memory(buf, flat)]
     y = _combine_runs([flat[i * d:i * d + size] for i in range(k)], combine,
                       out=spent[0] if spent and k > 1 else None)
     keep = (slice(None), *(slice(o) for o in out_spatial[:-1]), slice(0, (o - 1) * s + 1, s))
