@@ -339,6 +339,8 @@ def conv_kernel(inputs, attrs, ctx):
     x, w = inputs[0], inputs[1]
     b = inputs[2] if len(inputs) > 2 else None
     bounds = attrs.get(FUSED_CLAMP)  # the activation that followed, if fused
+    if not attrs.get(FUSED_RESIDUAL) and FUSED_INTO not in attrs:
+        return [conv(x, w, b, attrs, bounds=bounds)]
     kernel_shape, strides, pads, dilations, _ = conv_attrs(attrs, x.shape, w.shape)
     shape = (x.shape[0], w.shape[0], *conv_output_shape(x.shape[2:], kernel_shape, strides, pads, dilations))
     dtype = np.result_type(x, w)
