@@ -34,6 +34,7 @@ results add up in float64.  NaN or Inf in a tensor an int8 layer reads is a one-
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,7 +46,7 @@ from ..graphs import all_graphs, output_channel_axis, table_names
 from ..tensors import Package
 from .graph import Interpreter
 from .ops import KERNELS, MAX_VALUE_BYTES, kernel_name
-from .ops.conv import FUSED_CLAMP, clamp, conv
+from .ops.conv import FUSED_CLAMP, conv
 from .ops.gemm import FUSED_BIAS
 
 EXACT_FLOAT32 = 1 << 24
@@ -222,16 +223,20 @@ def _keeps_images(node, attrs: dict, x, y) -> bool:
     return True  # C-order reshapes with the same first dimension keep each slice's block
 
 
-def integer_conv(c: np.ndarray, weight: QWeight, attrs: dict, epilogue=None) -> np.ndarray:
+def integer_conv(c: np.ndarray, weight: QWeight, attrs: dict, epilogue=None, signed: bool = True) -> np.ndarray:
     """The Conv of centered codes c [N, C, ...] with weight.matrix, exactly: the float Conv
     (tiles, im2col, BLAS) on integer-valued float32, in one pass when no partial sum can reach
     2^24, else over chunks of input channels summed in float64.  `epilogue(block, n0, n1)` then
-    rescales in place as in `conv` (float32 output)."""
+    rescales in place as in `conv` (float32 output).  `signed=False` when no code is negative (zero
+    points 0): the magnitudes are then the maxima, one pass instead of two."""
     chunks = [(0, c.shape[1])]
     if weight.worst_bound >= EXACT_FLOAT32:
         per_image = c.reshape(len(c), c.shape[1], -1)
-        magnitude = np.maximum(per_image.max(2), -per_image.min(2)).max(0).astype(np.float64) \
-            if c.size else np.zeros(c.shape[1])
+        if not c.size:
+            magnitude = np.zeros(c.shape[1])
+        else:
+            largest = per_image.max(2)
+            magnitude = (np.maximum(largest, -per_image.min(2)) if signed else largest).max(0).astype(np.float64)
         if not weight.fits_once(magnitude):
             chunks = exact_chunks(weight.abs_sums, magnitude)
     if len(chunks) == 1:
@@ -245,6 +250,36 @@ def integer_conv(c: np.ndarray, weight: QWeight, attrs: dict, epilogue=None) -> 
     y = total.astype(np.float32)
     epilogue(y, 0, len(y))
     return y
+
+
+class InputCodes:
+    """An int8 layer's input x on its 8-bit grid: per-slice (image or row) scale and zero point
+    (float64, reduced axes kept as 1s) and the centered codes; for a Conv, on first use, the
+    channel means its bias correction reads.  One per run and value when several int8 layers read
+    the same value with the same slices (a ResNet block input read by its first and its
+    downsampling Conv, a LayerNorm output read by the Q, K and V projections)."""
+
+    def __init__(self, x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, clip: bool):
+        self.x, self.scale, self.zero_point = x, scale, zero_point
+        self.codes = centered_codes(x, scale, zero_point, clip=clip)
+        self.signed = bool(zero_point.any())  # zero points 0: no code is negative
+        self._means = {}
+
+    def channel_means(self, of_codes: bool) -> np.ndarray:
+        """[N, C] float32 per image and channel: the mean of x, or (of_codes) -scale * the mean of
+        the codes (the 8-bit values' mean, negated).  A GEMV sums 2-5x faster than np.add.reduce
+        (codes: exactly)."""
+        if of_codes not in self._means:
+            values = self.codes if of_codes else self.x
+            n, channels = values.shape[:2]
+            area = values[0, 0].size
+            means = (values.reshape(n * channels, area) @ np.ones(area, np.float32)).reshape(n, channels)
+            if of_codes:
+                means *= (-self.scale.reshape(-1, 1) / area).astype(np.float32)
+            else:
+                means /= np.float32(area)
+            self._means[of_codes] = means
+        return self._means[of_codes]
 
 
 # Ops that commute with quantization (they only move, select or drop values; Relu and MaxPool
@@ -278,9 +313,13 @@ class Int8Interpreter(Interpreter):
                 if prepared is not None:
                     self.layers[id(node)] = prepared
         self._range_read = set()  # Conv outputs whose range an int8 Conv reads (through RANGE_OPS)
+        self._readers = Counter()  # (value, slicing) -> int8 layers reading it that way (per plan run)
+        self._shared: dict[tuple, list] = {}  # this run's InputCodes that more layers read
         for plan in plans:
             producer = {o: n for n in plan.nodes for o in n.output}
-            for node in plan.nodes:
+            for node, attrs in zip(plan.nodes, plan.attrs):
+                if id(node) in self.layers:
+                    self._readers[self._slicing(node, attrs)] += 1
                 if id(node) in self.layers and node.op_type == "Conv":
                     source = producer.get(node.input[0])
                     while source is not None and source.op_type in RANGE_OPS and id(source) not in self.layers:
@@ -333,11 +372,38 @@ class Int8Interpreter(Interpreter):
         return kernel
 
     def run(self, feeds):
-        self._measured = {}
+        self._measured, self._shared = {}, {}
         try:
             return super().run(feeds)
         finally:
-            self._measured = {}
+            self._measured, self._shared = {}, {}
+
+    @staticmethod
+    def _slicing(node, attrs) -> tuple:
+        """What an int8 layer quantizes: its input value, per image (Conv) or per row of the input
+        or of its transpose (Gemm transA)."""
+        kind = "image" if node.op_type == "Conv" else "column" if attrs.get("transA", 0) else "row"
+        return node.input[0], kind
+
+    def _input_codes(self, node, attrs, x: np.ndarray, rows: np.ndarray | None = None) -> InputCodes:
+        """The 8-bit form of input x (of `rows`, its [rows, K] view, for Gemm/MatMul), shared by
+        the layers reading the same array the same way in this run (`x is` the one quantized: a
+        loop body's next iteration is a new array)."""
+        key = self._slicing(node, attrs)
+        shared = self._shared.get(key)
+        if shared is not None and shared[1] is x:
+            shared[0] -= 1
+            if not shared[0]:
+                del self._shared[key]
+            return shared[2]
+        name = node.input[0]
+        values = x if rows is None else rows
+        axes = tuple(range(1, values.ndim))
+        scale, zero_point = self._grid(values, name, axes, rows is None)  # per image, or per row (token, sample)
+        codes = InputCodes(values, scale, zero_point, clip=name in self.ranges)
+        if self._readers[key] > 1:
+            self._shared[key] = [self._readers[key] - 1, x, codes]  # readers left, the array they must read
+        return codes
 
     def _grid(self, x: np.ndarray, name: str, axes: tuple, whole_tensor_ok: bool) -> tuple[np.ndarray, np.ndarray]:
         """(scale, zero point) for x, one per slice left after reducing `axes` (kept as 1s):
@@ -357,8 +423,8 @@ class Int8Interpreter(Interpreter):
         if x.ndim != weight.matrix.ndim:
             raise DczError(f"Conv node {node.name!r}: input {list(x.shape)} does not fit weight "
                            f"{list(weight.matrix.shape)}")
-        scale, zero_point = self._grid(x, node.input[0], tuple(range(1, x.ndim)), True)  # per image
-        c = centered_codes(x, scale, zero_point, clip=node.input[0] in self.ranges)
+        quantized = self._input_codes(node, attrs, x)
+        scale, c = quantized.scale, quantized.codes
         spatial = (1,) * (x.ndim - 2)
         factor = (scale.reshape(-1, 1) * weight.scales).astype(np.float32).reshape(len(x), -1, *spatial)
         shaped_bias = None if bias is None else bias.astype(np.float32).reshape(1, -1, *spatial)
@@ -368,15 +434,11 @@ class Int8Interpreter(Interpreter):
         # sums, whichever reads fewer floats (the output when it is narrower or the batch small).
         output_mean = weight.pointwise and n * outputs * area < n * channels * area + channels * outputs
         if c.size:  # rounding's bias on each image's mean input (see the module docstring)
-            ones = np.ones(area, np.float32)  # a GEMV sums 2-5x faster than np.add.reduce (codes: exactly)
-            used = weight.sums[:channels] if output_mean else weight.sums
-            means = np.empty((n, len(used)), np.float32)  # [mean of x, -mean of its 8-bit values]
-            means[:, :channels] = (x.reshape(n * channels, area) @ ones).reshape(n, channels)
-            means[:, :channels] /= np.float32(area)
-            if not output_mean:
-                means[:, channels:] = (c.reshape(n * channels, area) @ ones).reshape(n, channels)
-                means[:, channels:] *= (-scale.reshape(-1, 1) / area).astype(np.float32)
-            correction = (means @ used).reshape(n, -1, *spatial)
+            if output_mean:
+                correction = quantized.channel_means(False) @ weight.sums[:channels]
+            else:
+                correction = np.hstack([quantized.channel_means(False), quantized.channel_means(True)]) @ weight.sums
+            correction = correction.reshape(n, -1, *spatial)
             shaped_bias = correction if shaped_bias is None else correction + shaped_bias
         bounds = attrs.get(FUSED_CLAMP)
         low = np.full(len(x), np.inf)
@@ -386,6 +448,8 @@ class Int8Interpreter(Interpreter):
         non_negative = bounds is not None and bounds[0] >= 0  # a Relu's output: its grid starts at 0
         if non_negative:
             low[:] = 0
+        if bounds is not None:  # np.clip is 2-3x faster than np.maximum here, a Relu included
+            bounds = tuple(np.float32(b) for b in bounds)
 
         def rescale(block, n0, n1):  # int32 accumulators -> float output, its range per image
             block *= factor[n0:n1]
@@ -396,7 +460,8 @@ class Int8Interpreter(Interpreter):
                     *block.shape[:2], *spatial)
             if offset is not None:
                 block += offset
-            clamp(block, bounds)
+            if bounds is not None:
+                np.clip(block, *bounds, out=block)
             if not measure:
                 return
             axes = tuple(range(1, block.ndim))
@@ -404,24 +469,23 @@ class Int8Interpreter(Interpreter):
                 np.minimum(low[n0:n1], block.min(axes), out=low[n0:n1])
             np.maximum(high[n0:n1], block.max(axes), out=high[n0:n1])
 
-        y = integer_conv(c, weight, attrs, rescale)
+        y = integer_conv(c, weight, attrs, rescale, quantized.signed)
         if measure:
             self._measured[node.output[0]] = (low, high)
         return [y]
 
     def _gemm(self, node, inputs, attrs) -> list:
         weight = self.layers[id(node)]
-        x = inputs[0]
+        x = source = inputs[0]
         if node.op_type == "Gemm" and attrs.get("transA", 0):
             x = x.T
         k, n = weight.matrix.shape
         if x.ndim == 0 or x.shape[-1] != k:
             raise DczError(f"{node.op_type} node {node.name!r}: input {list(x.shape)} does not fit weight "
                            f"[{k}, {n}]")
-        rows = x.reshape(-1, k)
-        scale, zero_point = self._grid(rows, node.input[0], (1,), False)  # per row (token, sample)
-        y = exact_matmul(centered_codes(rows, scale, zero_point, clip=node.input[0] in self.ranges), weight)
-        factor = scale.astype(np.float32)
+        quantized = self._input_codes(node, attrs, source, x.reshape(-1, k))
+        y = exact_matmul(quantized.codes, weight)
+        factor = quantized.scale.astype(np.float32)
         if node.op_type == "Gemm":
             factor *= np.float32(attrs.get("alpha", 1.0))
         y *= weight.scales
