@@ -294,8 +294,8 @@ def test_carried_ranges_follow_the_image_axis(tmp_path, monkeypatch):
     package = load(tmp_path, helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
     codes = []
     original = quant.centered_codes
-    monkeypatch.setattr(quant, "centered_codes", lambda x, s, z, clip=True: codes.append(
-        (original(x, s, z, clip), z)) or codes[-1][0])
+    monkeypatch.setattr(quant, "centered_codes", lambda x, s, z, clip=True, out=None: codes.append(
+        (original(x, s, z, clip, out), z)) or codes[-1][0])
     x = RNG.standard_normal((4, 4, 6, 6)).astype(np.float32)
     x[2] *= 50  # one image with a far wider range than the others
     got = Int8Interpreter(package).run({"x": x})[0]
