@@ -225,20 +225,24 @@ def _keeps_images(node, attrs: dict, x, y) -> bool:
     return True  # C-order reshapes with the same first dimension keep each slice's block
 
 
-def integer_conv(c: np.ndarray, weight: QWeight, attrs: dict, epilogue=None, signed: bool = True) -> np.ndarray:
+def code_magnitudes(c: np.ndarray) -> np.ndarray:
+    """float64 [C]: the largest |code - zero point| per input channel of c [N, C, ...]."""
+    if not c.size:
+        return np.zeros(c.shape[1])
+    per_image = c.reshape(len(c), c.shape[1], -1)
+    return np.maximum(per_image.max(2), -per_image.min(2)).max(0).astype(np.float64)
+
+
+def integer_conv(c: np.ndarray, weight: QWeight, attrs: dict, epilogue=None, magnitude: np.ndarray | None = None
+                 ) -> np.ndarray:
     """The Conv of centered codes c [N, C, ...] with weight.matrix, exactly: the float Conv
     (tiles, im2col, BLAS) on integer-valued float32, in one pass when no partial sum can reach
-    2^24, else over chunks of input channels summed in float64.  `epilogue(block, n0, n1)` then
-    rescales in place as in `conv` (float32 output).  `signed=False` when no code is negative (zero
-    points 0): the magnitudes are then the maxima, one pass instead of two."""
+    2^24, else over chunks of input channels summed in float64 (`magnitude`: c's code_magnitudes,
+    when known).  `epilogue(block, n0, n1)` then rescales in place as in `conv` (float32 output)."""
     chunks = [(0, c.shape[1])]
     if weight.worst_bound >= EXACT_FLOAT32:
-        per_image = c.reshape(len(c), c.shape[1], -1)
-        if not c.size:
-            magnitude = np.zeros(c.shape[1])
-        else:
-            largest = per_image.max(2)
-            magnitude = (np.maximum(largest, -per_image.min(2)) if signed else largest).max(0).astype(np.float64)
+        if magnitude is None:
+            magnitude = code_magnitudes(c)
         if not weight.fits_once(magnitude):
             chunks = exact_chunks(weight.abs_sums, magnitude)
     if len(chunks) == 1:
@@ -265,10 +269,7 @@ class InputCodes:
     zero_point: np.ndarray
     codes: np.ndarray
     means: np.ndarray | None = None
-
-    @property
-    def signed(self) -> bool:
-        return bool(self.zero_point.any())  # zero points 0: no code is negative
+    magnitude: np.ndarray | None = None  # code_magnitudes(codes), when a Conv's exactness bound needs it
 
 
 # Images a Conv quantizes together: the chunk and its codes stay in cache (L3) meanwhile, so a
@@ -276,9 +277,11 @@ class InputCodes:
 CHUNK_BYTES = 4 << 20
 
 
-def quantize_images(x: np.ndarray, name: str, grid: tuple | None = None, clip: bool = False) -> InputCodes:
-    """InputCodes of a Conv input x [N, C, ...] with its channel means, a chunk of whole images at
-    a time; `grid` (scale, zero point per image) when known, else measured per image here.  The
+def quantize_images(x: np.ndarray, name: str, grid: tuple | None = None, clip: bool = False,
+                    magnitude: bool = False) -> InputCodes:
+    """InputCodes of a Conv input x [N, C, ...] with its channel means (and `magnitude`), a chunk
+    of whole images at a time; `grid` (scale, zero point per image) when known, else measured per
+    image here.  The
     means are GEMVs (2-5x faster than np.add.reduce; on the codes exact): one per chunk, each
     row summed alone, as one GEMV over all images would (OpenBLAS: the same bits whenever a chunk
     starts at a multiple of 4 rows, which whole images of 4k channels or 4k images do)."""
@@ -294,6 +297,7 @@ def quantize_images(x: np.ndarray, name: str, grid: tuple | None = None, clip: b
     ones = np.ones(area, np.float32)
     per = max(1, CHUNK_BYTES // max(1, x[0].nbytes))
     step = per if per < 4 else per - per % 4
+    largest = np.zeros(channels, np.float32) if magnitude else None
     for n0 in range(0, n, step):
         n1 = min(n, n0 + step)
         block = x[n0:n1]
@@ -305,7 +309,13 @@ def quantize_images(x: np.ndarray, name: str, grid: tuple | None = None, clip: b
         np.divide((block.reshape(-1, area) @ ones).reshape(shape), np.float32(area), out=means[n0:n1, 0])
         np.multiply((codes[n0:n1].reshape(-1, area) @ ones).reshape(shape),
                     (-scale[n0:n1].reshape(-1, 1) / area).astype(np.float32), out=means[n0:n1, 1])
-    return InputCodes(scale, zero_point, codes, means)
+        if magnitude:
+            per_image = codes[n0:n1].reshape(n1 - n0, channels, area)
+            top = per_image.max(2)
+            if zero_point[n0:n1].any():  # else no code is negative: one pass instead of two
+                np.maximum(top, -per_image.min(2), out=top)
+            np.maximum(largest, top.max(0), out=largest)
+    return InputCodes(scale, zero_point, codes, means, None if largest is None else largest.astype(np.float64))
 
 
 # Ops that commute with quantization (they only move, select or drop values; Relu and MaxPool
@@ -425,7 +435,8 @@ class Int8Interpreter(Interpreter):
         name = node.input[0]
         clip = name in self.ranges
         if rows is None and x.size:  # per image
-            codes = quantize_images(x, name, self._known_grid(x, name, tuple(range(1, x.ndim)), True), clip)
+            codes = quantize_images(x, name, self._known_grid(x, name, tuple(range(1, x.ndim)), True), clip,
+                                    self.layers[id(node)].worst_bound >= EXACT_FLOAT32)
         else:  # per row (token, sample); an empty Conv input has nothing to correct
             values = x if rows is None else rows
             scale, zero_point = self._grid(values, name, tuple(range(1, values.ndim)), rows is None)
@@ -503,7 +514,7 @@ class Int8Interpreter(Interpreter):
                 np.minimum(low[n0:n1], block.min(axes), out=low[n0:n1])
             np.maximum(high[n0:n1], block.max(axes), out=high[n0:n1])
 
-        y = integer_conv(c, weight, attrs, rescale, quantized.signed)
+        y = integer_conv(c, weight, attrs, rescale, quantized.magnitude)
         if measure:
             self._measured[node.output[0]] = (low, high)
         return [y]
