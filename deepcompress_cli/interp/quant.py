@@ -460,6 +460,8 @@ class Int8Interpreter(Interpreter):
         if measured is not None and axes == tuple(range(1, x.ndim)) \
                 and len(measured[0]) in ((1, x.shape[0]) if whole_tensor_ok else (x.shape[0],)):
             shape = (x.shape[0],) + (1,) * len(axes)
+            if len(measured[0]) == x.shape[0]:
+                return quantization_grid(*(v.reshape(shape) for v in measured), name)
             return quantization_grid(*(np.broadcast_to(v.reshape(-1, *(1,) * len(axes)), shape) for v in measured), name)
         return None
 
@@ -486,13 +488,11 @@ class Int8Interpreter(Interpreter):
             correction = correction.reshape(n, -1, *spatial)
             shaped_bias = correction if shaped_bias is None else correction + shaped_bias
         bounds = attrs.get(FUSED_CLAMP)
-        low = np.full(len(x), np.inf)
-        high = np.full(len(x), -np.inf)
-
         measure = node.output[0] in self._range_read
         non_negative = bounds is not None and bounds[0] >= 0  # a Relu's output: its grid starts at 0
-        if non_negative:
-            low[:] = 0
+        if measure:
+            low = np.full(len(x), 0.0 if non_negative else np.inf)
+            high = np.full(len(x), -np.inf)
         if bounds is not None:  # np.clip is 2-3x faster than np.maximum here, a Relu included
             bounds = tuple(np.float32(b) for b in bounds)
 
@@ -534,8 +534,9 @@ class Int8Interpreter(Interpreter):
         if node.op_type == "Gemm":
             factor *= np.float32(attrs.get("alpha", 1.0))
         y *= weight.scales
-        y *= factor
-        y = y.astype(np.float32, copy=False)
+        # float64 sums of K-chunks: rounded to float32 by the last multiply's output, one pass fewer
+        y = np.multiply(y, factor, out=y if y.dtype == np.float32 else np.empty(y.shape, np.float32),
+                        casting="same_kind")
         if node.op_type == "Gemm" and len(inputs) > 2 and inputs[2] is not None:
             y += np.float32(attrs.get("beta", 1.0)) * inputs[2]
         elif attrs.get(FUSED_BIAS):
