@@ -325,12 +325,13 @@ def test_chunked_image_quantization_equals_the_whole_tensors(monkeypatch, images
 
 
 def shared_input_model() -> onnx.ModelProto:
-    """One Relu output read by two Convs (a ResNet block's first and downsampling Convs), one Add
+    """One Relu output read by two Convs (a ResNet block's first and downsampling Convs; the first,
+    narrower than its input, corrects by its output's mean, the second by the codes'), one Add
     output read by three MatMuls (Q, K, V projections)."""
     w = {name: numpy_helper.from_array(RNG.standard_normal(shape).astype(np.float32), name)
-         for name, shape in (("wa", (6, 4, 3, 3)), ("wb", (6, 4, 1, 1)), ("q", (6, 5)), ("k", (6, 5)), ("v", (6, 5)))}
+         for name, shape in (("wa", (2, 4, 3, 3)), ("wb", (2, 4, 1, 1)), ("q", (2, 5)), ("k", (2, 5)), ("v", (2, 5)))}
     nodes = [helper.make_node("Relu", ["x"], ["r"]),
-             helper.make_node("Conv", ["r", "wa"], ["a"], pads=[1, 1, 1, 1]), helper.make_node("Conv", ["r", "wb"], ["b"]),
+             helper.make_node("Conv", ["r", "wb"], ["b"]), helper.make_node("Conv", ["r", "wa"], ["a"], pads=[1, 1, 1, 1]),
              helper.make_node("Add", ["a", "b"], ["s"]), helper.make_node("Transpose", ["s"], ["t"], perm=[0, 2, 3, 1])]
     nodes += [helper.make_node("MatMul", ["t", m], [f"{m}_out"]) for m in ("q", "k", "v")]
     nodes += [helper.make_node("Concat", ["q_out", "k_out", "v_out"], ["y"], axis=-1)]

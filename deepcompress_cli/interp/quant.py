@@ -270,6 +270,15 @@ class InputCodes:
     codes: np.ndarray
     means: np.ndarray | None = None
     magnitude: np.ndarray | None = None  # code_magnitudes(codes), when a Conv's exactness bound needs it
+    code_means: bool = False  # whether means[:, 1] is filled in (a Conv reading its output's mean does not need it)
+
+
+def fill_code_means(codes: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
+    """out [N, C] float32 = -scale * the mean of the codes per image and channel (a GEMV: exact)."""
+    n, channels = codes.shape[:2]
+    area = codes[0, 0].size
+    np.multiply((codes.reshape(-1, area) @ np.ones(area, np.float32)).reshape(n, channels),
+                (-scale.reshape(-1, 1) / area).astype(np.float32), out=out)
 
 
 # Images a Conv quantizes together: the chunk and its codes stay in cache (L3) meanwhile, so a
@@ -278,9 +287,9 @@ CHUNK_BYTES = 4 << 20
 
 
 def quantize_images(x: np.ndarray, name: str, grid: tuple | None = None, clip: bool = False,
-                    magnitude: bool = False) -> InputCodes:
-    """InputCodes of a Conv input x [N, C, ...] with its channel means (and `magnitude`), a chunk
-    of whole images at a time; `grid` (scale, zero point per image) when known, else measured per
+                    magnitude: bool = False, code_means: bool = True) -> InputCodes:
+    """InputCodes of a Conv input x [N, C, ...] with its channel means (those of the codes if
+    `code_means`) and `magnitude` if asked, a chunk of whole images at a time; `grid` (scale, zero point per image) when known, else measured per
     image here.  The
     means are GEMVs (2-5x faster than np.add.reduce; on the codes exact): one per chunk, each
     row summed alone, as one GEMV over all images would (OpenBLAS: the same bits whenever a chunk
@@ -307,15 +316,16 @@ def quantize_images(x: np.ndarray, name: str, grid: tuple | None = None, clip: b
         centered_codes(block, scale[n0:n1], zero_point[n0:n1], clip, out=codes[n0:n1])
         shape = (n1 - n0, channels)
         np.divide((block.reshape(-1, area) @ ones).reshape(shape), np.float32(area), out=means[n0:n1, 0])
-        np.multiply((codes[n0:n1].reshape(-1, area) @ ones).reshape(shape),
-                    (-scale[n0:n1].reshape(-1, 1) / area).astype(np.float32), out=means[n0:n1, 1])
+        if code_means:
+            fill_code_means(codes[n0:n1], scale[n0:n1], means[n0:n1, 1])
         if magnitude:
             per_image = codes[n0:n1].reshape(n1 - n0, channels, area)
             top = per_image.max(2)
             if zero_point[n0:n1].any():  # else no code is negative: one pass instead of two
                 np.maximum(top, -per_image.min(2), out=top)
             np.maximum(largest, top.max(0), out=largest)
-    return InputCodes(scale, zero_point, codes, means, None if largest is None else largest.astype(np.float64))
+    return InputCodes(scale, zero_point, codes, means, None if largest is None else largest.astype(np.float64),
+                      code_means)
 
 
 # Ops that commute with quantization (they only move, select or drop values; Relu and MaxPool
@@ -421,10 +431,11 @@ class Int8Interpreter(Interpreter):
         kind = "image" if node.op_type == "Conv" else "column" if attrs.get("transA", 0) else "row"
         return node.input[0], kind
 
-    def _input_codes(self, node, attrs, x: np.ndarray, rows: np.ndarray | None = None) -> InputCodes:
+    def _input_codes(self, node, attrs, x: np.ndarray, rows: np.ndarray | None = None,
+                     code_means: bool = True) -> InputCodes:
         """The 8-bit form of input x (of `rows`, its [rows, K] view, for Gemm/MatMul), shared by
         the layers reading the same array the same way in this run (`x is` the one quantized: a
-        loop body's next iteration is a new array)."""
+        loop body's next iteration is a new array).  `code_means`: a Conv's need (quantize_images)."""
         key = self._slicing(node, attrs)
         shared = self._shared.get(key)
         if shared is not None and shared[1] is x:
@@ -436,7 +447,7 @@ class Int8Interpreter(Interpreter):
         clip = name in self.ranges
         if rows is None and x.size:  # per image
             codes = quantize_images(x, name, self._known_grid(x, name, tuple(range(1, x.ndim)), True), clip,
-                                    self.layers[id(node)].worst_bound >= EXACT_FLOAT32)
+                                    self.layers[id(node)].worst_bound >= EXACT_FLOAT32, code_means)
         else:  # per row (token, sample); an empty Conv input has nothing to correct
             values = x if rows is None else rows
             scale, zero_point = self._grid(values, name, tuple(range(1, values.ndim)), rows is None)
@@ -472,18 +483,21 @@ class Int8Interpreter(Interpreter):
         if x.ndim != weight.matrix.ndim:
             raise DczError(f"Conv node {node.name!r}: input {list(x.shape)} does not fit weight "
                            f"{list(weight.matrix.shape)}")
-        quantized = self._input_codes(node, attrs, x)
+        n, channels, outputs = len(x), x.shape[1], len(weight.scales)
+        area = x[0, 0].size if x.size else 0
+        # A pointwise layer's 8-bit half: its output's mean, or the codes' mean on the 8-bit weight
+        # sums, whichever reads fewer floats (the output when it is narrower or the batch small).
+        output_mean = weight.pointwise and n * outputs * area < n * channels * area + channels * outputs
+        quantized = self._input_codes(node, attrs, x, code_means=not output_mean)
         scale, c = quantized.scale, quantized.codes
         spatial = (1,) * (x.ndim - 2)
         factor = (scale.reshape(-1, 1) * weight.scales).astype(np.float32).reshape(len(x), -1, *spatial)
         shaped_bias = None if bias is None else bias.astype(np.float32).reshape(1, -1, *spatial)
-        n, channels, outputs = len(x), x.shape[1], len(weight.scales)
-        area = c[0, 0].size if c.size else 0
-        # A pointwise layer's 8-bit half: its output's mean, or the codes' mean on the 8-bit weight
-        # sums, whichever reads fewer floats (the output when it is narrower or the batch small).
-        output_mean = weight.pointwise and n * outputs * area < n * channels * area + channels * outputs
         if c.size:  # rounding's bias on each image's mean input (see the module docstring)
             means = quantized.means  # [mean of x, -mean of its 8-bit values] per image
+            if not (output_mean or quantized.code_means):  # the first reader of a shared input did not need them
+                fill_code_means(c, scale, means[:, 1])
+                quantized.code_means = True
             correction = means[:, 0] @ weight.sums[:channels] if output_mean else means.reshape(n, -1) @ weight.sums
             correction = correction.reshape(n, -1, *spatial)
             shaped_bias = correction if shaped_bias is None else correction + shaped_bias
