@@ -288,12 +288,12 @@ CHUNK_BYTES = 4 << 20
 
 def quantize_images(x: np.ndarray, name: str, grid: tuple | None = None, clip: bool = False,
                     magnitude: bool = False, code_means: bool = True) -> InputCodes:
-    """InputCodes of a Conv input x [N, C, ...] with its channel means (those of the codes if
-    `code_means`) and `magnitude` if asked, a chunk of whole images at a time; `grid` (scale, zero point per image) when known, else measured per
-    image here.  The
-    means are GEMVs (2-5x faster than np.add.reduce; on the codes exact): one per chunk, each
-    row summed alone, as one GEMV over all images would (OpenBLAS: the same bits whenever a chunk
-    starts at a multiple of 4 rows, which whole images of 4k channels or 4k images do)."""
+    """InputCodes of a Conv input x [N, C, ...] with its channel means (the codes' too if
+    `code_means`) and, if asked, its code magnitudes, a chunk of whole images at a time; `grid`
+    (scale, zero point per image) when known, else measured per image here.  The means are
+    GEMVs (2-5x faster than np.add.reduce; on the codes exact), one per chunk: each row is summed
+    alone, as in one GEMV over all images (OpenBLAS: the same bits whenever a chunk starts at a
+    multiple of 4 rows, which whole images of 4k channels, or 4k images, do)."""
     n, channels = x.shape[:2]
     area = x[0, 0].size
     axes = tuple(range(1, x.ndim))
