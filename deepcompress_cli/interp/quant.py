@@ -16,8 +16,13 @@
   and 8-bit weights (precomputed at load) on the channel means of the input and of its 8-bit
   values, measured on the tensor like the ranges: two reductions and one small GEMM per layer
   (an unstrided, unpadded 1x1 Conv may take its 8-bit half as its output's spatial mean
-  instead, when that reads less); about 5 % of ResNet-50's int8 time at batch 1.
-  Zero padding makes it approximate at the borders.
+  instead, when that reads less); about 5 % of ResNet-50's int8 time at batch 1 (the weight
+  sums are read like a second copy of the weights).  Zero padding makes it approximate at the
+  borders.
+- A Conv input's range, codes, channel means and (when the exactness bound needs them) code
+  magnitudes are taken a chunk of images at a time, each chunk read from memory once; an input
+  several int8 layers read the same way (a ResNet block input, a LayerNorm output feeding Q, K
+  and V) is quantized once per run.
 - The requantization of TensorFlow's scheme happens at the next int8 layer's input, with the
   range the producing Conv measured on its fresh output (the QuantizeDownAndShrinkRange range),
   carried through Relu, MaxPool and pure data movement, which commute with the code <-> value map.
