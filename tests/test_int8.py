@@ -293,8 +293,12 @@ def test_carried_ranges_follow_the_image_axis(tmp_path, monkeypatch):
     package = load(tmp_path, helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
     codes = []
     original = quant.centered_codes
-    monkeypatch.setattr(quant, "centered_codes", lambda x, s, z, clip=True, out=None: codes.append(
-        (original(x, s, z, clip, out), z)) or codes[-1][0])
+
+    def recorded(x, s, z, clip=True, out=None):
+        c = original(x, s, z, clip, out)
+        codes.append((c.copy(), z))  # a copy: the next Conv reuses the buffer
+        return c
+    monkeypatch.setattr(quant, "centered_codes", recorded)
     x = RNG.standard_normal((4, 4, 6, 6)).astype(np.float32)
     x[2] *= 50  # one image with a far wider range than the others
     got = Int8Interpreter(package).run({"x": x})[0]
@@ -325,14 +329,15 @@ def test_chunked_image_quantization_equals_the_whole_tensors(monkeypatch, images
 
 
 def shared_input_model() -> onnx.ModelProto:
-    """One Relu output read by two Convs (a ResNet block's first and downsampling Convs; the first,
-    narrower than its input, corrects by its output's mean, the second by the codes'), one Add
-    output read by three MatMuls (Q, K, V projections)."""
+    """One Relu output read by two Convs with another Conv between them (a ResNet block's first
+    and downsampling Convs; the first, narrower than its input, corrects by its output's mean, the
+    second by the codes'), one Add output read by three MatMuls (Q, K, V projections)."""
     w = {name: numpy_helper.from_array(RNG.standard_normal(shape).astype(np.float32), name)
-         for name, shape in (("wa", (2, 4, 3, 3)), ("wb", (2, 4, 1, 1)), ("q", (2, 5)), ("k", (2, 5)), ("v", (2, 5)))}
-    nodes = [helper.make_node("Relu", ["x"], ["r"]),
-             helper.make_node("Conv", ["r", "wb"], ["b"]), helper.make_node("Conv", ["r", "wa"], ["a"], pads=[1, 1, 1, 1]),
-             helper.make_node("Add", ["a", "b"], ["s"]), helper.make_node("Transpose", ["s"], ["t"], perm=[0, 2, 3, 1])]
+         for name, shape in (("wa", (2, 4, 3, 3)), ("wb", (2, 4, 1, 1)), ("wc", (2, 2, 1, 1)),
+                             ("q", (2, 5)), ("k", (2, 5)), ("v", (2, 5)))}
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Conv", ["r", "wb"], ["b"]),
+             helper.make_node("Conv", ["b", "wc"], ["bc"]), helper.make_node("Conv", ["r", "wa"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["a", "bc"], ["s"]), helper.make_node("Transpose", ["s"], ["t"], perm=[0, 2, 3, 1])]
     nodes += [helper.make_node("MatMul", ["t", m], [f"{m}_out"]) for m in ("q", "k", "v")]
     nodes += [helper.make_node("Concat", ["q_out", "k_out", "v_out"], ["y"], axis=-1)]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 6, 6])],
@@ -352,7 +357,7 @@ def test_layers_reading_one_value_quantize_it_once_per_run(tmp_path, monkeypatch
         x = RNG.standard_normal((batch, 4, 6, 6)).astype(np.float32)
         calls.clear()
         got = shared.run({"x": x})[0]
-        assert len(calls) == 2  # the Relu output once, the Add output once
+        assert len(calls) == 3  # the Relu output once, the first Conv's output, the Add output once
         assert not shared._shared  # each entry dropped after its last reader
         assert np.array_equal(got, alone.run({"x": x})[0])
         assert cosine(got, Interpreter(package).run({"x": x})[0]) > 0.999

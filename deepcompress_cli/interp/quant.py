@@ -292,13 +292,14 @@ CHUNK_BYTES = 4 << 20
 
 
 def quantize_images(x: np.ndarray, name: str, grid: tuple | None = None, clip: bool = False,
-                    magnitude: bool = False, code_means: bool = True) -> InputCodes:
+                    magnitude: bool = False, code_means: bool = True, out: np.ndarray | None = None) -> InputCodes:
     """InputCodes of a Conv input x [N, C, ...] with its channel means (the codes' too if
     `code_means`) and, if asked, its code magnitudes, a chunk of whole images at a time; `grid`
     (scale, zero point per image) when known, else measured per image here.  The means are
     GEMVs (2-5x faster than np.add.reduce; on the codes exact), one per chunk: each row is summed
     alone, as in one GEMV over all images (OpenBLAS: the same bits whenever a chunk starts at a
-    multiple of 4 rows, which whole images of 4k channels, or 4k images, do)."""
+    multiple of 4 rows, which whole images of 4k channels, or 4k images, do).  The codes go to
+    `out` when given (float32, x's shape)."""
     n, channels = x.shape[:2]
     area = x[0, 0].size
     axes = tuple(range(1, x.ndim))
@@ -306,7 +307,7 @@ def quantize_images(x: np.ndarray, name: str, grid: tuple | None = None, clip: b
         scale, zero_point = np.empty((2, n, *(1,) * len(axes)))
     else:
         scale, zero_point = grid
-    codes = np.empty(x.shape, np.float32)
+    codes = np.empty(x.shape, np.float32) if out is None else out
     means = np.empty((n, 2, channels), np.float32)
     ones = np.ones(area, np.float32)
     per = max(1, CHUNK_BYTES // max(1, x[0].nbytes))
@@ -366,6 +367,9 @@ class Int8Interpreter(Interpreter):
         self._range_read = set()  # Conv outputs whose range an int8 Conv reads (through RANGE_OPS)
         self._readers = Counter()  # (value, slicing) -> int8 layers reading it that way (per plan run)
         self._shared: dict[tuple, list] = {}  # this run's InputCodes that more layers read
+        # A Conv's codes buffer once it is done, for the next Conv of this run: a large batch's
+        # fresh arrays would each start on untouched pages (page faults cost like a pass).
+        self._spare: np.ndarray | None = None
         for plan in plans:
             producer = {o: n for n in plan.nodes for o in n.output}
             for node, attrs in zip(plan.nodes, plan.attrs):
@@ -427,7 +431,15 @@ class Int8Interpreter(Interpreter):
         try:
             return super().run(feeds)
         finally:
-            self._measured, self._shared = {}, {}
+            self._measured, self._shared, self._spare = {}, {}, None
+
+    def _codes_buffer(self, shape: tuple) -> np.ndarray:
+        """A float32 array of `shape` for a Conv's codes: the spare buffer when large enough."""
+        spare, self._spare = self._spare, None
+        size = int(np.prod(shape))
+        if spare is None or spare.size < size:
+            return np.empty(shape, np.float32)
+        return spare[:size].reshape(shape)
 
     @staticmethod
     def _slicing(node, attrs) -> tuple:
@@ -452,7 +464,8 @@ class Int8Interpreter(Interpreter):
         clip = name in self.ranges
         if rows is None and x.size:  # per image
             codes = quantize_images(x, name, self._known_grid(x, name, tuple(range(1, x.ndim)), True), clip,
-                                    self.layers[id(node)].worst_bound >= EXACT_FLOAT32, code_means)
+                                    self.layers[id(node)].worst_bound >= EXACT_FLOAT32, code_means,
+                                    self._codes_buffer(x.shape))
         else:  # per row (token, sample); an empty Conv input has nothing to correct
             values = x if rows is None else rows
             scale, zero_point = self._grid(values, name, tuple(range(1, values.ndim)), rows is None)
@@ -536,6 +549,8 @@ class Int8Interpreter(Interpreter):
         y = integer_conv(c, weight, attrs, rescale, quantized.magnitude)
         if measure:
             self._measured[node.output[0]] = (low, high)
+        if self._slicing(node, attrs) not in self._shared:  # no later reader: its buffer is free
+            self._spare = (c if c.base is None else c.base).reshape(-1)
         return [y]
 
     def _gemm(self, node, inputs, attrs) -> list:
