@@ -361,3 +361,14 @@ def test_layers_reading_one_value_quantize_it_once_per_run(tmp_path, monkeypatch
         assert not shared._shared  # each entry dropped after its last reader
         assert np.array_equal(got, alone.run({"x": x})[0])
         assert cosine(got, Interpreter(package).run({"x": x})[0]) > 0.999
+
+
+def test_a_relu_output_needs_only_its_maximum():
+    x = np.maximum(RNG.standard_normal((3, 4, 5, 5)), 0).astype(np.float32)
+    x[1] += 0.5  # an image without zeros: its grid still starts at 0
+    whole = quantize_images(x, "r")
+    assert np.array_equal(quantize_images(x, "r", non_negative=True).codes, whole.codes)
+    assert np.array_equal(quantize_images(x, "r", non_negative=True).scale, whole.scale)
+    x[2, 1, 1, 1] = np.nan
+    with pytest.raises(DczError, match="NaN or Inf"):
+        quantize_images(x, "r", non_negative=True)

@@ -292,14 +292,16 @@ CHUNK_BYTES = 4 << 20
 
 
 def quantize_images(x: np.ndarray, name: str, grid: tuple | None = None, clip: bool = False,
-                    magnitude: bool = False, code_means: bool = True, out: np.ndarray | None = None) -> InputCodes:
+                    magnitude: bool = False, code_means: bool = True, out: np.ndarray | None = None,
+                    non_negative: bool = False) -> InputCodes:
     """InputCodes of a Conv input x [N, C, ...] with its channel means (the codes' too if
     `code_means`) and, if asked, its code magnitudes, a chunk of whole images at a time; `grid`
     (scale, zero point per image) when known, else measured per image here.  The means are
     GEMVs (2-5x faster than np.add.reduce; on the codes exact), one per chunk: each row is summed
     alone, as in one GEMV over all images (OpenBLAS: the same bits whenever a chunk starts at a
     multiple of 4 rows, which whole images of 4k channels, or 4k images, do).  The codes go to
-    `out` when given (float32, x's shape)."""
+    `out` when given (float32, x's shape).  `non_negative`: x is a Relu's output, its grids start
+    at 0 whatever its minimum (a measured range then needs only the maximum, which keeps NaN)."""
     n, channels = x.shape[:2]
     area = x[0, 0].size
     axes = tuple(range(1, x.ndim))
@@ -317,8 +319,9 @@ def quantize_images(x: np.ndarray, name: str, grid: tuple | None = None, clip: b
         n1 = min(n, n0 + step)
         block = x[n0:n1]
         if grid is None:
-            scale[n0:n1], zero_point[n0:n1] = quantization_grid(block.min(axes, keepdims=True),
-                                                                block.max(axes, keepdims=True), name)
+            high = block.max(axes, keepdims=True)
+            low = np.zeros_like(high) if non_negative else block.min(axes, keepdims=True)
+            scale[n0:n1], zero_point[n0:n1] = quantization_grid(low, high, name)
         centered_codes(block, scale[n0:n1], zero_point[n0:n1], clip, out=codes[n0:n1])
         shape = (n1 - n0, channels)
         np.divide((block.reshape(-1, area) @ ones).reshape(shape), np.float32(area), out=means[n0:n1, 0])
@@ -365,6 +368,7 @@ class Int8Interpreter(Interpreter):
                 if prepared is not None:
                     self.layers[id(node)] = prepared
         self._range_read = set()  # Conv outputs whose range an int8 Conv reads (through RANGE_OPS)
+        self._relu_outputs = {n.output[0] for plan in plans for n in plan.nodes if n.op_type == "Relu"}
         self._readers = Counter()  # (value, slicing) -> int8 layers reading it that way (per plan run)
         self._shared: dict[tuple, list] = {}  # this run's InputCodes that more layers read
         # A Conv's codes buffer once it is done, for the next Conv of this run: a large batch's
@@ -465,7 +469,7 @@ class Int8Interpreter(Interpreter):
         if rows is None and x.size:  # per image
             codes = quantize_images(x, name, self._known_grid(x, name, tuple(range(1, x.ndim)), True), clip,
                                     self.layers[id(node)].worst_bound >= EXACT_FLOAT32, code_means,
-                                    self._codes_buffer(x.shape))
+                                    self._codes_buffer(x.shape), name in self._relu_outputs)
         else:  # per row (token, sample); an empty Conv input has nothing to correct
             values = x if rows is None else rows
             scale, zero_point = self._grid(values, name, tuple(range(1, values.ndim)), rows is None)
