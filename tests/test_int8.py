@@ -12,9 +12,10 @@ from deepcompress_cli.blas import single_threaded
 from deepcompress_cli.errors import DczError
 from deepcompress_cli.files import read_model
 from deepcompress_cli.interp.graph import Interpreter
-from deepcompress_cli.interp.quant import (EXACT_FLOAT32, Int8Interpreter, centered_codes, exact_chunks,
-                                           exact_matmul, integer_conv, quantization_grid, quantize_activation,
-                                           qweight)
+from deepcompress_cli.interp import quant
+from deepcompress_cli.interp.quant import (EXACT_FLOAT32, Int8Interpreter, activation_range, centered_codes,
+                                           code_magnitudes, exact_chunks, exact_matmul, integer_conv,
+                                           quantization_grid, quantize_activation, quantize_images, qweight)
 
 RNG = np.random.default_rng(0)
 
@@ -282,8 +283,6 @@ def test_int8_mnist_within_half_a_point():
 def test_carried_ranges_follow_the_image_axis(tmp_path, monkeypatch):
     """A Conv's per-image ranges reach the next Conv through Relu, but not as per-image ranges
     through a Transpose that moves the image axis: every code stays in 0..255."""
-    from deepcompress_cli.interp import quant
-
     w1, w2 = RNG.standard_normal((4, 4, 1, 1)), RNG.standard_normal((3, 4, 3, 3))
     nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"]), helper.make_node("Relu", ["c1"], ["r"]),
              helper.make_node("Transpose", ["r"], ["t"], perm=[1, 0, 2, 3]),
@@ -294,10 +293,82 @@ def test_carried_ranges_follow_the_image_axis(tmp_path, monkeypatch):
     package = load(tmp_path, helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
     codes = []
     original = quant.centered_codes
-    monkeypatch.setattr(quant, "centered_codes", lambda x, s, z, clip=True: codes.append(
-        (original(x, s, z, clip), z)) or codes[-1][0])
+
+    def recorded(x, s, z, clip=True, out=None):
+        c = original(x, s, z, clip, out)
+        codes.append((c.copy(), z))  # a copy: the next Conv reuses the buffer
+        return c
+    monkeypatch.setattr(quant, "centered_codes", recorded)
     x = RNG.standard_normal((4, 4, 6, 6)).astype(np.float32)
     x[2] *= 50  # one image with a far wider range than the others
     got = Int8Interpreter(package).run({"x": x})[0]
     assert len(codes) == 2 and all(((c + z) >= 0).all() and ((c + z) <= 255).all() for c, z in codes)
     assert cosine(got, Interpreter(package).run({"x": x})[0]) > 0.999
+
+
+# ------------------------------------------------------------------------------ one pass per input
+
+@pytest.mark.parametrize("images_per_chunk", [1, 5, 7])  # 5: chunks of 4 (whole GEMV row groups) and 3
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_chunked_image_quantization_equals_the_whole_tensors(monkeypatch, images_per_chunk, calibrated):
+    x = RNG.standard_normal((7, 8, 5, 5)).astype(np.float32)
+    x[[1, 4]] = np.abs(x[[1, 4]])  # images whose zero point is 0: unsigned codes
+    x[2] *= 40
+    axes, ones = (1, 2, 3), np.ones(25, np.float32)
+    monkeypatch.setattr(quant, "CHUNK_BYTES", images_per_chunk * x[0].nbytes)
+    grid = quantization_grid(*activation_range(x, axes, (-1, 2) if calibrated else None), "x")
+    got = quantize_images(x, "x", grid if calibrated else None, clip=calibrated, magnitude=True)
+    codes = centered_codes(x, *grid, clip=calibrated)
+    assert np.array_equal(got.scale, grid[0]) and np.array_equal(got.zero_point, grid[1])
+    assert np.array_equal(got.codes, codes)
+    assert np.array_equal(got.magnitude, code_magnitudes(codes))
+    # As one GEMV over all images would sum them (the bias correction's inputs, bit for bit).
+    assert np.array_equal(got.means[:, 0], (x.reshape(56, 25) @ ones).reshape(7, 8) / np.float32(25))
+    assert np.array_equal(got.means[:, 1], (codes.reshape(56, 25) @ ones).reshape(7, 8)
+                          * (-grid[0].reshape(-1, 1) / 25).astype(np.float32))
+
+
+def shared_input_model() -> onnx.ModelProto:
+    """One Relu output read by two Convs with another Conv between them (a ResNet block's first
+    and downsampling Convs; the first, narrower than its input, corrects by its output's mean, the
+    second by the codes'), one Add output read by three MatMuls (Q, K, V projections)."""
+    w = {name: numpy_helper.from_array(RNG.standard_normal(shape).astype(np.float32), name)
+         for name, shape in (("wa", (2, 4, 3, 3)), ("wb", (2, 4, 1, 1)), ("wc", (2, 2, 1, 1)),
+                             ("q", (2, 5)), ("k", (2, 5)), ("v", (2, 5)))}
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Conv", ["r", "wb"], ["b"]),
+             helper.make_node("Conv", ["b", "wc"], ["bc"]), helper.make_node("Conv", ["r", "wa"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["a", "bc"], ["s"]), helper.make_node("Transpose", ["s"], ["t"], perm=[0, 2, 3, 1])]
+    nodes += [helper.make_node("MatMul", ["t", m], [f"{m}_out"]) for m in ("q", "k", "v")]
+    nodes += [helper.make_node("Concat", ["q_out", "k_out", "v_out"], ["y"], axis=-1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], list(w.values()))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_layers_reading_one_value_quantize_it_once_per_run(tmp_path, monkeypatch):
+    package = load(tmp_path, shared_input_model())
+    alone = Int8Interpreter(package)
+    alone._readers.clear()  # every layer quantizes its own input
+    shared = Int8Interpreter(package)
+    calls = []
+    original = quant.centered_codes
+    monkeypatch.setattr(quant, "centered_codes", lambda *a, **k: calls.append(1) or original(*a, **k))
+    for batch in (2, 3):  # a new run's input is quantized anew
+        x = RNG.standard_normal((batch, 4, 6, 6)).astype(np.float32)
+        calls.clear()
+        got = shared.run({"x": x})[0]
+        assert len(calls) == 3  # the Relu output once, the first Conv's output, the Add output once
+        assert not shared._shared  # each entry dropped after its last reader
+        assert np.array_equal(got, alone.run({"x": x})[0])
+        assert cosine(got, Interpreter(package).run({"x": x})[0]) > 0.999
+
+
+def test_a_relu_output_needs_only_its_maximum():
+    x = np.maximum(RNG.standard_normal((3, 4, 5, 5)), 0).astype(np.float32)
+    x[1] += 0.5  # an image without zeros: its grid still starts at 0
+    whole = quantize_images(x, "r")
+    assert np.array_equal(quantize_images(x, "r", non_negative=True).codes, whole.codes)
+    assert np.array_equal(quantize_images(x, "r", non_negative=True).scale, whole.scale)
+    x[2, 1, 1, 1] = np.nan
+    with pytest.raises(DczError, match="NaN or Inf"):
+        quantize_images(x, "r", non_negative=True)

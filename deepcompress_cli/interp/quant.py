@@ -16,8 +16,13 @@
   and 8-bit weights (precomputed at load) on the channel means of the input and of its 8-bit
   values, measured on the tensor like the ranges: two reductions and one small GEMM per layer
   (an unstrided, unpadded 1x1 Conv may take its 8-bit half as its output's spatial mean
-  instead, when that reads less); about 5 % of ResNet-50's int8 time at batch 1.
-  Zero padding makes it approximate at the borders.
+  instead, when that reads less); about 5 % of ResNet-50's int8 time at batch 1 (the weight
+  sums are read like a second copy of the weights).  Zero padding makes it approximate at the
+  borders.
+- A Conv input's range, codes, channel means and (when the exactness bound needs them) code
+  magnitudes are taken a chunk of images at a time, each chunk read from memory once; an input
+  several int8 layers read the same way (a ResNet block input, a LayerNorm output feeding Q, K
+  and V) is quantized once per run.
 - The requantization of TensorFlow's scheme happens at the next int8 layer's input, with the
   range the producing Conv measured on its fresh output (the QuantizeDownAndShrinkRange range),
   carried through Relu, MaxPool and pure data movement, which commute with the code <-> value map.
@@ -34,6 +39,7 @@ results add up in float64.  NaN or Inf in a tensor an int8 layer reads is a one-
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,7 +51,7 @@ from ..graphs import all_graphs, output_channel_axis, table_names
 from ..tensors import Package
 from .graph import Interpreter
 from .ops import KERNELS, MAX_VALUE_BYTES, kernel_name
-from .ops.conv import FUSED_CLAMP, clamp, conv
+from .ops.conv import FUSED_CLAMP, conv
 from .ops.gemm import FUSED_BIAS
 
 EXACT_FLOAT32 = 1 << 24
@@ -68,11 +74,13 @@ def quantization_grid(low: np.ndarray, high: np.ndarray, name: str) -> tuple[np.
     return scale, np.minimum(np.ceil(-low / scale), 254)
 
 
-def centered_codes(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, clip: bool = True) -> np.ndarray:
+def centered_codes(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, clip: bool = True,
+                   out: np.ndarray | None = None) -> np.ndarray:
     """code - zero point of x as integer-valued float32 (in [-zp, 255 - zp]); scale and zero
     point broadcast against x.  Padding these with 0 pads with a real 0.0.  `clip=False` when
-    x lies in the grid's range (measured on x): no code can fall outside then."""
-    c = np.multiply(x, (1 / scale).astype(np.float32), dtype=np.float32)
+    x lies in the grid's range (measured on x): no code can fall outside then.  Written to `out`
+    when given (float32, x's shape)."""
+    c = np.multiply(x, (1 / scale).astype(np.float32), out=out, dtype=np.float32)
     np.rint(c, out=c)
     if clip:
         np.clip(c, (-zero_point).astype(np.float32), (255 - zero_point).astype(np.float32), out=c)
@@ -222,16 +230,24 @@ def _keeps_images(node, attrs: dict, x, y) -> bool:
     return True  # C-order reshapes with the same first dimension keep each slice's block
 
 
-def integer_conv(c: np.ndarray, weight: QWeight, attrs: dict, epilogue=None) -> np.ndarray:
+def code_magnitudes(c: np.ndarray) -> np.ndarray:
+    """float64 [C]: the largest |code - zero point| per input channel of c [N, C, ...]."""
+    if not c.size:
+        return np.zeros(c.shape[1])
+    per_image = c.reshape(len(c), c.shape[1], -1)
+    return np.maximum(per_image.max(2), -per_image.min(2)).max(0).astype(np.float64)
+
+
+def integer_conv(c: np.ndarray, weight: QWeight, attrs: dict, epilogue=None, magnitude: np.ndarray | None = None
+                 ) -> np.ndarray:
     """The Conv of centered codes c [N, C, ...] with weight.matrix, exactly: the float Conv
     (tiles, im2col, BLAS) on integer-valued float32, in one pass when no partial sum can reach
-    2^24, else over chunks of input channels summed in float64.  `epilogue(block, n0, n1)` then
-    rescales in place as in `conv` (float32 output)."""
+    2^24, else over chunks of input channels summed in float64 (`magnitude`: c's code_magnitudes,
+    when known).  `epilogue(block, n0, n1)` then rescales in place as in `conv` (float32 output)."""
     chunks = [(0, c.shape[1])]
     if weight.worst_bound >= EXACT_FLOAT32:
-        per_image = c.reshape(len(c), c.shape[1], -1)
-        magnitude = np.maximum(per_image.max(2), -per_image.min(2)).max(0).astype(np.float64) \
-            if c.size else np.zeros(c.shape[1])
+        if magnitude is None:
+            magnitude = code_magnitudes(c)
         if not weight.fits_once(magnitude):
             chunks = exact_chunks(weight.abs_sums, magnitude)
     if len(chunks) == 1:
@@ -245,6 +261,80 @@ def integer_conv(c: np.ndarray, weight: QWeight, attrs: dict, epilogue=None) -> 
     y = total.astype(np.float32)
     epilogue(y, 0, len(y))
     return y
+
+
+@dataclass
+class InputCodes:
+    """An int8 layer's input on its 8-bit grid: per-slice (image or row) scale and zero point
+    (float64, reduced axes kept as 1s) and the centered codes; for a Conv also `means` [N, 2, C]
+    float32, per image and channel the mean of x and -scale * the mean of the codes (the 8-bit
+    values' mean, negated), which its bias correction reads."""
+
+    scale: np.ndarray
+    zero_point: np.ndarray
+    codes: np.ndarray
+    means: np.ndarray | None = None
+    magnitude: np.ndarray | None = None  # code_magnitudes(codes), when a Conv's exactness bound needs it
+    code_means: bool = False  # whether means[:, 1] is filled in (a Conv reading its output's mean does not need it)
+
+
+def fill_code_means(codes: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
+    """out [N, C] float32 = -scale * the mean of the codes per image and channel (a GEMV: exact)."""
+    n, channels = codes.shape[:2]
+    area = codes[0, 0].size
+    np.multiply((codes.reshape(-1, area) @ np.ones(area, np.float32)).reshape(n, channels),
+                (-scale.reshape(-1, 1) / area).astype(np.float32), out=out)
+
+
+# Images a Conv quantizes together: the chunk and its codes stay in cache (L3) meanwhile, so a
+# large batch's input is read from memory once instead of four times (range, codes, two means).
+CHUNK_BYTES = 4 << 20
+
+
+def quantize_images(x: np.ndarray, name: str, grid: tuple | None = None, clip: bool = False,
+                    magnitude: bool = False, code_means: bool = True, out: np.ndarray | None = None,
+                    non_negative: bool = False) -> InputCodes:
+    """InputCodes of a Conv input x [N, C, ...] with its channel means (the codes' too if
+    `code_means`) and, if asked, its code magnitudes, a chunk of whole images at a time; `grid`
+    (scale, zero point per image) when known, else measured per image here.  The means are
+    GEMVs (2-5x faster than np.add.reduce; on the codes exact), one per chunk: each row is summed
+    alone, as in one GEMV over all images (OpenBLAS: the same bits whenever a chunk starts at a
+    multiple of 4 rows, which whole images of 4k channels, or 4k images, do).  The codes go to
+    `out` when given (float32, x's shape).  `non_negative`: x is a Relu's output, its grids start
+    at 0 whatever its minimum (a measured range then needs only the maximum, which keeps NaN)."""
+    n, channels = x.shape[:2]
+    area = x[0, 0].size
+    axes = tuple(range(1, x.ndim))
+    if grid is None:
+        scale, zero_point = np.empty((2, n, *(1,) * len(axes)))
+    else:
+        scale, zero_point = grid
+    codes = np.empty(x.shape, np.float32) if out is None else out
+    means = np.empty((n, 2, channels), np.float32)
+    ones = np.ones(area, np.float32)
+    per = max(1, CHUNK_BYTES // max(1, x[0].nbytes))
+    step = per if per < 4 else per - per % 4
+    largest = np.zeros(channels, np.float32) if magnitude else None
+    for n0 in range(0, n, step):
+        n1 = min(n, n0 + step)
+        block = x[n0:n1]
+        if grid is None:
+            high = block.max(axes, keepdims=True)
+            low = np.zeros_like(high) if non_negative else block.min(axes, keepdims=True)
+            scale[n0:n1], zero_point[n0:n1] = quantization_grid(low, high, name)
+        centered_codes(block, scale[n0:n1], zero_point[n0:n1], clip, out=codes[n0:n1])
+        shape = (n1 - n0, channels)
+        np.divide((block.reshape(-1, area) @ ones).reshape(shape), np.float32(area), out=means[n0:n1, 0])
+        if code_means:
+            fill_code_means(codes[n0:n1], scale[n0:n1], means[n0:n1, 1])
+        if magnitude:
+            per_image = codes[n0:n1].reshape(n1 - n0, channels, area)
+            top = per_image.max(2)
+            if zero_point[n0:n1].any():  # else no code is negative: one pass instead of two
+                np.maximum(top, -per_image.min(2), out=top)
+            np.maximum(largest, top.max(0), out=largest)
+    return InputCodes(scale, zero_point, codes, means, None if largest is None else largest.astype(np.float64),
+                      code_means)
 
 
 # Ops that commute with quantization (they only move, select or drop values; Relu and MaxPool
@@ -280,9 +370,17 @@ class Int8Interpreter(Interpreter):
                 if prepared is not None:
                     self.layers[id(node)] = prepared
         self._range_read = set()  # Conv outputs whose range an int8 Conv reads (through RANGE_OPS)
+        self._relu_outputs = {n.output[0] for plan in plans for n in plan.nodes if n.op_type == "Relu"}
+        self._readers = Counter()  # (value, slicing) -> int8 layers reading it that way (per plan run)
+        self._shared: dict[tuple, list] = {}  # this run's InputCodes that more layers read
+        # A Conv's codes buffer once it is done, for the next Conv of this run: a large batch's
+        # fresh arrays would each start on untouched pages (page faults cost like a pass).
+        self._spare: np.ndarray | None = None
         for plan in plans:
             producer = {o: n for n in plan.nodes for o in n.output}
-            for node in plan.nodes:
+            for node, attrs in zip(plan.nodes, plan.attrs):
+                if id(node) in self.layers:
+                    self._readers[self._slicing(node, attrs)] += 1
                 if id(node) in self.layers and node.op_type == "Conv":
                     source = producer.get(node.input[0])
                     while source is not None and source.op_type in RANGE_OPS and id(source) not in self.layers:
@@ -335,22 +433,72 @@ class Int8Interpreter(Interpreter):
         return kernel
 
     def run(self, feeds):
-        self._measured = {}
+        self._measured, self._shared = {}, {}
         try:
             return super().run(feeds)
         finally:
-            self._measured = {}
+            self._measured, self._shared, self._spare = {}, {}, None
+
+    def _codes_buffer(self, shape: tuple) -> np.ndarray:
+        """A float32 array of `shape` for a Conv's codes: the spare buffer when large enough."""
+        spare, self._spare = self._spare, None
+        size = int(np.prod(shape))
+        if spare is None or spare.size < size:
+            return np.empty(shape, np.float32)
+        return spare[:size].reshape(shape)
+
+    @staticmethod
+    def _slicing(node, attrs) -> tuple:
+        """What an int8 layer quantizes: its input value, per image (Conv) or per row of the input
+        or of its transpose (Gemm transA)."""
+        kind = "image" if node.op_type == "Conv" else "column" if attrs.get("transA", 0) else "row"
+        return node.input[0], kind
+
+    def _input_codes(self, node, attrs, x: np.ndarray, rows: np.ndarray | None = None,
+                     code_means: bool = True) -> InputCodes:
+        """The 8-bit form of input x (of `rows`, its [rows, K] view, for Gemm/MatMul), shared by
+        the layers reading the same array the same way in this run (`x is` the one quantized: a
+        loop body's next iteration is a new array).  `code_means`: a Conv's need (quantize_images)."""
+        key = self._slicing(node, attrs)
+        shared = self._shared.get(key)
+        if shared is not None and shared[1] is x:
+            shared[0] -= 1
+            if not shared[0]:
+                del self._shared[key]
+            return shared[2]
+        name = node.input[0]
+        clip = name in self.ranges
+        if rows is None and x.size:  # per image
+            codes = quantize_images(x, name, self._known_grid(x, name, tuple(range(1, x.ndim)), True), clip,
+                                    self.layers[id(node)].worst_bound >= EXACT_FLOAT32, code_means,
+                                    self._codes_buffer(x.shape), name in self._relu_outputs)
+        else:  # per row (token, sample); an empty Conv input has nothing to correct
+            values = x if rows is None else rows
+            scale, zero_point = self._grid(values, name, tuple(range(1, values.ndim)), rows is None)
+            codes = InputCodes(scale, zero_point, centered_codes(values, scale, zero_point, clip))
+        if self._readers[key] > 1:
+            self._shared[key] = [self._readers[key] - 1, x, codes]  # readers left, the array they must read
+        return codes
 
     def _grid(self, x: np.ndarray, name: str, axes: tuple, whole_tensor_ok: bool) -> tuple[np.ndarray, np.ndarray]:
         """(scale, zero point) for x, one per slice left after reducing `axes` (kept as 1s):
         calibrated, else the range the producing Conv measured (per image when the slices are
         those images; for the whole tensor if `whole_tensor_ok`), else measured here."""
+        known = self._known_grid(x, name, axes, whole_tensor_ok)
+        return known if known is not None else quantization_grid(*activation_range(x, axes), name)
+
+    def _known_grid(self, x: np.ndarray, name: str, axes: tuple, whole_tensor_ok: bool) -> tuple | None:
+        """`_grid` when calibrated or carried from the producing Conv, else None (to measure)."""
+        if name in self.ranges:
+            return quantization_grid(*activation_range(x, axes, self.ranges[name]), name)
         measured = self._measured.get(name)
-        if name not in self.ranges and measured is not None and axes == tuple(range(1, x.ndim)) \
+        if measured is not None and axes == tuple(range(1, x.ndim)) \
                 and len(measured[0]) in ((1, x.shape[0]) if whole_tensor_ok else (x.shape[0],)):
             shape = (x.shape[0],) + (1,) * len(axes)
+            if len(measured[0]) == x.shape[0]:
+                return quantization_grid(*(v.reshape(shape) for v in measured), name)
             return quantization_grid(*(np.broadcast_to(v.reshape(-1, *(1,) * len(axes)), shape) for v in measured), name)
-        return quantization_grid(*activation_range(x, axes, self.ranges.get(name)), name)
+        return None
 
     def _conv(self, node, inputs, attrs) -> list:
         weight = self.layers[id(node)]
@@ -359,35 +507,32 @@ class Int8Interpreter(Interpreter):
         if x.ndim != weight.matrix.ndim:
             raise DczError(f"Conv node {node.name!r}: input {list(x.shape)} does not fit weight "
                            f"{list(weight.matrix.shape)}")
-        scale, zero_point = self._grid(x, node.input[0], tuple(range(1, x.ndim)), True)  # per image
-        c = centered_codes(x, scale, zero_point, clip=node.input[0] in self.ranges)
-        spatial = (1,) * (x.ndim - 2)
-        factor = (scale.reshape(-1, 1) * weight.scales).astype(np.float32).reshape(len(x), -1, *spatial)
-        shaped_bias = None if bias is None else bias.astype(np.float32).reshape(1, -1, *spatial)
         n, channels, outputs = len(x), x.shape[1], len(weight.scales)
-        area = c[0, 0].size if c.size else 0
+        area = x[0, 0].size if x.size else 0
         # A pointwise layer's 8-bit half: its output's mean, or the codes' mean on the 8-bit weight
         # sums, whichever reads fewer floats (the output when it is narrower or the batch small).
         output_mean = weight.pointwise and n * outputs * area < n * channels * area + channels * outputs
+        quantized = self._input_codes(node, attrs, x, code_means=not output_mean)
+        scale, c = quantized.scale, quantized.codes
+        spatial = (1,) * (x.ndim - 2)
+        factor = (scale.reshape(-1, 1) * weight.scales).astype(np.float32).reshape(len(x), -1, *spatial)
+        shaped_bias = None if bias is None else bias.astype(np.float32).reshape(1, -1, *spatial)
         if c.size:  # rounding's bias on each image's mean input (see the module docstring)
-            ones = np.ones(area, np.float32)  # a GEMV sums 2-5x faster than np.add.reduce (codes: exactly)
-            used = weight.sums[:channels] if output_mean else weight.sums
-            means = np.empty((n, len(used)), np.float32)  # [mean of x, -mean of its 8-bit values]
-            means[:, :channels] = (x.reshape(n * channels, area) @ ones).reshape(n, channels)
-            means[:, :channels] /= np.float32(area)
-            if not output_mean:
-                means[:, channels:] = (c.reshape(n * channels, area) @ ones).reshape(n, channels)
-                means[:, channels:] *= (-scale.reshape(-1, 1) / area).astype(np.float32)
-            correction = (means @ used).reshape(n, -1, *spatial)
+            means = quantized.means  # [mean of x, -mean of its 8-bit values] per image
+            if not (output_mean or quantized.code_means):  # the first reader of a shared input did not need them
+                fill_code_means(c, scale, means[:, 1])
+                quantized.code_means = True
+            correction = means[:, 0] @ weight.sums[:channels] if output_mean else means.reshape(n, -1) @ weight.sums
+            correction = correction.reshape(n, -1, *spatial)
             shaped_bias = correction if shaped_bias is None else correction + shaped_bias
         bounds = attrs.get(FUSED_CLAMP)
-        low = np.full(len(x), np.inf)
-        high = np.full(len(x), -np.inf)
-
         measure = node.output[0] in self._range_read
         non_negative = bounds is not None and bounds[0] >= 0  # a Relu's output: its grid starts at 0
-        if non_negative:
-            low[:] = 0
+        if measure:
+            low = np.full(len(x), 0.0 if non_negative else np.inf)
+            high = np.full(len(x), -np.inf)
+        if bounds is not None:  # np.clip is 2-3x faster than np.maximum here, a Relu included
+            bounds = tuple(np.float32(b) for b in bounds)
 
         def rescale(block, n0, n1):  # int32 accumulators -> float output, its range per image
             block *= factor[n0:n1]
@@ -398,7 +543,8 @@ class Int8Interpreter(Interpreter):
                     *block.shape[:2], *spatial)
             if offset is not None:
                 block += offset
-            clamp(block, bounds)
+            if bounds is not None:
+                np.clip(block, *bounds, out=block)
             if not measure:
                 return
             axes = tuple(range(1, block.ndim))
@@ -406,29 +552,31 @@ class Int8Interpreter(Interpreter):
                 np.minimum(low[n0:n1], block.min(axes), out=low[n0:n1])
             np.maximum(high[n0:n1], block.max(axes), out=high[n0:n1])
 
-        y = integer_conv(c, weight, attrs, rescale)
+        y = integer_conv(c, weight, attrs, rescale, quantized.magnitude)
         if measure:
             self._measured[node.output[0]] = (low, high)
+        if self._slicing(node, attrs) not in self._shared:  # no later reader: its buffer is free
+            self._spare = (c if c.base is None else c.base).reshape(-1)
         return [y]
 
     def _gemm(self, node, inputs, attrs) -> list:
         weight = self.layers[id(node)]
-        x = inputs[0]
+        x = source = inputs[0]
         if node.op_type == "Gemm" and attrs.get("transA", 0):
             x = x.T
         k, n = weight.matrix.shape
         if x.ndim == 0 or x.shape[-1] != k:
             raise DczError(f"{node.op_type} node {node.name!r}: input {list(x.shape)} does not fit weight "
                            f"[{k}, {n}]")
-        rows = x.reshape(-1, k)
-        scale, zero_point = self._grid(rows, node.input[0], (1,), False)  # per row (token, sample)
-        y = exact_matmul(centered_codes(rows, scale, zero_point, clip=node.input[0] in self.ranges), weight)
-        factor = scale.astype(np.float32)
+        quantized = self._input_codes(node, attrs, source, x.reshape(-1, k))
+        y = exact_matmul(quantized.codes, weight)
+        factor = quantized.scale.astype(np.float32)
         if node.op_type == "Gemm":
             factor *= np.float32(attrs.get("alpha", 1.0))
         y *= weight.scales
-        y *= factor
-        y = y.astype(np.float32, copy=False)
+        # float64 sums of K-chunks: rounded to float32 by the last multiply's output, one pass fewer
+        y = np.multiply(y, factor, out=y if y.dtype == np.float32 else np.empty(y.shape, np.float32),
+                        casting="same_kind")
         if node.op_type == "Gemm" and len(inputs) > 2 and inputs[2] is not None:
             y += np.float32(attrs.get("beta", 1.0)) * inputs[2]
         elif attrs.get(FUSED_BIAS):
