@@ -372,3 +372,35 @@ def test_a_relu_output_needs_only_its_maximum():
     x[2, 1, 1, 1] = np.nan
     with pytest.raises(DczError, match="NaN or Inf"):
         quantize_images(x, "r", non_negative=True)
+
+
+def test_fused_shortcut_equals_the_separate_add(tmp_path, monkeypatch):
+    """Conv -> Add -> Relu in one int8 Conv (the addend in its epilogue, the range measured
+    after it) gives what the int8 Conv, then a float Add and Relu give, up to the rounding of
+    the next layer's grid (a measured range, not one computed from the tensor); so does an
+    addend that broadcasts (the fallback)."""
+    rng = np.random.default_rng(4)
+
+    def weight(m, c, k=3):
+        return numpy_helper.from_array(rng.standard_normal((m, c, k, k)).astype(np.float32) * 0.3)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"]),  # pointwise: corrected by its output's mean
+             helper.make_node("Add", ["c1", "x"], ["s1"]), helper.make_node("Relu", ["s1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c2", "row"], ["s2"]), helper.make_node("Relu", ["s2"], ["r2"]),
+             helper.make_node("Conv", ["r2", "w3"], ["y"], pads=[1, 1, 1, 1])]
+    inits = [weight(4, 4, 1), weight(4, 4), weight(2, 4), numpy_helper.from_array(
+        rng.standard_normal((4, 1, 1)).astype(np.float32))]
+    for init, name in zip(inits, ["w1", "w2", "w3", "row"]):
+        init.name = name
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    package = load(tmp_path, helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    x = {"x": rng.standard_normal((3, 4, 8, 8)).astype(np.float32)}
+    fused = Int8Interpreter(package)
+    assert [n.op_type for n in fused.plan.nodes] == ["Conv", "Conv", "Conv"]
+    got = fused.run(x)[0]
+    from deepcompress_cli.interp import graph as plan_module
+    monkeypatch.setattr(plan_module, "fuse_conv_residual", lambda nodes, outputs: nodes)
+    separate = Int8Interpreter(package)
+    assert [n.op_type for n in separate.plan.nodes] == ["Conv", "Add", "Relu", "Conv", "Add", "Relu", "Conv"]
+    np.testing.assert_allclose(got, separate.run(x)[0], rtol=1e-5, atol=1e-5)

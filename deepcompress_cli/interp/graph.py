@@ -49,8 +49,7 @@ def inline_constant(node: onnx.NodeProto) -> np.ndarray | None:
 class Plan:
     """One graph prepared to run: sorted nodes, their attributes, and when each value dies."""
 
-    def __init__(self, graph: onnx.GraphProto, constants: dict[str, np.ndarray], opset: int,
-                 fuse_residuals: bool = True):
+    def __init__(self, graph: onnx.GraphProto, constants: dict[str, np.ndarray], opset: int):
         self.graph = graph
         self.opset = opset
         self.inputs = [i.name for i in graph.input if i.name not in constants]
@@ -66,8 +65,7 @@ class Plan:
         nodes = [n for n in topological_order(graph)
                  if stored_constant(n) is None and not (n.op_type == "Constant" and n.output[0] in self.constants)]
         self.nodes = fold_batch_norms(nodes, self.constants, set(self.outputs))
-        if fuse_residuals:
-            self.nodes = fuse_conv_residual(self.nodes, set(self.outputs))
+        self.nodes = fuse_conv_residual(self.nodes, set(self.outputs))
         self.nodes, clamps = fuse_conv_activation(self.nodes, self.constants, set(self.outputs), opset)
         self.nodes = fuse_conv_concat(self.nodes, self.constants, set(self.outputs), clamps)
         self.nodes, biased = fuse_matmul_bias(self.nodes, self.constants, set(self.outputs))
@@ -273,7 +271,6 @@ class Interpreter:
     """Runs a model's main graph (and its subgraphs: If, Loop, Scan, SequenceMap) in numpy float32."""
 
     observe = None  # observe(value name, array) after every node, e.g. for calibration
-    fuse_residuals = True  # Conv -> Add becomes one Conv (see fuse_conv_residual)
 
     def __init__(self, package: Package, max_bytes: int = MAX_VALUE_BYTES):
         load_all()
@@ -294,8 +291,7 @@ class Interpreter:
         # A Loop/Scan body's own inputs shadow the enclosing constants of the same name.
         shadowed = {i.name for i in graph.input}
         inherited = {name: value for name, value in (outer or {}).items() if name not in shadowed}
-        plan = Plan(graph, {**inherited, **graph_constants(graph, self.weights.__getitem__)}, self.opset,
-                    self.fuse_residuals)
+        plan = Plan(graph, {**inherited, **graph_constants(graph, self.weights.__getitem__)}, self.opset)
         for attrs in plan.attrs:
             for value in attrs.values():
                 if isinstance(value, onnx.GraphProto):

@@ -51,7 +51,7 @@ from ..graphs import all_graphs, output_channel_axis, table_names
 from ..tensors import Package
 from .graph import Interpreter
 from .ops import KERNELS, MAX_VALUE_BYTES, kernel_name
-from .ops.conv import FUSED_CLAMP, conv
+from .ops.conv import FUSED_CLAMP, FUSED_RESIDUAL, clamp, conv, conv_output_spatial
 from .ops.gemm import FUSED_BIAS
 
 EXACT_FLOAT32 = 1 << 24
@@ -243,7 +243,8 @@ def integer_conv(c: np.ndarray, weight: QWeight, attrs: dict, epilogue=None, mag
     """The Conv of centered codes c [N, C, ...] with weight.matrix, exactly: the float Conv
     (tiles, im2col, BLAS) on integer-valued float32, in one pass when no partial sum can reach
     2^24, else over chunks of input channels summed in float64 (`magnitude`: c's code_magnitudes,
-    when known).  `epilogue(block, n0, n1)` then rescales in place as in `conv` (float32 output)."""
+    when known).  `epilogue(block, n0, n1, band, source)` then rescales as in `conv` (float32
+    output); without one, the raw sums are returned."""
     chunks = [(0, c.shape[1])]
     if weight.worst_bound >= EXACT_FLOAT32:
         if magnitude is None:
@@ -251,15 +252,15 @@ def integer_conv(c: np.ndarray, weight: QWeight, attrs: dict, epilogue=None, mag
         if not weight.fits_once(magnitude):
             chunks = exact_chunks(weight.abs_sums, magnitude)
     if len(chunks) == 1:
-        return conv(c, weight.matrix, None, attrs, epilogue or (lambda *_: None))
+        return conv(c, weight.matrix, None, attrs, epilogue)
     total = None
     for c0, c1 in chunks:
-        part = conv(c[:, c0:c1], weight.matrix[:, c0:c1], None, attrs, lambda *_: None).astype(np.float64)
+        part = conv(c[:, c0:c1], weight.matrix[:, c0:c1], None, attrs).astype(np.float64)
         total = part if total is None else total + part
     if epilogue is None:
         return total
     y = total.astype(np.float32)
-    epilogue(y, 0, len(y))
+    epilogue(y, 0, len(y), slice(None), None)
     return y
 
 
@@ -346,7 +347,6 @@ INT8_LAYERS = {"Conv", "Gemm", "MatMul"}
 class Int8Interpreter(Interpreter):
     """The interpreter with 8-bit Conv/Gemm/MatMul (see the module docstring)."""
 
-    fuse_residuals = False  # the residual sum runs in float, after the 8-bit Conv's rescaling
 
     def __init__(self, package: Package, ranges: dict[str, tuple[float, float]] | None = None,
                  max_bytes: int = MAX_VALUE_BYTES):
@@ -525,6 +525,10 @@ class Int8Interpreter(Interpreter):
             correction = means[:, 0] @ weight.sums[:channels] if output_mean else means.reshape(n, -1) @ weight.sums
             correction = correction.reshape(n, -1, *spatial)
             shaped_bias = correction if shaped_bias is None else correction + shaped_bias
+        addend = inputs[3] if attrs.get(FUSED_RESIDUAL) else None
+        if addend is not None and (addend.shape != (n, outputs, *conv_output_spatial(x.shape, weight.matrix.shape, attrs))
+                                   or addend.dtype != np.float32):
+            return self._conv_then_add(node, inputs, attrs)
         bounds = attrs.get(FUSED_CLAMP)
         measure = node.output[0] in self._range_read
         non_negative = bounds is not None and bounds[0] >= 0  # a Relu's output: its grid starts at 0
@@ -534,8 +538,8 @@ class Int8Interpreter(Interpreter):
         if bounds is not None:  # np.clip is 2-3x faster than np.maximum here, a Relu included
             bounds = tuple(np.float32(b) for b in bounds)
 
-        def rescale(block, n0, n1):  # int32 accumulators -> float output, its range per image
-            block *= factor[n0:n1]
+        def rescale(block, n0, n1, band, source):  # int32 accumulators -> float output, its range per image
+            np.multiply(block if source is None else source, factor[n0:n1], out=block)
             offset = shaped_bias if shaped_bias is None or len(shaped_bias) == 1 else shaped_bias[n0:n1]
             if output_mean and block.size:  # conv() hands it whole images: their spatial mean is the
                 rows = block.reshape(block.shape[0] * block.shape[1], -1)  # 8-bit weights on the codes' mean
@@ -543,6 +547,8 @@ class Int8Interpreter(Interpreter):
                     *block.shape[:2], *spatial)
             if offset is not None:
                 block += offset
+            if addend is not None:  # a shortcut the plan fused into this Conv, before its activation
+                block += addend[n0:n1, :, band]
             if bounds is not None:
                 np.clip(block, *bounds, out=block)
             if not measure:
@@ -557,6 +563,15 @@ class Int8Interpreter(Interpreter):
             self._measured[node.output[0]] = (low, high)
         if self._slicing(node, attrs) not in self._shared:  # no later reader: its buffer is free
             self._spare = (c if c.base is None else c.base).reshape(-1)
+        return [y]
+
+    def _conv_then_add(self, node, inputs, attrs) -> list:
+        """A fused shortcut that broadcasts: the 8-bit Conv alone, then the Add and the activation
+        in float (its output's range is then measured by its readers)."""
+        alone = {k: v for k, v in attrs.items() if k not in (FUSED_RESIDUAL, FUSED_CLAMP)}
+        y = self._conv(node, inputs[:3], alone)[0] + inputs[3]
+        self._measured.pop(node.output[0], None)
+        clamp(y, attrs.get(FUSED_CLAMP))
         return [y]
 
     def _gemm(self, node, inputs, attrs) -> list:

@@ -93,6 +93,12 @@ def conv_attrs(attrs: dict, x_shape, w_shape, op_name="Conv"):
     return kernel_shape, strides, pads, dilations, group
 
 
+def conv_output_spatial(x_shape, w_shape, attrs: dict) -> tuple[int, ...]:
+    """The spatial shape of a Conv's output (its attributes checked against the shapes)."""
+    kernel_shape, strides, pads, dilations, _ = conv_attrs(attrs, x_shape, w_shape)
+    return conv_output_shape(x_shape[2:], kernel_shape, strides, pads, dilations)
+
+
 def pad_spatial(x: np.ndarray, pads, value=0) -> np.ndarray:
     """x [N, C, *spatial] padded on its spatial axes with `value`; pads `[begins..., ends...]`."""
     n = x.ndim - 2
@@ -214,10 +220,11 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, attrs: dict, epilog
 
     The bias rides in the matmul when that reads less than a pass over the output would (a row
     of ones under the patches, the bias as one more weight column), and the clamp is the copy
-    of each tile into the output: one pass over memory for all of them.  `epilogue(block, n0, n1)`,
-    when given, replaces bias and clamp: it runs in place on each finished block of output
-    (images n0:n1, some or all rows) while that block is still in cache, as the int8 rescaling
-    does.
+    of each tile into the output: one pass over memory for all of them.
+    `epilogue(block, n0, n1, band, source)`, when given, replaces bias, addend and clamp: it
+    fills each block of output (images n0:n1, the slice `band` of the first spatial axis) from
+    `source`, the block's raw sums while they are still in cache (None: they are in the block
+    already), as the int8 rescaling does.
     """
     kernel_shape, strides, pads, dilations, group = conv_attrs(attrs, x.shape, w.shape)
     N, C = x.shape[:2]
@@ -248,7 +255,7 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, attrs: dict, epilog
                 y += residual
             clamp(_add_bias(y, b), bounds)
         else:
-            epilogue(y, 0, N)
+            epilogue(y, 0, N, slice(None), None)
         return y
     padded_rest = [s + pads[i + 1] + pads[i + 1 + n_sp] for i, s in enumerate(x.shape[3:])]
     wide = (n_sp > 1 and set(strides) == {1}
@@ -294,8 +301,7 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, attrs: dict, epilog
         if epilogue is None:
             _store(block, tile, b, bounds, None if residual is None else residual[n0:n1, :, r0:r1])
         else:
-            block[...] = tile
-            epilogue(block, n0, n1)
+            epilogue(block, n0, n1, slice(r0, r1), tile)
     return y
 
 
@@ -338,8 +344,7 @@ def conv_kernel(inputs, attrs, ctx):
     bounds = attrs.get(FUSED_CLAMP)  # the activation that followed, if fused
     if not attrs.get(FUSED_RESIDUAL) and FUSED_INTO not in attrs:
         return [conv(x, w, b, attrs, bounds=bounds)]
-    kernel_shape, strides, pads, dilations, _ = conv_attrs(attrs, x.shape, w.shape)
-    shape = (x.shape[0], w.shape[0], *conv_output_shape(x.shape[2:], kernel_shape, strides, pads, dilations))
+    shape = (x.shape[0], w.shape[0], *conv_output_spatial(x.shape, w.shape, attrs))
     dtype = np.result_type(x, w)
     addend = inputs[3] if attrs.get(FUSED_RESIDUAL) else None
     if addend is not None and (addend.shape != shape or addend.dtype != dtype):
