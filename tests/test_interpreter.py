@@ -14,6 +14,7 @@ from deepcompress_cli import zoo
 from deepcompress_cli.errors import DczError
 from deepcompress_cli.files import read_model
 from deepcompress_cli.interp.graph import Interpreter
+from deepcompress_cli.interp.ops import conv as conv_ops
 
 RNG = np.random.default_rng(0)
 
@@ -105,10 +106,13 @@ def test_conv_clip_and_matmul_bias_are_fused_and_match_onnxruntime(tmp_path, ops
     assert_matches_ort(model.SerializeToString(), package, {"x": x})
 
 
+@pytest.mark.parametrize("tile_bytes", [None, 256])  # whole images, or bands of output rows
 @pytest.mark.parametrize("kernel", [1, 3])
-def test_conv_residual_adds_are_fused_and_match_onnxruntime(tmp_path, kernel):
+def test_conv_residual_adds_are_fused_and_match_onnxruntime(tmp_path, kernel, tile_bytes, monkeypatch):
     """Conv -> Add -> Relu (a shortcut made after the Conv, in either operand order, and as a
     Sum), an Add of a broadcast constant, and a Conv whose output has a second reader."""
+    if tile_bytes:
+        monkeypatch.setattr(conv_ops, "_TILE_BYTES", tile_bytes)
     def weight(m, c):
         return RNG.standard_normal((m, c, kernel, kernel)).astype(np.float32)
     pads = [kernel // 2] * 4
@@ -167,12 +171,33 @@ def test_concat_of_slices_copies_unless_they_are_in_order():
     x = RNG.standard_normal((2, 6, 3)).astype(np.float32)
     parts = [x[:, :2], x[:, 2:5], x[:, 5:]]
     ctx = OpContext(opset=13)
-    same = KERNELS["Concat"](parts, {"axis": 1, "_fused_parts": 1}, ctx)[0]
+    same = KERNELS["Concat"](parts, {"axis": 1, "_fused_parts": b"k"}, ctx)[0]
     assert same is x
-    swapped = KERNELS["Concat"]([parts[1], parts[0], parts[2]], {"axis": 1, "_fused_parts": 1}, ctx)[0]
+    swapped = KERNELS["Concat"]([parts[1], parts[0], parts[2]], {"axis": 1, "_fused_parts": b"k"}, ctx)[0]
     np.testing.assert_array_equal(swapped, np.concatenate([parts[1], parts[0], parts[2]], axis=1))
-    gap = KERNELS["Concat"]([parts[0], parts[2]], {"axis": 1, "_fused_parts": 1}, ctx)[0]
+    gap = KERNELS["Concat"]([parts[0], parts[2]], {"axis": 1, "_fused_parts": b"k"}, ctx)[0]
     np.testing.assert_array_equal(gap, np.concatenate([parts[0], parts[2]], axis=1))
+
+
+def test_plan_marks_a_model_sets_itself_are_ignored(tmp_path):
+    """Attributes named like the plan's fusion marks are dropped from the model's nodes: two
+    Convs claiming the same Concat slice must not write into each other's outputs."""
+    w = numpy_helper.from_array(RNG.standard_normal((3, 2, 1, 1)).astype(np.float32), "w")
+    marks = dict(_fused_into="k", _fused_slice=[0, 3])
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], **marks), helper.make_node("Neg", ["x"], ["nx"]),
+             helper.make_node("Conv", ["nx", "w"], ["b"], **marks),
+             helper.make_node("Concat", ["a", "b", "a"], ["y"], axis=1, _fused_parts="k"),
+             helper.make_node("Conv", ["x", "w", "", "x"], ["z"], _fused_residual=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "a", "z")],
+                              [w])
+    package = load(tmp_path, helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    x = RNG.standard_normal((1, 2, 4, 4)).astype(np.float32)
+    y, a, z = Interpreter(package).run({"x": x})
+    expected = np.einsum("mc,nchw->nmhw", numpy_helper.to_array(w)[:, :, 0, 0], x)
+    np.testing.assert_allclose(a, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y, np.concatenate([expected, -expected, expected], axis=1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(z, expected, rtol=1e-5, atol=1e-6)  # a fourth Conv input is not an addend
 
 
 def test_unsorted_graph_is_sorted_and_cycles_refused(tmp_path):

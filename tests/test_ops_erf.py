@@ -67,3 +67,13 @@ def test_gelu_float32_stays_float32_and_accurate():
 def test_against_onnxruntime(op_type, opset):
     x = (np.random.default_rng(3).standard_normal((4, 257)) * 3).astype(F32)
     check(op_type, [x], opset=opset, tol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [F32, np.float64])
+def test_scalars(dtype):
+    """0-d inputs (numpy turns 0-d results into scalars, which the float32 path's `out=` refuses)."""
+    x = np.array(0.7, dtype)
+    for op_type, expected in (("Erf", math.erf(0.7)), ("Gelu", 0.35 * (1 + math.erf(0.7 / math.sqrt(2))))):
+        got = run(op_type, [x], opset=20)
+        assert got.shape == () and got.dtype == dtype
+        assert float(got) == pytest.approx(expected, abs=2e-7)

@@ -62,7 +62,7 @@ class Plan:
             value = inline_constant(node)
             if value is not None:
                 self.constants[node.output[0]] = value
-        nodes = [n for n in topological_order(graph)
+        nodes = [without_plan_marks(n) for n in topological_order(graph)
                  if stored_constant(n) is None and not (n.op_type == "Constant" and n.output[0] in self.constants)]
         self.nodes = fold_batch_norms(nodes, self.constants, set(self.outputs))
         self.nodes = fuse_conv_residual(self.nodes, set(self.outputs))
@@ -85,6 +85,21 @@ class Plan:
         for name, i in last_use.items():
             if name not in keep:
                 self.dead_after[i].append(name)
+
+
+PLAN_MARK = "_fused"  # the prefix of the attributes the plan's fusions set (FUSED_CLAMP, ...)
+
+
+def without_plan_marks(node: onnx.NodeProto) -> onnx.NodeProto:
+    """The node, or a copy without the attributes that only the plan may set: a model that set
+    them itself could have Convs write into each other's outputs."""
+    if not any(a.name.startswith(PLAN_MARK) for a in node.attribute):
+        return node
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    del copy.attribute[:]
+    copy.attribute.extend(a for a in node.attribute if not a.name.startswith(PLAN_MARK))
+    return copy
 
 
 def fold_batch_norms(nodes: list, constants: dict, outputs: set) -> list:
@@ -188,8 +203,9 @@ def fuse_conv_residual(nodes: list, outputs: set) -> list:
             continue
         for mine, other in ((0, 1), (1, 0)):
             conv = producer.get(node.input[mine])
-            if conv is None or conv.op_type != "Conv" or readers[node.input[mine]] != 1 or conv.output[0] in outputs \
-                    or id(conv) in removed or node.input[other] == node.input[mine] or not node.input[other]:
+            if conv is None or conv.op_type != "Conv" or len(conv.input) > 3 or readers[node.input[mine]] != 1 \
+                    or conv.output[0] in outputs or id(conv) in removed or node.input[other] == node.input[mine] \
+                    or not node.input[other]:
                 continue
             merged = onnx.NodeProto()
             merged.CopyFrom(conv)
@@ -214,7 +230,8 @@ def fuse_conv_concat(nodes: list, constants: dict, outputs: set, clamps: dict) -
     readers, producer = _single_reader_producers(nodes, outputs)
     replaced = {}
     for node in nodes:
-        if node.op_type != "Concat" or node.domain not in ("", "ai.onnx") or len(set(node.input)) != len(node.input):
+        if node.op_type != "Concat" or node.domain not in ("", "ai.onnx") or not node.input \
+                or len(set(node.input)) != len(node.input):
             continue
         parts = [producer.get(name) for name in node.input]
         weights = [constants.get(p.input[1]) if p is not None and p.op_type == "Conv" and len(p.input) > 1 else None
@@ -236,7 +253,7 @@ def fuse_conv_concat(nodes: list, constants: dict, outputs: set, clamps: dict) -
             first += w.shape[0]
         marked = onnx.NodeProto()
         marked.CopyFrom(node)
-        marked.attribute.append(onnx.helper.make_attribute(FUSED_PARTS, 1))
+        marked.attribute.append(onnx.helper.make_attribute(FUSED_PARTS, node.output[0]))  # the buffer's key
         replaced[id(node)] = marked
     return [replaced.get(id(n), n) for n in nodes]
 

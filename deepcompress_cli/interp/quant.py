@@ -347,7 +347,6 @@ INT8_LAYERS = {"Conv", "Gemm", "MatMul"}
 class Int8Interpreter(Interpreter):
     """The interpreter with 8-bit Conv/Gemm/MatMul (see the module docstring)."""
 
-
     def __init__(self, package: Package, ranges: dict[str, tuple[float, float]] | None = None,
                  max_bytes: int = MAX_VALUE_BYTES):
         super().__init__(package, max_bytes)
@@ -370,7 +369,7 @@ class Int8Interpreter(Interpreter):
                 if prepared is not None:
                     self.layers[id(node)] = prepared
         self._range_read = set()  # Conv outputs whose range an int8 Conv reads (through RANGE_OPS)
-        self._relu_outputs = {n.output[0] for plan in plans for n in plan.nodes if n.op_type == "Relu"}
+        self._reads_relu = set()  # int8 Convs whose input a Relu of their own graph makes (its grid starts at 0)
         self._readers = Counter()  # (value, slicing) -> int8 layers reading it that way (per plan run)
         self._shared: dict[tuple, list] = {}  # this run's InputCodes that more layers read
         # A Conv's codes buffer once it is done, for the next Conv of this run: a large batch's
@@ -383,6 +382,8 @@ class Int8Interpreter(Interpreter):
                     self._readers[self._slicing(node, attrs)] += 1
                 if id(node) in self.layers and node.op_type == "Conv":
                     source = producer.get(node.input[0])
+                    if source is not None and source.op_type == "Relu":
+                        self._reads_relu.add(id(node))
                     while source is not None and source.op_type in RANGE_OPS and id(source) not in self.layers:
                         source = producer.get(source.input[0])
                     if source is not None and source.op_type == "Conv":
@@ -471,7 +472,7 @@ class Int8Interpreter(Interpreter):
         if rows is None and x.size:  # per image
             codes = quantize_images(x, name, self._known_grid(x, name, tuple(range(1, x.ndim)), True), clip,
                                     self.layers[id(node)].worst_bound >= EXACT_FLOAT32, code_means,
-                                    self._codes_buffer(x.shape), name in self._relu_outputs)
+                                    self._codes_buffer(x.shape), id(node) in self._reads_relu)
         else:  # per row (token, sample); an empty Conv input has nothing to correct
             values = x if rows is None else rows
             scale, zero_point = self._grid(values, name, tuple(range(1, values.ndim)), rows is None)
@@ -508,6 +509,10 @@ class Int8Interpreter(Interpreter):
             raise DczError(f"Conv node {node.name!r}: input {list(x.shape)} does not fit weight "
                            f"{list(weight.matrix.shape)}")
         n, channels, outputs = len(x), x.shape[1], len(weight.scales)
+        addend = inputs[3] if attrs.get(FUSED_RESIDUAL) else None
+        if addend is not None and (addend.dtype != np.float32 or addend.shape != (
+                n, outputs, *conv_output_spatial(x.shape, weight.matrix.shape, attrs))):
+            return self._conv_then_add(node, inputs, attrs)
         area = x[0, 0].size if x.size else 0
         # A pointwise layer's 8-bit half: its output's mean, or the codes' mean on the 8-bit weight
         # sums, whichever reads fewer floats (the output when it is narrower or the batch small).
@@ -525,18 +530,12 @@ class Int8Interpreter(Interpreter):
             correction = means[:, 0] @ weight.sums[:channels] if output_mean else means.reshape(n, -1) @ weight.sums
             correction = correction.reshape(n, -1, *spatial)
             shaped_bias = correction if shaped_bias is None else correction + shaped_bias
-        addend = inputs[3] if attrs.get(FUSED_RESIDUAL) else None
-        if addend is not None and (addend.shape != (n, outputs, *conv_output_spatial(x.shape, weight.matrix.shape, attrs))
-                                   or addend.dtype != np.float32):
-            return self._conv_then_add(node, inputs, attrs)
         bounds = attrs.get(FUSED_CLAMP)
         measure = node.output[0] in self._range_read
         non_negative = bounds is not None and bounds[0] >= 0  # a Relu's output: its grid starts at 0
         if measure:
             low = np.full(len(x), 0.0 if non_negative else np.inf)
             high = np.full(len(x), -np.inf)
-        if bounds is not None:  # np.clip is 2-3x faster than np.maximum here, a Relu included
-            bounds = tuple(np.float32(b) for b in bounds)
 
         def rescale(block, n0, n1, band, source):  # int32 accumulators -> float output, its range per image
             np.multiply(block if source is None else source, factor[n0:n1], out=block)
@@ -549,8 +548,7 @@ class Int8Interpreter(Interpreter):
                 block += offset
             if addend is not None:  # a shortcut the plan fused into this Conv, before its activation
                 block += addend[n0:n1, :, band]
-            if bounds is not None:
-                np.clip(block, *bounds, out=block)
+            clamp(block, bounds)
             if not measure:
                 return
             axes = tuple(range(1, block.ndim))

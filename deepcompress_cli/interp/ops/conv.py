@@ -237,11 +237,11 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, attrs: dict, epilog
     if set(kernel_shape) == {1} and set(strides) == {1} and not any(pads) and not depthwise:
         patches = x.reshape(N, C, -1)  # 1x1: x is the patches
         area = patches.shape[2]
-        if b is not None and group == 1 and C * area + M * C < M * area:  # cheaper than a bias pass
-            ones = np.empty((N, C + 1, area), dtype=x.dtype)
-            ones[:, :C] = patches
-            ones[:, C] = 1
-            w, patches, b = np.concatenate([w.reshape(M, C), b.reshape(M, 1).astype(w.dtype)], axis=1), ones, None
+        if b is not None and group == 1 and C * area + M * C < M * area:  # copies cheaper than a bias pass
+            with_ones = np.empty((N, C + 1, area), dtype=x.dtype)
+            with_ones[:, :C] = patches
+            with_ones[:, C] = 1
+            w, patches, b = _with_bias_column(w, b), with_ones, None
         if out is not None and group == 1:
             y = out
             np.matmul(w.reshape(M, -1), patches, out=out.reshape(N, M, -1))
@@ -275,8 +275,7 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, attrs: dict, epilog
     # than the output the bias would otherwise take a pass over.
     with_ones = b is not None and group == 1 and not depthwise and K < N * math.prod(out_spatial)
     if with_ones:
-        w = np.concatenate([w.reshape(M, K), b.reshape(M, 1).astype(w.dtype)], axis=1)
-        b = None
+        w, b = _with_bias_column(w, b), None
     cols = None  # the im2col buffer, reused by every tile (its last row the ones)
     # Depthwise reads its patches in place: tile by input size, not by an im2col's size.
     row_bytes = (C if depthwise else K) * row * x.itemsize
@@ -303,6 +302,11 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, attrs: dict, epilog
         else:
             epilogue(block, n0, n1, slice(r0, r1), tile)
     return y
+
+
+def _with_bias_column(w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[M, K + 1]: the weight as a matrix, the bias as its last column (for a row of ones)."""
+    return np.concatenate([w.reshape(len(w), -1), b.reshape(-1, 1).astype(w.dtype)], axis=1)
 
 
 def _store(block: np.ndarray, tile: np.ndarray, b: np.ndarray | None, bounds, addend: np.ndarray | None) -> None:

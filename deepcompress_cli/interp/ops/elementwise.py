@@ -106,6 +106,8 @@ def _erf_float32(x: np.ndarray) -> np.ndarray:
     erf ~ its argument, and towards 1 an error of the argument is damped by 1 - erf^2.
     NaN stays NaN, +-Inf gives +-1 (clipped), -0.0 stays -0.0.
     """
+    if np.ndim(x) == 0:  # numpy makes scalars of 0-d results, which `out=` cannot take
+        return _erf_float32(np.reshape(x, 1)).reshape(())
     z = np.clip(x, -_ERF_CLIP, _ERF_CLIP)
     u = z * z
     poly = u * _ATANH_ERF[-1]
@@ -216,7 +218,7 @@ def gelu(inputs, attrs, ctx):
         x64 = x.astype(np.float64)
         y = 0.5 * x64 * (1 + np.tanh(math.sqrt(2 / math.pi) * (x64 + 0.044715 * x64 ** 3)))
     elif x.dtype == np.float32:  # float32 throughout: erf's float32 path and 4 more passes
-        y = _erf(x * np.float32(1 / math.sqrt(2)))
+        y = _erf(np.multiply(x, np.float32(1 / math.sqrt(2)), out=np.empty_like(x)))
         y += np.float32(1)
         y *= x
         y *= np.float32(0.5)

@@ -112,7 +112,8 @@ def unsqueeze(inputs, attrs, ctx):
     return [np.expand_dims(x, tuple(axes))]
 
 
-# Set by the plan on a Concat whose parts it had written into one buffer (ops/conv.py FUSED_INTO).
+# Set by the plan on a Concat whose parts it had written into one buffer: the buffer's key in
+# ctx.scratch (ops/conv.py FUSED_INTO).
 FUSED_PARTS = "_fused_parts"
 
 
@@ -120,7 +121,8 @@ FUSED_PARTS = "_fused_parts"
 def concat(inputs, attrs, ctx):
     arrays = [a for a in inputs if a is not None]
     axis = norm_axis(attrs["axis"], arrays[0].ndim, "Concat")
-    if attrs.get(FUSED_PARTS):
+    if FUSED_PARTS in attrs:
+        ctx.scratch.pop(attrs[FUSED_PARTS], None)  # the buffer lives on as this output or not at all
         whole = _adjacent_parts(arrays, axis)
         if whole is not None:
             return [whole]
