@@ -179,6 +179,55 @@ def test_concat_of_slices_copies_unless_they_are_in_order():
     np.testing.assert_array_equal(gap, np.concatenate([parts[0], parts[2]], axis=1))
 
 
+@pytest.mark.parametrize("spatial", [(9,), (4, 5, 6)])
+def test_conv_residual_and_concat_fusions_in_1d_and_3d(tmp_path, spatial):
+    """Conv -> Add -> Relu and two Convs into a Concat, on 1-D and 3-D inputs."""
+    k = [3] * len(spatial)
+    pads = [1] * (2 * len(spatial))
+    def weight(name, m, c):
+        return numpy_helper.from_array(RNG.standard_normal((m, c, *k)).astype(np.float32), name)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=pads), helper.make_node("Add", ["x", "c1"], ["s"]),
+             helper.make_node("Relu", ["s"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["a"], pads=pads), helper.make_node("Conv", ["r", "w3"], ["b"], pads=pads),
+             helper.make_node("Concat", ["a", "b"], ["y"], axis=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, *spatial])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [weight("w1", 3, 3), weight("w2", 2, 3), weight("w3", 4, 3)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    package = load(tmp_path, model)
+    assert [n.op_type for n in Interpreter(package).plan.nodes] == ["Conv", "Conv", "Conv", "Concat"]
+    x = RNG.standard_normal((2, 3, *spatial)).astype(np.float32)
+    assert_matches_ort(model.SerializeToString(), package, {"x": x})
+
+
+def test_concat_fusion_inside_a_loop_body(tmp_path):
+    """Each iteration of a Loop body runs its fused Convs and Concat afresh (the shared buffer
+    belongs to that run), with the weights from the enclosing graph."""
+    w1 = numpy_helper.from_array(RNG.standard_normal((2, 3, 1, 1)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(RNG.standard_normal((1, 3, 3, 3)).astype(np.float32), "w2")
+    body = helper.make_graph(
+        [helper.make_node("Conv", ["v_in", "w1"], ["a"]), helper.make_node("Conv", ["v_in", "w2"], ["b"], pads=[1] * 4),
+         helper.make_node("Concat", ["a", "b"], ["v_out"], axis=1), helper.make_node("Identity", ["cond_in"], ["cond_out"])],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1, 3, 4, 4])])
+    trips = numpy_helper.from_array(np.array(3, np.int64), "trips")
+    cond = numpy_helper.from_array(np.array(True), "cond")
+    graph = helper.make_graph([helper.make_node("Loop", ["trips", "cond", "x"], ["y"], body=body)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [w1, w2, trips, cond])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    package = load(tmp_path, model)
+    interp = Interpreter(package)
+    body_nodes = next(p for p in interp._subplans.values()).nodes
+    assert any(a.name == "_fused_parts" for n in body_nodes for a in n.attribute)
+    x = RNG.standard_normal((1, 3, 4, 4)).astype(np.float32)
+    assert_matches_ort(model.SerializeToString(), package, {"x": x})
+
+
 def test_plan_marks_a_model_sets_itself_are_ignored(tmp_path):
     """Attributes named like the plan's fusion marks are dropped from the model's nodes: two
     Convs claiming the same Concat slice must not write into each other's outputs."""
