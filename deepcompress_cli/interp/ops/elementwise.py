@@ -150,6 +150,12 @@ def _erf_op(x):
     return _same(_erf(x), x.dtype)
 
 
+def relu(x):
+    if x.dtype.kind == "f":  # np.clip to +inf: 2.5-3x faster than np.maximum in numpy 2.4, the same values
+        return np.clip(x, _scalar(0, x), _scalar(np.inf, x))
+    return np.maximum(x, _scalar(0, x))
+
+
 def sigmoid(x):
     # exp of -|x| never overflows; the two branches are the same function.
     e = np.exp(-np.abs(x))
@@ -161,8 +167,7 @@ _UNARY = {
     "Reciprocal": np.reciprocal, "Tanh": np.tanh, "Sigmoid": sigmoid, "Erf": _erf_op,
     "Floor": np.floor, "Ceil": np.ceil, "Round": np.round,  # np.round rounds half to even, as ONNX
     "Sign": np.sign, "Not": np.logical_not,
-    "Relu": lambda x: np.clip(x, _scalar(0, x), _scalar(np.inf, x)) if x.dtype.kind == "f"  # 2.5-3x faster
-    else np.maximum(x, _scalar(0, x)),  # than np.maximum on floats in numpy 2.4, the same values
+    "Relu": relu,
     "Softplus": lambda x: np.logaddexp(x, _scalar(0, x)),  # log(1 + e^x) without overflow
 }
 
